@@ -1,0 +1,10 @@
+"""Network builders and the default base checkpoint."""
+from pathlib import Path
+
+from models.builders import ARCHITECTURES, DEFAULT_ARCH, build_segmenter
+from models.segmenter import GrowableClassifier, Segmenter
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "default_base.pt"
+
+__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "DEFAULT_CHECKPOINT", "GrowableClassifier", "Segmenter",
+           "build_segmenter"]

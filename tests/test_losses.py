@@ -1,0 +1,89 @@
+"""Each equation against values computed by hand on tiny tensors."""
+import math
+
+import pytest
+import torch
+
+from wilss import losses as L
+
+LN3 = math.log(3.0)
+
+
+def two_pixel_scores() -> torch.Tensor:
+    """1 image, 2 classes, 1x2 pixels. Pixel a: z = (0, ln 3) -> m = (1/4, 3/4); pixel b: z = (0, 0) -> m = (1/2, 1/2)."""
+    return torch.tensor([[[[0.0, 0.0]], [[LN3, 0.0]]]])
+
+
+def test_aggregation_eq1_eq2_by_hand():
+    y = L.aggregate_scores(two_pixel_scores(), gamma=3.0, lam=0.01, eps=0.0)
+    # class 1: nGWP = (3/4 ln3 + 1/2 * 0) / (3/4 + 1/2); mean mass 5/8
+    ngwp1 = (0.75 * LN3) / 1.25
+    foc1 = (1 - 5 / 8) ** 3 * math.log(0.01 + 5 / 8)
+    # class 0: nGWP = 0 (z = 0 everywhere); mean mass 3/8
+    foc0 = (1 - 3 / 8) ** 3 * math.log(0.01 + 3 / 8)
+    assert y.shape == (1, 2)
+    assert y[0, 1].item() == pytest.approx(ngwp1 + foc1, abs=1e-6)
+    assert y[0, 0].item() == pytest.approx(foc0, abs=1e-6)
+
+
+def test_aggregation_eps_of_reference_code():
+    y = L.aggregate_scores(two_pixel_scores(), eps=1.0)
+    ngwp1 = (0.75 * LN3) / (1.0 + 1.25)
+    assert y[0, 1].item() == pytest.approx(ngwp1 + (3 / 8) ** 3 * math.log(0.01 + 5 / 8), abs=1e-6)
+
+
+def bce(x: float, y: float) -> float:
+    s = 1 / (1 + math.exp(-x))
+    return -(y * math.log(s) + (1 - y) * math.log(1 - s))
+
+
+def test_classification_loss_eq3_by_hand():
+    logits = torch.tensor([[2.0, -1.0]])
+    tags = torch.tensor([[1.0, 0.0]])
+    assert L.classification_loss(logits, tags).item() == pytest.approx((bce(2, 1) + bce(-1, 0)) / 2, abs=1e-6)
+
+
+def test_localization_loss_eq4_by_hand():
+    z = torch.tensor([[[[1.0]], [[-2.0]]]])
+    old = torch.tensor([[[[0.0]], [[3.0]]]])
+    s = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    expected = (bce(1.0, s(0.0)) + bce(-2.0, s(3.0))) / 2
+    assert L.localization_loss(z, old).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_pseudo_label_eq5_to_eq7_by_hand():
+    # 3 classes: background, one old, one new; one pixel with m = softmax(z) = (0.2, 0.3, 0.5)
+    m = torch.tensor([0.2, 0.3, 0.5])
+    z = m.log().view(1, 3, 1, 1)
+    old = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)  # sigmoid: 0.5, 0.7311
+    target = L.pseudo_label(z, old, torch.tensor([[1.0]]), alpha=0.5)
+    q = 0.5 * torch.tensor([0.0, 0.0, 1.0]) + 0.5 * m  # Eq. 6: (0.1, 0.15, 0.75)
+    assert target[0, :, 0, 0].tolist() == pytest.approx([min(0.5, q[0].item()), 1 / (1 + math.exp(-1)), 0.75])
+    # untagged new class gets 0; background still the min with the old model
+    untagged = L.pseudo_label(z, old, torch.tensor([[0.0]]), alpha=0.5)
+    assert untagged[0, 2, 0, 0].item() == 0.0
+    # FT: no old model -> q itself
+    assert L.pseudo_label(z, None, torch.tensor([[1.0]]))[0, :, 0, 0].tolist() == pytest.approx(q.tolist())
+
+
+def test_segmentation_loss_eq8_sum_over_classes_mean_over_pixels():
+    p = torch.tensor([[[[1.0, 0.0]], [[-1.0, 2.0]]]])
+    t = torch.tensor([[[[1.0, 0.5]], [[0.0, 0.25]]]])
+    pixel_a = bce(1.0, 1.0) + bce(-1.0, 0.0)
+    pixel_b = bce(0.0, 0.5) + bce(2.0, 0.25)
+    assert L.segmentation_loss(p, t).item() == pytest.approx((pixel_a + pixel_b) / 2, abs=1e-6)
+    weights = torch.tensor([0.0])
+    assert L.segmentation_loss(p, t, weights).item() == 0.0
+
+
+def test_localized_weights_zero_when_a_tagged_class_wins_no_pixel():
+    target = torch.zeros(2, 3, 1, 2)
+    target[0, 2] = 1.0          # image 0: the new class wins both pixels
+    target[1, 0] = 1.0          # image 1: background everywhere although the new class is tagged
+    weights = L.localized_weights(target, torch.tensor([[1.0], [1.0]]))
+    assert weights.tolist() == [1.0, 0.0]
+
+
+def test_feature_distillation_is_mse():
+    a, b = torch.zeros(1, 2, 1, 1), torch.tensor([1.0, 3.0]).view(1, 2, 1, 1)
+    assert L.feature_distillation(a, b).item() == pytest.approx(5.0)

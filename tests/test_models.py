@@ -1,0 +1,47 @@
+"""Every network builds without weights, exposes its features, and grows without changing old predictions."""
+import pytest
+import torch
+
+from models import ARCHITECTURES, build_segmenter
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_build_shapes_and_growth_keeps_old_predictions(arch):
+    torch.manual_seed(0)
+    model = build_segmenter(arch=arch, num_classes=4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits, features = model.forward_features(x)
+        full = model(x)
+    assert features.shape[:2] == (2, model.feature_channels)
+    assert logits.shape[-2:] == features.shape[-2:]
+    assert full.shape == (2, 4, 64, 64) and torch.isfinite(full).all()
+
+    model.grow(2, mib_init=True)
+    with torch.no_grad():
+        grown, _ = model.forward_features(x)
+    assert model.num_classes == 6 and model.config["num_classes"] == 6
+    # old-class logits unchanged to float tolerance
+    torch.testing.assert_close(grown[:, 1:4], logits[:, 1:4], rtol=1e-5, atol=1e-5)
+    # under a softmax, old-class probabilities unchanged; background mass shared with the new classes
+    before, after = logits.softmax(1), grown.softmax(1)
+    torch.testing.assert_close(after[:, 1:4], before[:, 1:4], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(after[:, [0, 4, 5]].sum(1), before[:, 0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(after[:, 4], after[:, 0])
+
+
+def test_growth_without_mib_keeps_old_logits():
+    model = build_segmenter(arch="tiny", num_classes=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        before, _ = model.forward_features(x)
+        model.grow(1, mib_init=False)
+        after, _ = model.forward_features(x)
+    torch.testing.assert_close(after[:, :3], before)
+
+
+def test_bad_arguments_are_explained():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_segmenter(arch="nope", num_classes=3)
+    with pytest.raises(ValueError, match="at least one"):
+        build_segmenter(arch="tiny", num_classes=3).grow(0)

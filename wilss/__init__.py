@@ -1,0 +1,1 @@
+"""WILSS: weakly-supervised incremental learning for semantic segmentation (WILSON, CVPR 2022)."""

@@ -1,0 +1,118 @@
+"""Self-describing checkpoints: weights plus everything needed to rebuild and use the model.
+
+A checkpoint file is a ``torch.save`` dict of plain types and tensors::
+
+    {"format": "wilss-checkpoint", "version": 1,
+     "model": {"arch": ..., "num_classes": ..., ...},   # build_segmenter kwargs
+     "state_dict": {...}, "class_names": [...], "colours": [[r, g, b], ...],
+     "history": [{"step": 0, "kind": "pretrain", "classes": [...], "num_images": ..., "settings": {...},
+                  "metrics": {...}, "date": "..."}, ...]}
+
+Loading uses ``torch.load(weights_only=True)``: a file carrying pickled code is refused, never executed.
+Writing goes to a temporary file in the target folder and is renamed into place (atomic).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import build_segmenter
+from models.segmenter import Segmenter
+from wilss.conventions import BACKGROUND_NAME, voc_palette
+
+FORMAT, VERSION = "wilss-checkpoint", 1
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable wilss checkpoint, or a write that would lose saved work."""
+
+
+@dataclass
+class Checkpoint:
+    model: Segmenter
+    class_names: list[str]
+    colours: np.ndarray                      # K x 3 uint8
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def default_colours(num_classes: int) -> np.ndarray:
+    return voc_palette(256)[:num_classes].copy()
+
+
+def history_entry(kind: str, classes: list[str], *, num_images: int, settings: dict, metrics: dict | None = None,
+                  step: int = 0, **extra) -> dict:
+    return {"step": step, "kind": kind, "classes": list(classes), "num_images": int(num_images),
+            "settings": settings, "metrics": metrics or {},
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | Path, *, protect: tuple[str | Path, ...] = (),
+                    overwrite: bool = False) -> Path:
+    """Write atomically. Refuses to write onto any path in ``protect`` (e.g. the input checkpoint), and onto an
+    existing file unless ``overwrite``."""
+    path = Path(path)
+    if len(ckpt.class_names) != ckpt.model.num_classes or len(ckpt.colours) != ckpt.model.num_classes:
+        raise CheckpointError(f"{len(ckpt.class_names)} class names / {len(ckpt.colours)} colours for a model "
+                              f"with {ckpt.model.num_classes} outputs")
+    for other in protect:
+        if Path(other).resolve() == path.resolve():
+            raise CheckpointError(f"refusing to overwrite the input checkpoint {path}; choose another output path")
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path} already exists; choose another output path (nothing was written)")
+    payload = {"format": FORMAT, "version": VERSION, "model": dict(ckpt.model.config),
+               "state_dict": {k: v.detach().cpu() for k, v in ckpt.model.state_dict().items()},
+               "class_names": list(ckpt.class_names), "colours": np.asarray(ckpt.colours).tolist(),
+               "history": list(ckpt.history)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the model from the file alone. Raises ``CheckpointError`` for anything that is not ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path} carries pickled objects other than weights; refusing to load it "
+                              f"(only wilss checkpoints are accepted): {str(err).splitlines()[0]}") from None
+    except Exception as err:  # torch raises assorted errors for files that are not torch archives
+        raise CheckpointError(f"{path} is not a wilss checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a PyTorch file but not a wilss checkpoint (no '{FORMAT}' header)")
+    if payload.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} was written by a newer version (format {payload['version']} > {VERSION})")
+    model = build_segmenter(**payload["model"])
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return Checkpoint(model=model, class_names=list(payload["class_names"]),
+                      colours=np.asarray(payload["colours"], dtype=np.uint8), history=list(payload["history"]))
+
+
+def new_checkpoint(model: Segmenter, class_names: list[str], colours: np.ndarray | None = None) -> Checkpoint:
+    """A checkpoint for a freshly built model; class 0 must be the background."""
+    if class_names[0] != BACKGROUND_NAME:
+        raise CheckpointError(f"class 0 must be '{BACKGROUND_NAME}', got {class_names[0]!r}")
+    colours = default_colours(len(class_names)) if colours is None else np.asarray(colours, dtype=np.uint8)
+    return Checkpoint(model=model, class_names=list(class_names), colours=colours)

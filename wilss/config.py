@@ -1,0 +1,75 @@
+"""Frozen configuration dataclasses, one per concern, with the paper's defaults (METHOD.md).
+
+The CLI and the UI map their inputs onto these; ``replace(cfg, epochs=...)`` makes variants.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD with momentum and a poly schedule; the learning rates are per parameter group."""
+
+    epochs: int = 30
+    batch_size: int = 24
+    crop_size: int = 512
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    hflip: bool = True
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False  # the reference code uses Nesterov momentum; the paper says SGD with momentum
+    poly_power: float = 0.9
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class PretrainConfig(OptimConfig):
+    """Step 0 (pixel labels): cross-entropy, one learning rate for the whole network, 30 epochs."""
+
+    lr: float = 1e-2
+
+
+@dataclass(frozen=True)
+class UpdateConfig(OptimConfig):
+    """A weakly-supervised step t > 0 (image-level tags), WILSON's defaults."""
+
+    epochs: int = 40
+    warmup_epochs: int = 5             # localizer-only epochs (l_CLS + l_LOC) before l_SEG joins
+    lr_backbone: float = 1e-3
+    lr_head: float = 1e-2              # ASPP head and classifier
+    lr_localizer: float = 1e-2
+    localizer_channels: int = 256
+    # Eq. 1-2: aggregation
+    focal_gamma: float = 3.0
+    focal_lambda: float = 0.01
+    gwp_eps: float = 1e-5              # "small" in the paper; the reference code uses 1.0
+    # Eq. 5-7: pseudo-labels
+    alpha: float = 0.5
+    relaxed: bool = False              # l_CLS over all classes, with tags for old classes given
+    mib_init: bool = True
+    old_model_prior: bool = True       # l_LOC (Eq. 4); off together with old_model_targets = the FT baseline
+    old_model_targets: bool = True     # Eq. 7 targets from the old model
+    drop_unlocalized: bool = False     # weight 0 for images whose pseudo-label misses a tagged class
+    # Reference-code extras, off by default
+    feature_distillation: float = 0.0  # weight of MSE(e_t(x), e_t-1(x)); the reference uses 1
+    pamr_self_training: bool = False   # localizer self-training from PAMR-refined masks after the warm-up
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+
+
+def to_dict(cfg) -> dict:
+    """JSON-friendly dict of a config (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+def from_dict(cls, values: dict):
+    """Rebuild a config from ``to_dict`` output, ignoring unknown keys (older or newer files)."""
+    names = {f.name for f in fields(cls)}
+    kept = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+    return cls(**kept)

@@ -1,0 +1,459 @@
+"""Reading user data (images, masks, image-level tags) and wrapping it as torch datasets.
+
+Every problem with the user's files is raised as ``DataError`` with a message that names the file and
+says what to do, so the CLI and the UI can show it as is.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from wilss.conventions import BACKGROUND_NAME, normalize
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+NEGATIVE_DIRS = frozenset({"none", "negative", "negatives"})
+TAG_FILES = ("tags.csv", "tags.json")
+CACHE_LIMIT = 2000  # datasets smaller than this keep decoded images in memory by default
+PathLike = Union[str, Path]
+ImageLike = Union[np.ndarray, PathLike]
+
+CSV_HELP = ("a header line 'filename,tags', then one line per image such as 'cow1.jpg,cow' or "
+            "'farm.jpg,cow;sheep' (tags separated by ';'; leave the tags empty for an image that shows "
+            "none of the classes)")
+JSON_HELP = ('either {"cow1.jpg": ["cow"], "street.jpg": []} or '
+             '[{"filename": "cow1.jpg", "tags": ["cow"]}, {"filename": "street.jpg", "tags": []}]')
+NEGATIVES_HOW = ("How to add them: with one sub-folder per tag, put them in a sub-folder named 'none' "
+                 "(or directly in the top folder); with tags.csv, add lines with an empty tags column, "
+                 "e.g. 'street.jpg,'; with tags.json, give them an empty list, e.g. \"street.jpg\": [].")
+
+
+class DataError(ValueError):
+    """A problem with the user's data, explained for a non-expert (which file, what to do)."""
+
+
+def _listing(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(str(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def list_images(folder: Path, recursive: bool = True) -> list[Path]:
+    """Image files under ``folder``, sorted; hidden ones (``.ipynb_checkpoints``, ``__MACOSX``) left out."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    hidden = lambda p: any(s.startswith(".") or s == "__MACOSX" for s in p.relative_to(folder).parts)  # noqa
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not hidden(p))
+
+
+# --------------------------------------------------------------------------------------------- files
+def _decode(path: PathLike, kind: str, to_array: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
+    """Open and fully decode ``path`` (so a truncated file fails here, not mid-training), then convert."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"The {kind} file '{path}' does not exist. Check the path.")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_array(im)
+    except Exception as err:  # PIL's decoders raise many types (OSError, SyntaxError, struct.error, ...)
+        raise DataError(f"Could not read the {kind} '{path}' ({err}). The file is damaged, incomplete or "
+                        "not an image (e.g. another file renamed to .jpg): re-export it, or remove it.") from err
+
+
+def _rgb(im: Image.Image) -> np.ndarray:
+    if im.mode.startswith("I;16"):  # 16-bit grayscale: keep the high byte
+        return np.repeat((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    return np.array(im.convert("RGB"), dtype=np.uint8)
+
+
+def load_image(path: PathLike) -> np.ndarray:
+    """Read an image file as ``HxWx3`` uint8 RGB (grayscale, RGBA, palette, 16-bit are converted)."""
+    return _decode(path, "image", _rgb)
+
+
+def load_mask(path: PathLike) -> np.ndarray:
+    """Read a label mask as ``HxW`` uint8 class ids.
+
+    Accepts palette PNGs ('P': the indices are the ids, as in PASCAL VOC), 8-bit grayscale ('L'),
+    binary ('1' -> 0/1), 16-bit with ids <= 255, and RGB files whose three channels are equal.
+    Colour masks (one RGB colour per class) are rejected: they must be converted to ids first.
+    """
+    arr = _decode(path, "mask", np.array)
+    if arr.ndim == 3 and (arr.shape[2] == 2 or (arr[..., :3] == arr[..., :1]).all()):
+        arr = arr[..., 0]  # 'LA', or an RGB(A) file holding gray ids
+    if arr.ndim == 3:
+        raise DataError(
+            f"The mask '{path}' is a colour image, but a mask must store one class id per pixel: a "
+            "single-channel 8-bit PNG (grayscale, pixel value = class id) or a palette PNG (PASCAL VOC "
+            "style). Convert the colours to class ids and save it as such a PNG.")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise DataError(f"The mask '{path}' holds values outside 0-255. Save it as an 8-bit grayscale or "
+                        "palette PNG.")
+    return arr.astype(np.uint8)
+
+
+def validate_images(paths: Iterable[PathLike], *, full: bool = False) -> None:
+    """Raise one DataError naming every file that cannot be opened.
+
+    ``full=False`` runs PIL's cheap ``verify()`` (catches non-images and broken PNGs, not every truncated
+    JPEG); ``full=True`` decodes each file completely.
+    """
+    bad = []
+    for path in map(Path, paths):
+        try:
+            if full:
+                load_image(path)
+            else:
+                with Image.open(path) as im:
+                    im.verify()
+        except Exception as err:  # see _decode
+            bad.append(f"'{path.name}'" if isinstance(err, DataError) else f"'{path.name}' ({err})")
+    if bad:
+        raise DataError(f"{len(bad)} image file(s) could not be opened: {_listing(bad)}. They are damaged "
+                        "or not images (e.g. a text file renamed to .jpg). Replace or delete them and retry.")
+
+
+# ----------------------------------------------------------------------------------------- tagged data
+@dataclass(frozen=True)
+class TaggedSet:
+    """Images with image-level tags. ``tags[i]`` is the set of class names shown in ``paths[i]``
+    (empty: a negative image, showing none of the classes being learned)."""
+
+    paths: tuple[Path, ...]
+    tags: tuple[frozenset[str], ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "paths", tuple(Path(p) for p in self.paths))
+        object.__setattr__(self, "tags", tuple(frozenset(t) for t in self.tags))
+        if len(self.paths) != len(self.tags):
+            raise ValueError(f"{len(self.paths)} paths but {len(self.tags)} tag sets")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """All tags that occur, sorted."""
+        return tuple(sorted(set().union(*self.tags)))
+
+    def counts(self) -> dict[str, int]:
+        """Tag -> number of images carrying it (sorted by tag)."""
+        return {c: sum(c in t for t in self.tags) for c in self.class_names}
+
+    @property
+    def num_negatives(self) -> int:
+        return sum(not t for t in self.tags)
+
+    def multi_hot(self, classes: Sequence[str]) -> np.ndarray:
+        """``N x K`` float32 targets, ``[i, k] = 1`` when image i is tagged ``classes[k]``."""
+        rows = [[c in t for c in classes] for t in self.tags]
+        return np.array(rows, dtype=np.float32).reshape(len(self), len(classes))
+
+
+def _split_tags(tags: Union[str, Iterable[str], None]) -> frozenset[str]:
+    items = tags.split(";") if isinstance(tags, str) else (tags or [])
+    return frozenset(s for s in (str(t).strip() for t in items) if s)
+
+
+def _read_csv(path: Path) -> list[tuple[str, frozenset[str]]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: Excel writes a byte-order mark
+    except UnicodeDecodeError as err:
+        raise DataError(f"The tags file '{path}' is not UTF-8 text ({err}). Save it as UTF-8 CSV.") from err
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, [])
+    if [h.strip().lower() for h in header] != ["filename", "tags"]:
+        raise DataError(f"The tags file '{path}' must start with the header 'filename,tags' (found "
+                        f"{','.join(header)!r}). Expected {CSV_HELP}.")
+    rows = []
+    for row in reader:
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) > 2 and any(c.strip() for c in row[2:]):
+            raise DataError(f"Line {reader.line_num} of '{path}' has {len(row)} columns: separate several "
+                            f"tags with ';', not ',' (e.g. 'farm.jpg,cow;sheep'). Expected {CSV_HELP}.")
+        rows.append((row[0].strip(), _split_tags(row[1] if len(row) > 1 else "")))
+    return rows
+
+
+def _read_json(path: Path) -> list[tuple[str, frozenset[str]]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"The tags file '{path}' is not valid JSON ({err}). Expected {JSON_HELP}.") from err
+    if isinstance(data, dict):
+        pairs = list(data.items())
+    elif isinstance(data, list) and all(isinstance(e, dict) and "filename" in e for e in data):
+        pairs = [(e["filename"], e.get("tags")) for e in data]
+    else:
+        raise DataError(f"The tags file '{path}' has an unexpected structure. Expected {JSON_HELP}.")
+    for name, tags in pairs:
+        if not isinstance(name, str) or not (tags is None or isinstance(tags, str) or
+                                             (isinstance(tags, list) and all(isinstance(t, str) for t in tags))):
+            raise DataError(f"In '{path}', the entry {name!r}: {tags!r} is not a file name with a list of "
+                            f"tag strings. Expected {JSON_HELP}.")
+    return [(name.strip(), _split_tags(tags)) for name, tags in pairs]
+
+
+def _merge(entries: Iterable[tuple[str, Path, frozenset[str]]]) -> tuple[list[Path], list[frozenset[str]]]:
+    """Entries sharing a key (file name) become one image carrying the union of their tags."""
+    merged: dict[str, tuple[Path, frozenset[str]]] = {}
+    for key, path, tags in entries:
+        if key in merged:
+            logger.info("'%s' is listed more than once; it gets all its tags together", key)
+            merged[key] = (merged[key][0], merged[key][1] | tags)
+        else:
+            merged[key] = (path, tags)
+    return [p for p, _ in merged.values()], [t for _, t in merged.values()]
+
+
+def _from_tags_file(folder: Path, tags_file: Path) -> TaggedSet:
+    suffix = tags_file.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise DataError(f"The tags file '{tags_file}' must end in .csv or .json.")
+    rows = _read_csv(tags_file) if suffix == ".csv" else _read_json(tags_file)
+    if any(not name for name, _ in rows):
+        raise DataError(f"The tags file '{tags_file}' has an entry with no file name. "
+                        f"Expected {CSV_HELP if suffix == '.csv' else JSON_HELP}.")
+    paths, tags = _merge((name, folder / name, t) for name, t in rows)
+    missing = [str(p.relative_to(folder)) for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"The tags file '{tags_file}' names {len(missing)} file(s) that are not in "
+                        f"'{folder}': {_listing(missing)}. Add the images or remove those lines.")
+    listed = {p.resolve() for p in paths}
+    unlisted = [p.relative_to(folder).as_posix() for p in list_images(folder) if p.resolve() not in listed]
+    if unlisted:
+        logger.warning("%d image(s) in '%s' are not in '%s' and are ignored: %s", len(unlisted), folder,
+                       tags_file.name, _listing(unlisted))
+    return TaggedSet(tuple(paths), tuple(tags))
+
+
+def _from_subfolders(folder: Path) -> TaggedSet:
+    entries = [(p.name, p, frozenset()) for p in list_images(folder, recursive=False)]
+    for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith((".", "__"))):
+        tag = sub.name.strip()
+        tags = frozenset() if tag.lower() in NEGATIVE_DIRS or not tag else frozenset({tag})
+        entries += [(p.relative_to(sub).as_posix(), p, tags) for p in list_images(sub)]
+    paths, tags = _merge(entries)
+    return TaggedSet(tuple(paths), tuple(tags))
+
+
+def read_tagged_folder(folder: PathLike, tags_file: Optional[PathLike] = None) -> TaggedSet:
+    """Read images and their tags from one of three layouts.
+
+    (a) ``folder`` + a CSV ``filename,tags`` (tags separated by ';', empty = negative);
+    (b) ``folder`` + a JSON ``{"name": [tags]}`` or ``[{"filename": ..., "tags": [...]}]``;
+    (c) no tags file: one sub-folder per tag; ``none/``, ``negative(s)/`` and top-level images are negatives.
+    With ``tags_file=None``, ``folder/tags.csv`` or ``folder/tags.json`` is used when present.
+    Every image is checked to open (``validate_images``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"The image folder '{folder}' does not exist (or is not a folder). Check the path.")
+    if tags_file is None:
+        found = [folder / n for n in TAG_FILES if (folder / n).is_file()]
+        if len(found) > 1:
+            raise DataError(f"'{folder}' has both tags.csv and tags.json: keep one, or name the one to use.")
+        tags_file = found[0] if found else None
+    elif not Path(tags_file).is_file() and (folder / tags_file).is_file():
+        tags_file = folder / tags_file
+    if tags_file is not None and not Path(tags_file).is_file():
+        raise DataError(f"The tags file '{tags_file}' does not exist. Check the path.")
+    tagged = _from_subfolders(folder) if tags_file is None else _from_tags_file(folder, Path(tags_file))
+    if len(tagged) == 0:
+        raise DataError(f"No images found in '{folder}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))}). "
+                        "Add images, in tag sub-folders or listed in tags.csv / tags.json.")
+    validate_images(tagged.paths)
+    return tagged
+
+
+def check_new_classes(tagged: TaggedSet, new_classes: Sequence[str], existing_classes: Sequence[str]) -> None:
+    """Check that ``tagged`` can teach ``new_classes`` to a model that knows ``existing_classes``.
+
+    Tags naming existing classes are allowed (the relaxed setting); each new class needs positive
+    images and negative images (the method contrasts images with and without the class).
+    """
+    new_classes = [name.strip() for name in new_classes]  # tags are stripped too
+    existing = {c.strip().lower() for c in existing_classes} | {BACKGROUND_NAME}
+    seen: set[str] = set()
+    for name in new_classes:
+        key = name.strip().lower()
+        if not key:
+            raise DataError("A new class name is empty. Give every new class a name.")
+        if key in existing:
+            raise DataError(f"The class '{name}' already exists in the model. Choose another name, or "
+                            "remove it from the new classes (its tags may still be given as hints).")
+        if key in seen:
+            raise DataError(f"The new class '{name}' is given twice. List each new class once.")
+        seen.add(key)
+    if len(tagged) == 0:
+        raise DataError("There are no images. Add tagged images for the new classes.")
+    known = set(new_classes) | set(existing_classes)
+    for tag in tagged.class_names:
+        if tag not in known:
+            close = [c for c in known if c.lower() == tag.lower()]
+            hint = f" Did you mean '{close[0]}'? Tags are case-sensitive." if close else ""
+            raise DataError(f"Unknown tag '{tag}': it is neither a new class ({', '.join(new_classes)}) nor a "
+                            f"class the model knows. Fix the tag, or add '{tag}' to the new classes.{hint}")
+    counts = tagged.counts()
+    for name in new_classes:
+        if counts.get(name, 0) == 0:
+            raise DataError(f"The new class '{name}' has no images tagged with it. Add images showing it.")
+        if counts[name] == len(tagged):
+            raise DataError(
+                f"Every image is tagged '{name}', so there are no negatives for it. The method learns a class "
+                "by contrasting images that contain it with images that do not. Add images tagged with none "
+                f"of the new classes (negatives, e.g. scenes without a {name}). {NEGATIVES_HOW}")
+
+
+# -------------------------------------------------------------------------------------- pixel labels
+def read_mask_folder(images_dir: PathLike, masks_dir: PathLike) -> list[tuple[Path, Path]]:
+    """Pair ``images_dir/NAME.ext`` with ``masks_dir/NAME.png`` (VOC style), sorted by name."""
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    for d, what in ((images_dir, "image"), (masks_dir, "mask")):
+        if not d.is_dir():
+            raise DataError(f"The {what} folder '{d}' does not exist. Check the path.")
+    masks = {p.stem: p for p in masks_dir.iterdir() if p.is_file() and p.suffix.lower() == ".png"}
+    images = list_images(images_dir, recursive=False)
+    if not images:
+        raise DataError(f"No images found in '{images_dir}'. Add images "
+                        f"({', '.join(sorted(IMAGE_SUFFIXES))}).")
+    missing = [p.name for p in images if p.stem not in masks]
+    if missing:
+        raise DataError(f"{len(missing)} image(s) in '{images_dir}' have no mask in '{masks_dir}': "
+                        f"{_listing(missing)}. Each image NAME.jpg needs a mask NAME.png.")
+    return [(p, masks[p.stem]) for p in images]
+
+
+def read_camvid(root: PathLike, split: str) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs from ``root/{split}.txt``, whose lines are ``IMAGE MASK`` relative to ``root``."""
+    root = Path(root)
+    list_file = root / f"{split}.txt"
+    if not list_file.is_file():
+        raise DataError(f"The CamVid list '{list_file}' does not exist. Check the dataset folder and the "
+                        "split name (train, val or test).")
+    pairs = []
+    for n, line in enumerate(list_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise DataError(f"Line {n} of '{list_file}' should be 'IMAGE MASK', found {line!r}.")
+        pairs.append((root / parts[0], root / parts[1]))
+    missing = [str(p.relative_to(root)) for pair in pairs for p in pair if not p.is_file()]
+    if missing:
+        raise DataError(f"'{list_file}' names {len(missing)} missing file(s): {_listing(missing)}.")
+    return pairs
+
+
+# ------------------------------------------------------------------------------------ torch datasets
+def _as_array(x: ImageLike, ndim: int, load: Callable[[PathLike], np.ndarray]) -> np.ndarray:
+    """A path is decoded with ``load``; an array must already be uint8 (``HxWx3`` image or ``HxW`` mask)."""
+    if not isinstance(x, np.ndarray):
+        return load(x)
+    if x.ndim != ndim or x.dtype != np.uint8 or (ndim == 3 and x.shape[2] != 3):
+        shape = "HxWx3" if ndim == 3 else "HxW"
+        raise ValueError(f"expected a uint8 array of shape {shape}, got {x.shape} {x.dtype}")
+    return x
+
+
+class _CachedDataset(Dataset):
+    """Decodes item ``i`` once with ``_decode(i)`` and, when ``cache`` is on, keeps it in memory."""
+
+    def __init__(self, size: int, cache: Optional[bool]):
+        self.cache = size < CACHE_LIMIT if cache is None else cache
+        self._cached: dict[int, object] = {}
+
+    def load(self, index: int):
+        """The decoded item, before ``transform``; shared with the cache, so never modify it in place."""
+        if index in self._cached:
+            return self._cached[index]
+        item = self._decode(index)
+        if self.cache:
+            self._cached[index] = item
+        return item
+
+
+class PixelDataset(_CachedDataset):
+    """Images with pixel masks. Item: ``(3xHxW float32 normalised image, HxW int64 class ids)``.
+
+    ``items``: (image, mask) pairs, each an array (``HxWx3`` / ``HxW`` uint8) or a path, read lazily.
+    ``label_map``: 256-entry uint8 lookup applied to mask ids before ``transform`` (dataset ids -> model
+    ids, e.g. future classes -> 0 or 255). ``transform(image, mask) -> (image, mask)`` on uint8 arrays.
+    ``cache``: keep decoded (and remapped) pairs in memory; default on below ``CACHE_LIMIT`` items.
+    """
+
+    def __init__(self, items: Sequence[tuple[ImageLike, ImageLike]], *,
+                 label_map: Optional[np.ndarray] = None, transform: Optional[Callable] = None,
+                 cache: Optional[bool] = None):
+        self.items = list(items)
+        super().__init__(len(self.items), cache)
+        self.label_map = None if label_map is None else np.asarray(label_map)
+        if self.label_map is not None and (self.label_map.shape != (256,) or self.label_map.dtype != np.uint8):
+            raise ValueError(f"label_map must be a 256-entry uint8 array, got {self.label_map.shape} "
+                             f"{self.label_map.dtype}")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image_src, mask_src = self.items[index]
+        image, mask = _as_array(image_src, 3, load_image), _as_array(mask_src, 2, load_mask)
+        if image.shape[:2] != mask.shape:
+            name = f"'{mask_src}'" if not isinstance(mask_src, np.ndarray) else f"of item {index}"
+            raise DataError(f"The mask {name} is {mask.shape[1]}x{mask.shape[0]} pixels but its image is "
+                            f"{image.shape[1]}x{image.shape[0]}. A mask must have exactly its image's size.")
+        return image, mask if self.label_map is None else self.label_map[mask]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.load(index)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return normalize(image), torch.from_numpy(np.asarray(mask, dtype=np.int64))
+
+
+class TagDataset(_CachedDataset):
+    """Images with multi-hot tags. Item: ``(3xHxW float32 image, K float32 targets, index)``.
+
+    ``images``: arrays (``HxWx3`` uint8) or paths; ``targets``: ``N x K`` multi-hot. ``transform`` takes an
+    ``HxWx3`` uint8 image and returns an image or an ``(image, None)`` pair, so the joint transforms of
+    ``wilss.transforms`` can be used as they are.
+    """
+
+    def __init__(self, images: Sequence[ImageLike], targets: np.ndarray, *,
+                 transform: Optional[Callable] = None, cache: Optional[bool] = None):
+        self.images = list(images)
+        super().__init__(len(self.images), cache)
+        self.targets = np.asarray(targets, dtype=np.float32)
+        if self.targets.ndim != 2 or len(self.targets) != len(self.images):
+            raise ValueError(f"targets must be N x K with N = {len(self.images)}, got {self.targets.shape}")
+        self.transform = transform
+
+    @classmethod
+    def from_tagged(cls, tagged: TaggedSet, classes: Sequence[str], **kwargs) -> "TagDataset":
+        """Targets over ``classes`` (in that order) from a ``TaggedSet``."""
+        return cls(tagged.paths, tagged.multi_hot(classes), **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _decode(self, index: int) -> np.ndarray:
+        return _as_array(self.images[index], 3, load_image)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        image = self.load(index)
+        if self.transform is not None:
+            out = self.transform(image)
+            image = out[0] if isinstance(out, tuple) else out
+        return normalize(image), torch.from_numpy(self.targets[index].copy()), index

@@ -1,0 +1,192 @@
+"""Protocol runs on labelled data: base (step 0), WILSS, FT and the joint upper bound, as one table.
+
+A ``Benchmark`` takes a labelled train/test pair, a ``Task`` (class order per step) and a setting, trains the
+base model with pixel labels, runs the weak step from tags derived from the masks, and evaluates every model on
+the test split with the paper's old / new / all mIoU.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from models import build_segmenter
+from models.segmenter import Segmenter
+from wilss.config import PretrainConfig, UpdateConfig
+from wilss.data import PixelDataset, TagDataset, load_mask, read_camvid
+from wilss.engine import Progress, last
+from wilss.inference import evaluate
+from wilss.metrics import summarize
+from wilss.protocol import Task, eval_label_map, label_map, present_classes, select_images, tags_from_mask
+from wilss.trainer import WeakUpdate, pretrain
+from wilss.transforms import Resize, train_transform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelledSplit:
+    """Images with masks in dataset ids, and the set of ids present in each mask."""
+
+    images: list          # HxWx3 uint8 arrays or paths
+    masks: list           # HxW uint8 arrays or paths
+    present: list[set[int]]
+
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[tuple], ignore_ids: Sequence[int] = (255,)) -> "LabelledSplit":
+        masks = [m if isinstance(m, np.ndarray) else load_mask(m) for _, m in pairs]
+        return cls([i for i, _ in pairs], masks, [present_classes(m, ignore_ids) for m in masks])
+
+    def subset(self, indices: Sequence[int]) -> "LabelledSplit":
+        return LabelledSplit([self.images[i] for i in indices], [self.masks[i] for i in indices],
+                             [self.present[i] for i in indices])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A dataset's class names by dataset id, the task, the setting and how images are sized for the net."""
+
+    name: str
+    dataset_classes: tuple[str, ...]
+    task: Task
+    setting: str = "disjoint"
+    ignore_ids: tuple[int, ...] = (255,)
+    resize: tuple[int, int] | None = None        # (h, w) every image is resized to, or None
+    background_in_all: bool = True               # False where the dataset has no background pixels (CamVid)
+
+    def model_class_names(self, step: int) -> list[str]:
+        return ["background"] + [self.dataset_classes[c] for c in self.task.seen_classes(step)]
+
+
+@dataclass
+class Row:
+    method: str
+    old: float
+    new: float
+    all: float
+    seconds: float
+    per_class: list[float] = field(default_factory=list)
+
+
+class Benchmark:
+    """Runs base, WILSS, FT and joint for step 1 of ``protocol`` and collects their rows."""
+
+    def __init__(self, protocol: Protocol, train: LabelledSplit, test: LabelledSplit, *,
+                 pretrain_cfg: PretrainConfig, update_cfg: UpdateConfig, arch: str = "tiny",
+                 device: str | None = None, on_progress: Callable[[str, Progress], None] | None = None) -> None:
+        self.protocol, self.train, self.test = protocol, train, test
+        self.pretrain_cfg, self.update_cfg, self.arch, self.device = pretrain_cfg, update_cfg, arch, device
+        self.on_progress = on_progress or (lambda name, p: None)
+        self.rows: list[Row] = []
+
+    # -- datasets --------------------------------------------------------------------------------------
+    def _transform(self, crop: int):
+        steps = [Resize(self.protocol.resize)] if self.protocol.resize else []
+        aug = train_transform(crop, self.pretrain_cfg.scale_range, self.pretrain_cfg.hflip)
+        return lambda image, mask=None: aug(*_chain(steps, image, mask))
+
+    def pixel_dataset(self, indices: Sequence[int], step: int) -> PixelDataset:
+        p = self.protocol
+        items = [(self.train.images[i], self.train.masks[i]) for i in indices]
+        return PixelDataset(items, label_map=label_map(p.task, step, setting=p.setting, ignore_ids=p.ignore_ids),
+                            transform=self._transform(self.pretrain_cfg.crop_size))
+
+    def tag_dataset(self, indices: Sequence[int], step: int) -> TagDataset:
+        """Targets over the seen non-background classes of ``step`` (old columns used only when relaxed)."""
+        seen = self.protocol.task.seen_classes(step)
+        targets = np.stack([tags_from_mask(self.train.present[i], seen) for i in indices])
+        images = [self.train.images[i] for i in indices]
+        return TagDataset(images, targets, transform=self._transform(self.update_cfg.crop_size))
+
+    def test_dataset(self, step: int) -> PixelDataset:
+        p = self.protocol
+        transform = Resize(p.resize) if p.resize else None
+        return PixelDataset(list(zip(self.test.images, self.test.masks)),
+                            label_map=eval_label_map(p.task, step, ignore_ids=p.ignore_ids), transform=transform)
+
+    # -- runs ------------------------------------------------------------------------------------------
+    def base_indices(self) -> list[int]:
+        return select_images(self.train.present, self.protocol.task, 0, self.protocol.setting)
+
+    def step_indices(self, step: int = 1) -> list[int]:
+        return select_images(self.train.present, self.protocol.task, step, self.protocol.setting)
+
+    def train_base(self) -> Segmenter:
+        return self._pixel_model("base", self.base_indices(), step=0)
+
+    def _pixel_model(self, name: str, indices: Sequence[int], step: int) -> Segmenter:
+        model = build_segmenter(arch=self.arch, num_classes=self.protocol.task.num_model_classes(step))
+        for progress in pretrain(model, self.pixel_dataset(indices, step), self.pretrain_cfg, device=self.device):
+            self.on_progress(name, progress)
+        return model.eval()
+
+    def weak_step(self, name: str, base: Segmenter, cfg: UpdateConfig, step: int = 1) -> Segmenter:
+        update = WeakUpdate(base, self.tag_dataset(self.step_indices(step), step),
+                            num_new=len(self.protocol.task.step(step).new_classes), cfg=cfg, device=self.device)
+        for progress in update.run():
+            self.on_progress(name, progress)
+        return update.model
+
+    def score(self, name: str, model: Segmenter, seconds: float, step: int = 1) -> Row:
+        p = self.protocol
+        matrix = evaluate(model, self.test_dataset(step), num_classes=p.task.num_model_classes(step),
+                          device=self.device)
+        iou = matrix.iou()
+        figures = summarize(iou, p.task.old_model_ids(step), p.task.new_model_ids(step),
+                            include_background=p.background_in_all)
+        row = Row(name, figures["old"], figures["new"], figures["all"], seconds,
+                  [float(v) * 100 for v in iou.tolist()])
+        self.rows.append(row)
+        return row
+
+    def run(self, *, base: Segmenter | None = None, methods: Sequence[str] = ("wilss", "ft", "joint")) -> list[Row]:
+        start = time.perf_counter()
+        base = base if base is not None else self.train_base()
+        self.score("base", base, time.perf_counter() - start)
+        runs = {
+            "wilss": lambda: self.weak_step("wilss", base, self.update_cfg),
+            "ft": lambda: self.weak_step("ft", base, replace(self.update_cfg, old_model_prior=False,
+                                                             old_model_targets=False)),
+            "joint": lambda: self._pixel_model("joint", sorted(set(self.base_indices()) | set(self.step_indices())),
+                                               step=1),
+        }
+        for name in methods:
+            start = time.perf_counter()
+            model = runs[name]()
+            self.score(name, model, time.perf_counter() - start)
+        return self.rows
+
+
+def _chain(steps, image, mask):
+    for t in steps:
+        image, mask = t(image, mask)
+    return image, mask
+
+
+def format_table(rows: Sequence[Row], title: str) -> str:
+    """Markdown table: one row per method, old / new / all mIoU (%) and wall time."""
+    lines = [f"### {title}", "", "| method | old mIoU | new mIoU | all mIoU | train time (s) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r.method} | {r.old:.1f} | {r.new:.1f} | {r.all:.1f} | {r.seconds:.0f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_per_class(rows: Sequence[Row], class_names: Sequence[str]) -> str:
+    head = "| method | " + " | ".join(class_names) + " |"
+    lines = [head, "| --- |" + " ---: |" * len(class_names)]
+    lines += [f"| {r.method} | " + " | ".join("nan" if np.isnan(v) else f"{v:.1f}" for v in r.per_class) + " |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def camvid_splits(root: Path) -> tuple[LabelledSplit, LabelledSplit]:
+    """CamVid's train and test splits (masks in CamVid ids, 11 = unlabelled)."""
+    return (LabelledSplit.from_pairs(read_camvid(root, "train"), ignore_ids=(11,)),
+            LabelledSplit.from_pairs(read_camvid(root, "test"), ignore_ids=(11,)))

@@ -1,0 +1,88 @@
+"""The equations of one WILSON update iteration, as pure functions over tensors.
+
+Shapes: ``z`` localizer scores ``BxKxhxw`` over all seen classes [background, old..., new...];
+``old_logits`` the frozen step t-1 model's logits ``BxK0xhxw`` (K0 = background + old classes);
+``p`` the new model's logits ``BxKxhxw``; ``tags`` multi-hot ``BxN`` over the N new classes.
+All of them live at feature resolution, as in the reference code.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def aggregate_scores(z: torch.Tensor, *, gamma: float = 3.0, lam: float = 0.01, eps: float = 1e-5) -> torch.Tensor:
+    """Image-level class scores from pixel scores: ``BxKxhxw`` -> ``BxK`` logits (pre-sigmoid).
+
+    Eq. 1: normalised global weighted pooling, nGWP_c = sum_i m_ic z_ic / (eps + sum_i m_ic), m = softmax_c(z).
+    Eq. 2: focal penalty FOC_c = (1 - mean_i m_ic)^gamma * log(lam + mean_i m_ic); y_hat = sigmoid(nGWP + FOC).
+    ``eps`` is "small" in the paper and 1 in the reference code.
+    """
+    m = z.softmax(dim=1).flatten(2)
+    scores = z.flatten(2)
+    ngwp = (m * scores).sum(-1) / (eps + m.sum(-1))
+    mean_mass = m.mean(-1)
+    focal = (1.0 - mean_mass).pow(gamma) * torch.log(lam + mean_mass)
+    return ngwp + focal
+
+
+def classification_loss(class_logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: multi-label soft-margin loss of ``BxN`` aggregated logits against ``BxN`` multi-hot tags."""
+    return F.multilabel_soft_margin_loss(class_logits, tags.to(class_logits.dtype))
+
+
+def localization_loss(z_old: torch.Tensor, old_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: per-pixel BCE between sigmoid(z_c) and sigmoid(o_c) for the K0 channels of step t-1.
+
+    ``z_old``: the localizer's first K0 channels ``BxK0xhxw``; mean over classes and pixels.
+    """
+    return F.binary_cross_entropy_with_logits(z_old, torch.sigmoid(old_logits))
+
+
+@torch.no_grad()
+def pseudo_label(z: torch.Tensor, old_logits: torch.Tensor | None, tags: torch.Tensor,
+                 *, alpha: float = 0.5) -> torch.Tensor:
+    """Soft pseudo-label targets ``BxKxhxw`` in [0, 1] for l_SEG (Eq. 5-7).
+
+    Eq. 5: q_hard = one-hot argmax of m = softmax(z);  Eq. 6: q = alpha * q_hard + (1 - alpha) * m, with the
+    channels of new classes absent from an image's tags set to 0.
+    Eq. 7: target_bg = min(sigmoid(o_bg), q_bg); target_old = sigmoid(o_old); target_new = q_new.
+    With ``old_logits=None`` (the FT baseline) every channel's target is q itself.
+    """
+    m = z.float().softmax(dim=1)
+    q_hard = F.one_hot(m.argmax(dim=1), m.shape[1]).permute(0, 3, 1, 2).to(m.dtype)
+    q = alpha * q_hard + (1.0 - alpha) * m
+    num_new = tags.shape[1]
+    q[:, -num_new:] *= tags.to(q.dtype)[:, :, None, None]
+    if old_logits is None:
+        return q
+    target = q.clone()
+    old_prob = torch.sigmoid(old_logits.float())
+    num_old = old_logits.shape[1]
+    target[:, 0] = torch.minimum(old_prob[:, 0], q[:, 0])  # Eq. 7: background is the min of old model and q
+    target[:, 1:num_old] = old_prob[:, 1:]
+    return target
+
+
+def segmentation_loss(p: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 8: BCE-with-logits of ``p`` against the soft ``target``, summed over classes, mean over pixels.
+
+    ``weights``: optional per-image weights ``B`` (e.g. 0 for images whose pseudo-label misses a tagged class).
+    """
+    per_pixel = F.binary_cross_entropy_with_logits(p, target.to(p.dtype), reduction="none").sum(dim=1)
+    per_image = per_pixel.flatten(1).mean(dim=1)
+    if weights is None:
+        return per_image.mean()
+    return (weights * per_image).sum() / weights.sum().clamp_min(1e-5)
+
+
+def localized_weights(target: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+    """Per-image weight ``B``: 1 where every tagged new class is the argmax of at least one pixel, else 0."""
+    num_new = tags.shape[1]
+    winners = F.one_hot(target.argmax(dim=1), target.shape[1]).flatten(1, 2).amax(dim=1)[:, -num_new:]
+    return ((winners > 0) | (tags == 0)).all(dim=1).to(target.dtype)
+
+
+def feature_distillation(features: torch.Tensor, old_features: torch.Tensor) -> torch.Tensor:
+    """ILT's feature distillation: MSE between the new and the frozen old encoder features (reference-code extra)."""
+    return F.mse_loss(features, old_features)
