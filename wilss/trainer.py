@@ -18,7 +18,8 @@ from models.segmenter import Segmenter
 from wilss import losses as L
 from wilss.config import PretrainConfig, UpdateConfig
 from wilss.conventions import IGNORE_INDEX, denormalize, normalize
-from wilss.engine import Progress, Snapshot, make_loader, make_sgd, poly_schedule, resolve_device, run_loop
+from wilss.engine import (Progress, Snapshot, make_loader, make_sgd, poly_schedule, resolve_device, run_loop,
+                          seed_everything)
 from wilss.localizer import Localizer
 from wilss.pamr import balanced_ce, pamr, pamr_pseudo_label
 
@@ -29,6 +30,7 @@ def pretrain(model: Segmenter, dataset: Dataset, cfg: PretrainConfig = PretrainC
              *, device: str | torch.device | None = None) -> Iterator[Progress]:
     """Step 0: train ``model`` in place with cross-entropy on ``dataset`` items (image ``3xHxW``, mask ``HxW``)."""
     device = resolve_device(device)
+    seed_everything(cfg.seed)
     model.to(device).train()
     loader = make_loader(dataset, cfg, device)
     optimizer = make_sgd([{"params": list(model.parameters()), "lr": cfg.lr}], cfg)
@@ -56,6 +58,7 @@ class WeakUpdate:
                  snapshot_items: Sequence[tuple[np.ndarray, np.ndarray]] = (), snapshot_every: int = 0) -> None:
         self.cfg, self.dataset, self.num_new = cfg, dataset, num_new
         self.device = resolve_device(device)
+        seed_everything(cfg.seed)  # new classifier rows (without MiB init) and the localizer start from the seed
         self.old_model = copy.deepcopy(old_model).to(self.device).eval().requires_grad_(False)
         self.num_old = old_model.num_classes  # background + old classes
         self.model = copy.deepcopy(old_model)

@@ -1,0 +1,86 @@
+"""Mechanics of the update loop on a tiny model: phases, learning rates, snapshots, cancel, input untouched."""
+import numpy as np
+import pytest
+import torch
+
+from models import build_segmenter
+from wilss.config import PretrainConfig, UpdateConfig
+from wilss.data import PixelDataset, TagDataset
+from wilss.engine import last
+from wilss.trainer import WeakUpdate, pretrain
+from wilss.world import generate
+
+CFG = UpdateConfig(epochs=3, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return generate(8, seed=0, size=32)
+
+
+def tag_dataset(scenes):
+    targets = np.stack([[float(4 in np.unique(m))] for _, m in scenes])  # 2 old classes + 1 new: K-1 = 3 columns
+    targets = np.concatenate([np.zeros((len(scenes), 2), np.float32), targets], axis=1)
+    return TagDataset([img for img, _ in scenes], targets)
+
+
+def small_model():
+    torch.manual_seed(0)
+    return build_segmenter(arch="tiny", num_classes=3, width=8, head_channels=16).eval()
+
+
+def test_update_phases_losses_and_snapshots(scenes):
+    model = small_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    items = [(scenes[0][0], np.array([0, 0, 1], np.float32))]
+    update = WeakUpdate(model, tag_dataset(scenes), num_new=1, cfg=CFG, snapshot_items=items, snapshot_every=2)
+    progress = list(update.run())
+    assert [p.phase for p in progress] == ["warmup"] * 2 + ["joint"] * 4
+    assert set(progress[0].losses) == {"cls", "loc"} and set(progress[-1].losses) == {"cls", "loc", "seg"}
+    assert progress[-1].iteration == progress[-1].total_iterations == 6
+    snaps = [p for p in progress if p.snapshots]
+    assert [p.iteration for p in snaps] == [2, 4, 6]
+    snap = snaps[-1].snapshots[0]
+    assert snap.cams.shape == (1, 32, 32) and 0.0 <= snap.cams.min() and snap.cams.max() <= 1.0
+    assert snap.pseudo_label.shape == snap.prediction.shape == (32, 32)
+    assert snap.prediction.max() < 4
+    assert update.model.num_classes == 4
+    for k, v in model.state_dict().items():  # the input model is never modified
+        assert torch.equal(v, before[k]), k
+
+
+def test_learning_rates_constant_in_warmup_then_poly(scenes):
+    update = WeakUpdate(small_model(), tag_dataset(scenes), num_new=1, cfg=CFG)
+    lrs = [p.lr for p in update.run()]
+    assert lrs[0] == lrs[1] == pytest.approx(CFG.lr_backbone)
+    assert lrs[2] < lrs[1] and lrs[-1] == pytest.approx(0.0, abs=1e-9)
+    names = [g["name"] for g in update.parameter_groups()]
+    assert names == ["backbone", "head", "localizer"]
+
+
+def test_cancel_between_iterations_keeps_the_input_model(scenes):
+    model = small_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run = WeakUpdate(model, tag_dataset(scenes), num_new=1, cfg=CFG).run()
+    next(run)
+    run.close()  # what a cancel button does
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_options_add_their_losses(scenes):
+    cfg = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8,
+                       feature_distillation=1.0, pamr_self_training=True, drop_unlocalized=True, relaxed=True)
+    final = last(WeakUpdate(small_model(), tag_dataset(scenes), num_new=1, cfg=cfg).run())
+    assert set(final.losses) == {"cls", "loc", "fd", "seg", "self"}
+    assert all(np.isfinite(v) for v in final.losses.values())
+    ft = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8,
+                      old_model_prior=False, old_model_targets=False)
+    assert set(last(WeakUpdate(small_model(), tag_dataset(scenes), num_new=1, cfg=ft).run()).losses) == {"cls", "seg"}
+
+
+def test_pretrain_reduces_loss_and_ignores_void(scenes):
+    model = build_segmenter(arch="tiny", num_classes=10, width=8, head_channels=16)
+    items = [(img, np.where(np.arange(32)[None, :] < 2, 255, m).astype(np.uint8)) for img, m in scenes]
+    progress = list(pretrain(model, PixelDataset(items), PretrainConfig(epochs=4, batch_size=4, crop_size=32)))
+    assert len(progress) == 8 and progress[-1].phase == "pretrain"
+    assert np.isfinite(progress[-1].losses["ce"])

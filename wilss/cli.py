@@ -1,0 +1,69 @@
+"""``python -m wilss <command>``: the command-line entry point.
+
+The only place that configures logging and turns bad input into ``error: ...`` (exit status 2). Commands live in
+``cli_bench`` (generate, pretrain, benchmark), ``cli_update`` (add-class) and ``cli_use`` (evaluate, predict);
+each validates all of its input before it trains or writes anything.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from wilss import cli_bench, cli_update, cli_use
+from wilss.cli_common import Parser
+
+log = logging.getLogger(__name__)
+
+# Bad input: data, checkpoints, flag values (our modules raise ValueError subclasses), files in the way.
+USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="python -m wilss",
+        description="Add new classes to a trained semantic-segmentation model from image-level tags only "
+                    "(WILSON, CVPR 2022), and train, score and use such models.",
+        epilog="typical use:\n"
+               "  python -m wilss generate --samples samples/\n"
+               "  python -m wilss add-class --images samples/ --class arrow=#ff8000 --out arrow.pt\n"
+               "  python -m wilss predict --checkpoint arrow.pt --input photo.png --out predictions/ --overlay\n"
+               "Run 'python -m wilss COMMAND --help' for a command's options.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    cli_bench.register(commands)   # generate, pretrain, benchmark
+    cli_update.register(commands)  # add-class
+    cli_use.register(commands)     # evaluate, predict
+    order = ["generate", "pretrain", "add-class", "evaluate", "predict", "benchmark"]
+    commands._choices_actions.sort(key=lambda a: order.index(a.dest))  # help lists them in workflow order
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    fmt = "%(levelname)s: %(message)s" if verbosity < 2 else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    logging.getLogger("wilss").setLevel(level)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; returns the exit status (0 ok, 1 a goal or the training failed, 2 bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0), or a usage error already printed as 'error: ...' (2)
+        return stop.code if isinstance(stop.code, int) else 2
+    _configure_logging(args.verbose)
+    try:
+        return int(args.run(args) or 0)
+    except USER_ERRORS as err:
+        log.debug("details of the error below", exc_info=True)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:  # the loss diverged mid-training
+        print(f"error: training stopped, nothing was written: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

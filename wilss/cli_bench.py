@@ -1,0 +1,210 @@
+"""``generate``, ``pretrain`` and ``benchmark``: the world data, the shipped base model, and the protocol tables."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from wilss import recipes
+from wilss.checkpoint import save_checkpoint
+from wilss.cli_common import (REPO_ROOT, CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
+                              check_new_folder, non_negative_int, open_checkpoint, percent, positive_int)
+from wilss.cli_use import read_world
+from wilss.config import OptimConfig
+from wilss.data import DataError
+from wilss.experiments import Benchmark, Protocol, Row, camvid_splits, format_per_class, format_table
+from wilss.protocol import parse_task
+from wilss.world import write_world
+
+DEFAULT_CAMVID = REPO_ROOT.parent / "shared" / "datasets" / "camvid"
+# From the dataset's README (ids 0-10; 11 = unlabelled), used when camvid_meta.json is absent.
+CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
+                  "Pedestrian", "Bicyclist")
+WORLD_DEFAULTS = {"seed": 0, "size": recipes.WORLD_SIZE, "n_train": 600, "n_val": 100, "n_test": 200}
+
+
+# ---------------------------------------------------------------------------------------------- generate
+def cmd_generate(args: argparse.Namespace) -> int:
+    world_flags = [f"--{k.replace('_', '-')}" for k in WORLD_DEFAULTS if k != "seed" and getattr(args, k) is not None]
+    if args.samples is not None:
+        if world_flags:
+            raise CliError(f"{', '.join(world_flags)}: only for a world (--out), not for --samples")
+        check_new_folder(args.samples, flag="--samples")
+        seed = {} if args.seed is None else {"seed": args.seed}
+        folder = recipes.write_samples(args.samples, **seed)
+        print(f"wrote {len(list(folder.glob('*.png')))} demo images and {folder / 'tags.csv'}")
+        return 0
+    settings = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in WORLD_DEFAULTS.items()}
+    if settings["size"] < 32:
+        raise CliError(f"--size {settings['size']} is too small for the world's shapes; use 32 or more")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file; give a folder")
+    for split in ("train", "val", "test"):
+        if (out / split).exists() and any((out / split).iterdir()):
+            raise CliError(f"--out {out} already holds a '{split}' split; give a new or empty folder")
+    start = time.perf_counter()
+    write_world(out, **settings)
+    splits = read_world(out).get("splits", {})
+    counts = ", ".join(f"{len(splits.get(s, {}))} {s}" for s in ("train", "val", "test"))
+    print(f"wrote a world of {settings['size']} px scenes (seed {settings['seed']}): {counts} images "
+          f"in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {out} (layout: world.json, <split>/images, <split>/masks)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- pretrain
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    out = check_new_file(args.out, overwrite=args.overwrite)
+    start = time.perf_counter()
+    with ProgressBar(quiet=args.quiet) as bar:
+        ckpt, row = recipes.train_default_base(epochs=args.epochs, device=args.device, on_progress=lambda n, p:
+                                               bar.update(p, n))
+    # From the per-class IoU: at step 0 the task calls the base classes "new", so row.old is NaN.
+    base_miou = float(np.nanmean(row.per_class[1:])) if not np.all(np.isnan(row.per_class[1:])) else math.nan
+    print(f"base model: {', '.join(ckpt.class_names[1:])}")
+    print(f"test mIoU: base classes {percent(base_miou)} | all (with background) {percent(row.all)}")
+    print("per class IoU %: " + ", ".join(f"{n} {percent(v)}" for n, v in zip(ckpt.class_names, row.per_class)))
+    path = save_checkpoint(ckpt, out, overwrite=args.overwrite)
+    print(f"wall time {time.perf_counter() - start:.1f} s")
+    print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- benchmark
+def quick(cfg: OptimConfig) -> OptimConfig:
+    """A smoke-run variant: epochs / 10 (at least 2), warm-up / 10 (at least 1, less than the epochs)."""
+    epochs = max(2, cfg.epochs // 10)
+    changes = {"epochs": epochs}
+    if hasattr(cfg, "warmup_epochs"):
+        changes["warmup_epochs"] = min(max(1, cfg.warmup_epochs // 10), epochs - 1)
+    return replace(cfg, **changes)
+
+
+def camvid_classes(root: Path) -> tuple[str, ...]:
+    meta = root / "camvid_meta.json"
+    if meta.is_file():
+        try:
+            classes = tuple(json.loads(meta.read_text())["classes"])
+            if len(classes) == len(CAMVID_CLASSES):
+                return classes
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass
+    return CAMVID_CLASSES
+
+
+def goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:
+    """The world's goals: WILSS new >= 80% of joint new, old >= 97% of base old, all > FT all."""
+    by = {r.method: r for r in rows}
+    w, j, b, f = by["wilss"], by["joint"], by["base"], by["ft"]
+    return [(f"WILSS new {percent(w.new)} >= 80% of joint new ({percent(0.8 * j.new)})", w.new >= 0.8 * j.new),
+            (f"WILSS old {percent(w.old)} >= 97% of base old ({percent(0.97 * b.old)})", w.old >= 0.97 * b.old),
+            (f"WILSS all {percent(w.all)} > FT all ({percent(f.all)})", w.all > f.all)]
+
+
+def _benchmark_setup(args: argparse.Namespace):
+    if args.dataset == "world":
+        return (recipes.world_protocol(), recipes.world_splits, recipes.WORLD_PRETRAIN, recipes.WORLD_UPDATE,
+                f"world {recipes.WORLD_TASK_SPEC} {recipes.WORLD_SETTING}")
+    if args.base is not None:
+        raise CliError("--base is for the world benchmark only (the CamVid base is trained by the run)")
+    root = Path(args.data)
+    if not (root / "train.txt").is_file():
+        raise DataError(f"CamVid was not found in '{root}' (no train.txt). Give its folder with --data PATH.")
+    cam = recipes.CAMVID
+    protocol = Protocol(name="camvid", dataset_classes=camvid_classes(root),
+                        task=parse_task(cam.task_spec, 11, background_ids=()), setting=cam.setting,
+                        ignore_ids=(11,), resize=cam.resize, background_in_all=False)
+    return protocol, lambda: camvid_splits(root), cam.pretrain, cam.update, f"camvid {cam.task_spec} {cam.setting}"
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    protocol, splits, pretrain_cfg, update_cfg, title = _benchmark_setup(args)
+    if args.out is not None:
+        check_new_file(args.out, overwrite=args.overwrite)
+    base = None
+    if args.base is not None:
+        ckpt = open_checkpoint(args.base)
+        if ckpt.class_names != protocol.model_class_names(0):
+            raise CliError(f"--base {args.base} has classes {ckpt.class_names}, not the benchmark's base classes "
+                           f"{protocol.model_class_names(0)}")
+        base = ckpt.model
+    if args.quick:
+        pretrain_cfg, update_cfg, title = quick(pretrain_cfg), quick(update_cfg), title + " (quick smoke run)"
+    train, test = splits()
+    start = time.perf_counter()
+    with ProgressBar(quiet=args.quiet) as bar:
+        bench = Benchmark(protocol, train, test, pretrain_cfg=pretrain_cfg, update_cfg=update_cfg,
+                          device=args.device, on_progress=lambda name, p: bar.update(p, name))
+        rows = bench.run(base=base)
+    report = [format_table(rows, title), "", format_per_class(rows, protocol.model_class_names(1))]
+    failed = False
+    if args.dataset == "world":
+        checks = goal_checks(rows)
+        failed = not all(ok for _, ok in checks)
+        report += ["", "Goals:" + (" (not expected to hold in a quick run)" if args.quick else "")]
+        report += [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in checks]
+    text = "\n".join(report)
+    print(text)
+    print(f"\nwall time {time.perf_counter() - start:.0f} s")
+    if args.out is not None:
+        check_new_file(args.out, overwrite=args.overwrite)  # again: the run is long
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+        print(f"wrote {args.out}")
+    return 1 if failed and not args.quick else 0
+
+
+# ------------------------------------------------------------------------------------------------ parsers
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "generate", help="write the procedural world (train/val/test with masks) or the demo's tagged samples",
+        description="--out DIR: the procedural world of textured shapes with exact masks (world.json, "
+                    "<split>/images, <split>/masks). --samples DIR: the demo's tagged images (positives and "
+                    "negatives for 'arrow', with tags.csv). Never writes into a non-empty split or folder.")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, metavar="DIR", help="write a world here")
+    target.add_argument("--samples", type=Path, metavar="DIR", help="write the demo samples here")
+    p.add_argument("--seed", type=int, help="random seed (default: 0 for a world, the recipe's for samples)")
+    p.add_argument("--size", type=positive_int, metavar="PX", help=f"image side (default: {WORLD_DEFAULTS['size']})")
+    for split in ("train", "val", "test"):
+        p.add_argument(f"--n-{split}", dest=f"n_{split}", type=non_negative_int, metavar="N",
+                       help=f"{split} images (default: {WORLD_DEFAULTS['n_' + split]})")
+    add_common_flags(p)
+    p.set_defaults(run=cmd_generate)
+
+    p = commands.add_parser(
+        "pretrain", help="train the shipped default base model by the world recipe (step 0, pixel labels)",
+        description="Train the base model of the world recipe (classes disc..hexagon, pixel labels) on the "
+                    "recipe's in-memory world, print its test figures and save it. "
+                    "'pretrain --out models/default_base.pt' reproduces the shipped default.")
+    p.add_argument("--out", required=True, type=Path, metavar="CKPT", help="checkpoint file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--epochs", type=positive_int, metavar="N",
+                   help=f"training epochs (default: the recipe's {recipes.WORLD_PRETRAIN.epochs})")
+    add_device_flag(p)
+    add_common_flags(p)
+    p.set_defaults(run=cmd_pretrain)
+
+    p = commands.add_parser(
+        "benchmark", help="base, WILSS, fine-tuning and joint training on a protocol, as mIoU tables",
+        description="Train the base model with pixel labels, add the step-1 classes from tags with WILSS and with "
+                    "plain fine-tuning (FT), train the joint pixel-supervised upper bound, and print mIoU old / "
+                    "new / all of each on the test split. For the world, also checks the goals (exit status 1 "
+                    "when one fails, except with --quick).")
+    p.add_argument("dataset", choices=("world", "camvid"), help="world: generated in memory; camvid: from --data")
+    p.add_argument("--quick", action="store_true", help="smoke run: every epoch count / 10 (min 2, warm-up min 1)")
+    p.add_argument("--data", type=Path, default=DEFAULT_CAMVID, metavar="PATH",
+                   help="CamVid folder (default: ../shared/datasets/camvid next to the repository)")
+    p.add_argument("--base", type=Path, metavar="CKPT", help="world only: reuse this base instead of training one")
+    p.add_argument("--out", type=Path, metavar="FILE", help="also write the tables as markdown")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_device_flag(p)
+    add_common_flags(p)
+    p.set_defaults(run=cmd_benchmark)

@@ -1,0 +1,258 @@
+"""``add-class``: teach a checkpoint new classes from image-level tags (one WILSON step).
+
+Two sources of tagged images: a user folder (tags.csv / tags.json / one sub-folder per tag), or the train split of
+a generated world, whose tags come from world.json under the benchmark's protocol. Everything is checked first
+(``plan_*``), then the update runs and the new checkpoint is written (``run_plan``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from models import DEFAULT_CHECKPOINT
+from wilss import recipes
+from wilss.checkpoint import Checkpoint, history_entry, save_checkpoint
+from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_update_flags, check_new_file,
+                              check_new_folder, extend_colours, open_checkpoint, parse_class_spec, positive_int,
+                              update_config)
+from wilss.cli_use import (EvalSet, format_scores, mask_eval_set, nan_to_none, read_world, score, world_eval_set,
+                           world_split)
+from wilss.config import UpdateConfig, to_dict
+from wilss.conventions import colorize, voc_palette
+from wilss.data import TagDataset, TaggedSet, check_new_classes, load_image, read_tagged_folder, validate_images
+from wilss.engine import Snapshot, batches_per_epoch, seed_everything
+from wilss.protocol import select_images
+from wilss.trainer import WeakUpdate
+from wilss.transforms import resize_pair, train_transform
+from wilss.world import WORLD_CLASSES
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_IMAGES = 4
+
+
+@dataclass
+class UpdatePlan:
+    """Everything an update needs, validated: nothing has been written when one exists."""
+
+    checkpoint_path: Path
+    ckpt: Checkpoint
+    out: Path
+    cfg: UpdateConfig
+    tagged: TaggedSet
+    new_names: list[str]
+    new_colours: np.ndarray              # N x 3 uint8
+    source: str
+    eval_set: Optional[EvalSet] = None
+    snapshot_dir: Optional[Path] = None
+    snapshot_every: int = 0
+
+    @property
+    def columns(self) -> list[str]:
+        """Target columns: the old non-background classes, then the new ones (WeakUpdate's order)."""
+        return self.ckpt.class_names[1:] + self.new_names
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.ckpt.class_names + self.new_names
+
+    @property
+    def colours(self) -> np.ndarray:
+        return np.vstack([self.ckpt.colours, self.new_colours]).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------ planning
+def _common_checks(args: argparse.Namespace, base_cfg: UpdateConfig) -> tuple[Path, UpdateConfig]:
+    out = check_new_file(args.out, overwrite=args.overwrite, protect=(args.checkpoint,))
+    cfg = update_config(args, base_cfg)
+    if args.snapshot_every is not None and args.snapshot_dir is None:
+        raise CliError("--snapshot-every needs --snapshot-dir DIR (where to write the pictures)")
+    if args.snapshot_dir is not None:
+        check_new_folder(args.snapshot_dir, flag="--snapshot-dir")
+    if (args.eval_images is None) != (args.eval_masks is None):
+        raise CliError("give --eval-images DIR and --eval-masks DIR together")
+    return out, cfg
+
+
+def _finish_plan(plan: UpdatePlan, args: argparse.Namespace) -> UpdatePlan:
+    check_new_classes(plan.tagged, plan.new_names, plan.ckpt.class_names[1:])
+    if args.eval_images is not None:
+        plan.eval_set = mask_eval_set(args.eval_images, args.eval_masks, len(plan.class_names))
+    if args.snapshot_dir is not None:
+        plan.snapshot_dir = Path(args.snapshot_dir)
+        plan.snapshot_every = args.snapshot_every or batches_per_epoch(len(plan.tagged), plan.cfg.batch_size)
+    return plan
+
+
+def plan_from_folder(args: argparse.Namespace) -> UpdatePlan:
+    if args.world is not None:
+        raise CliError("give either --images (your tagged images) or --world (a generated world), not both")
+    if not args.classes:
+        raise CliError("name the new class(es) with --class NAME (or NAME=#RRGGBB), once per class")
+    out, cfg = _common_checks(args, recipes.DEMO_UPDATE)
+    specs = [parse_class_spec(text) for text in args.classes]
+    ckpt = open_checkpoint(args.checkpoint)
+    tagged = read_tagged_folder(args.images, args.tags)
+    names = [name for name, _ in specs]
+    plan = UpdatePlan(Path(args.checkpoint), ckpt, out, cfg, tagged, names,
+                      extend_colours(ckpt.colours, [colour for _, colour in specs]), str(args.images))
+    return _finish_plan(plan, args)
+
+
+def plan_from_world(args: argparse.Namespace) -> UpdatePlan:
+    if args.images is not None or args.tags is not None or args.classes:
+        raise CliError("--world brings its own images, tags and classes: leave out --images, --tags and --class")
+    out, cfg = _common_checks(args, recipes.WORLD_UPDATE)
+    ckpt = open_checkpoint(args.checkpoint)
+    strangers = [n for n in ckpt.class_names[1:] if n not in WORLD_CLASSES]
+    if strangers:
+        raise CliError(f"the checkpoint knows classes that are not in the world ({', '.join(strangers)}); "
+                       "--world needs a base trained on it ('python -m wilss pretrain')")
+    task = recipes.world_task()
+    meta = read_world(args.world)
+    images, _, present = world_split(args.world, meta, "train")
+    chosen = select_images(present, task, 1, recipes.WORLD_SETTING)
+    names = [WORLD_CLASSES[c] for c in task.step(1).new_classes]
+    known = set(ckpt.class_names[1:]) | set(names)
+    tags = [{WORLD_CLASSES[c] for c in present[i]} & known for i in chosen]
+    tagged = TaggedSet(tuple(images[i] for i in chosen), tuple(tags))
+    validate_images(tagged.paths)
+    colours = voc_palette(256)[[WORLD_CLASSES.index(n) for n in names]]
+    plan = UpdatePlan(Path(args.checkpoint), ckpt, out, cfg, tagged, names, colours, str(args.world))
+    plan = _finish_plan(plan, args)
+    if plan.eval_set is None and (meta.get("splits") or {}).get("test"):
+        plan.eval_set = world_eval_set(args.world, "test", plan.class_names)
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+def fit(image: np.ndarray, side: int) -> np.ndarray:
+    """Resize ``HxWx3`` so its longer side is ``side`` (aspect kept): a crop then shows most of the image,
+    so the image's tags still hold for it."""
+    h, w = image.shape[:2]
+    scale = side / max(h, w)
+    return resize_pair(image, None, max(1, round(h * scale)), max(1, round(w * scale)))[0]
+
+
+def cam_overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """A CAM (``HxW`` in [0, 1]) as a jet heat map blended 50% over ``image`` (``HxWx3`` uint8)."""
+    heat = cv2.applyColorMap(np.uint8(np.clip(cam, 0.0, 1.0) * 255 + 0.5), cv2.COLORMAP_JET)[..., ::-1]
+    return ((image.astype(np.uint16) + heat.astype(np.uint16)) // 2).astype(np.uint8)
+
+
+def write_snapshots(folder: Path, iteration: int, snapshots: Sequence[Snapshot], colours: np.ndarray,
+                    new_names: Sequence[str]) -> None:
+    """Per image: one CAM overlay per new class, the pseudo-label and the prediction, as PNGs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = [re.sub(r"[^A-Za-z0-9_-]+", "_", n) for n in new_names]
+    for snap in snapshots:
+        stem = folder / f"it{iteration:06d}_img{snap.index}"
+        for k, name in enumerate(safe):
+            Image.fromarray(cam_overlay(snap.image, snap.cams[k])).save(f"{stem}_cam_{name}.png")
+        Image.fromarray(colorize(snap.pseudo_label, colours)).save(f"{stem}_pseudo.png")
+        Image.fromarray(colorize(snap.prediction, colours)).save(f"{stem}_pred.png")
+
+
+# ---------------------------------------------------------------------------------------------- training
+def run_plan(plan: UpdatePlan, args: argparse.Namespace) -> int:
+    cfg, tagged = plan.cfg, plan.tagged
+    seed_everything(cfg.seed)
+    augment = train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip)
+    dataset = TagDataset.from_tagged(tagged, plan.columns,
+                                     transform=lambda image: augment(fit(image, cfg.crop_size)))
+    snapshot_items = []
+    if plan.snapshot_dir is not None:
+        snapshot_items = [(fit(load_image(tagged.paths[i]), cfg.crop_size), dataset.targets[i])
+                          for i in range(min(SNAPSHOT_IMAGES, len(tagged)))]
+    counts = tagged.counts()
+    without_new = sum(not (tags & set(plan.new_names)) for tags in tagged.tags)
+    print(f"adding {', '.join(f'{n} ({counts[n]} images)' for n in plan.new_names)} to {plan.checkpoint_path} "
+          f"({len(plan.ckpt.class_names) - 1} classes) from {len(tagged)} images, {without_new} showing none of "
+          f"the new classes; {cfg.epochs} epochs ({cfg.warmup_epochs} warm-up)")
+    start = time.perf_counter()
+    update = WeakUpdate(plan.ckpt.model, dataset, num_new=len(plan.new_names), cfg=cfg, device=args.device,
+                        snapshot_items=snapshot_items, snapshot_every=plan.snapshot_every)
+    final = None
+    with ProgressBar(quiet=args.quiet) as bar:
+        for final in update.run():
+            bar.update(final)
+            if final.snapshots:
+                write_snapshots(plan.snapshot_dir, final.iteration, final.snapshots, plan.colours, plan.new_names)
+    train_seconds = time.perf_counter() - start
+    metrics = {"train_seconds": round(train_seconds, 1)}
+    metrics.update({f"final_loss_{k}": round(v, 4) for k, v in (final.losses if final else {}).items()})
+    if plan.eval_set is not None:
+        iou, figures = score(update.model, plan.eval_set, plan.class_names, plan.new_names, device=args.device)
+        print(f"\nevaluated on {len(plan.eval_set.pairs)} images from {plan.eval_set.source}")
+        print(format_scores(iou, figures, plan.class_names, plan.new_names))
+        metrics.update({f"eval_mIoU_{k}": nan_to_none(v) for k, v in figures.items()})
+        metrics.update(eval_images=len(plan.eval_set.pairs), eval_source=plan.eval_set.source)
+    ckpt = Checkpoint(model=update.model.cpu().eval(), class_names=plan.class_names, colours=plan.colours,
+                      history=list(plan.ckpt.history))
+    ckpt.history.append(history_entry(
+        "add-class", plan.new_names, num_images=len(tagged), step=len(plan.ckpt.history), settings=to_dict(cfg),
+        metrics=metrics, negatives=tagged.num_negatives, source=plan.source, tag_counts=counts,
+        base_checkpoint=str(plan.checkpoint_path)))
+    path = save_checkpoint(ckpt, plan.out, protect=(plan.checkpoint_path,), overwrite=args.overwrite)
+    print(f"\nwall time {time.perf_counter() - start:.1f} s (training {train_seconds:.1f} s)")
+    if plan.snapshot_dir is not None:
+        print(f"snapshots in {plan.snapshot_dir}")
+    print(f"wrote {path} ({len(ckpt.class_names)} classes: {', '.join(ckpt.class_names[1:])})")
+    return 0
+
+
+def cmd_add_class(args: argparse.Namespace) -> int:
+    if args.world is None and args.images is None:
+        raise CliError("give the tagged images with --images DIR (or a generated world with --world DIR)")
+    plan = plan_from_world(args) if args.world is not None else plan_from_folder(args)
+    return run_plan(plan, args)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    world_cfg = recipes.WORLD_UPDATE
+    p = commands.add_parser(
+        "add-class", help="add new classes to a checkpoint from image-level tags (WILSON)",
+        description="Teach a segmentation checkpoint new classes from images that are only tagged (no masks), "
+                    "keeping what it knows. The result is a new checkpoint; the input is never changed. The "
+                    "method contrasts images with and without each new class, so give negatives too: images "
+                    "showing none of the new classes.",
+        epilog="examples:\n"
+               "  python -m wilss add-class --images samples/ --class arrow=#ff8000 --out arrow.pt\n"
+               "  python -m wilss add-class --world world/ --out world_step1.pt\n"
+               "tags: DIR/tags.csv ('filename,tags', tags separated by ';', empty = negative), DIR/tags.json, "
+               "or one sub-folder per tag (negatives in 'none/' or at the top).")
+    src = p.add_argument_group("what to learn from")
+    src.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="IN",
+                     help="the model to extend (default: the shipped base, models/default_base.pt)")
+    src.add_argument("--images", type=Path, metavar="DIR", help="folder of tagged images")
+    src.add_argument("--tags", type=Path, metavar="FILE",
+                     help="tags file, .csv or .json (default: DIR/tags.csv or DIR/tags.json, else sub-folders)")
+    src.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME[=#RRGGBB]",
+                     help="a new class and, optionally, its colour (default: the next free VOC palette colour); "
+                          "repeat for several classes")
+    src.add_argument("--world", type=Path, metavar="DIR",
+                     help="instead: step 1 of the world benchmark (adds crescent and arrow) on a folder written "
+                          "by 'generate --out'; scored on its test split")
+    out = p.add_argument_group("result")
+    out.add_argument("--out", required=True, type=Path, metavar="OUT", help="the new checkpoint file")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing --out (never the input)")
+    out.add_argument("--eval-images", type=Path, metavar="DIR", help="labelled images to score the result on")
+    out.add_argument("--eval-masks", type=Path, metavar="DIR",
+                     help="their masks NAME.png, in the NEW model's ids (old ids, then the new classes in "
+                          "--class order); mIoU old / new / all go into the checkpoint's history")
+    out.add_argument("--snapshot-dir", type=Path, metavar="DIR",
+                     help=f"write CAMs, pseudo-labels and predictions of the first {SNAPSHOT_IMAGES} images here")
+    out.add_argument("--snapshot-every", type=positive_int, metavar="N",
+                     help="iterations between snapshots (default: once per epoch)")
+    add_update_flags(p, (("", recipes.DEMO_UPDATE), ("with --world", world_cfg)))
+    add_common_flags(p)
+    p.set_defaults(run=cmd_add_class)

@@ -1,0 +1,126 @@
+"""Named recipes: the settings the project's figures and its shipped default were produced with.
+
+The paper's defaults live in ``wilss.config``; a recipe changes only what the data or the machine demands
+(image size, batch, epochs on two CPU cores) and says why.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wilss.config import PretrainConfig, UpdateConfig
+from wilss.protocol import Task, parse_task
+from wilss.world import WORLD_CLASSES
+
+# The generated world: 128 px images, so crops are the whole image and scale jitter is milder than VOC's.
+WORLD_SIZE = 128
+WORLD_TASK_SPEC = "7-2"              # base: disc..hexagon with pixel labels; then crescent + arrow from tags
+WORLD_SETTING = "disjoint"
+WORLD_SEEDS = {"train": 1, "test": 2, "samples": 3}
+WORLD_COUNTS = {"train": 2000, "test": 200}
+
+# Step 0 from scratch (no ImageNet weights here): a higher learning rate than the paper's 1e-2 fine-tuning value.
+WORLD_PRETRAIN = PretrainConfig(epochs=60, lr=0.05, batch_size=16, crop_size=WORLD_SIZE, scale_range=(0.75, 1.25))
+WORLD_UPDATE = UpdateConfig(epochs=40, warmup_epochs=5, batch_size=16, crop_size=WORLD_SIZE,
+                            scale_range=(0.75, 1.25), localizer_channels=128)
+
+# The demo: add one class ("arrow") to the shipped base from samples/ (positives and negatives).
+DEMO_CLASS = "arrow"
+DEMO_COLOUR = "#ff8000"
+DEMO_UPDATE = UpdateConfig(epochs=20, warmup_epochs=3, batch_size=16, crop_size=WORLD_SIZE,
+                           scale_range=(0.75, 1.25), localizer_channels=128)
+
+
+def world_task() -> Task:
+    return parse_task(WORLD_TASK_SPEC, len(WORLD_CLASSES))
+
+
+@dataclass(frozen=True)
+class CamVidRecipe:
+    """CamVid has no background: every pixel is a named class. Model id 0 ("background") stands for "none of
+    the known classes"; at step 0 the pixels of the classes to add later are background (MiB's overlap
+    convention), and background is left out of the 'all' mIoU since no ground-truth pixel carries it."""
+
+    task_spec: str = "0,1,2,3,4,5,6,8,9|7,10"   # Fence (7) and Bicyclist (10) are learnt from tags
+    setting: str = "overlap"
+    resize: tuple[int, int] = (180, 240)        # half resolution: two CPU cores
+    pretrain: PretrainConfig = PretrainConfig(epochs=40, batch_size=8, crop_size=176, scale_range=(0.75, 1.5))
+    update: UpdateConfig = UpdateConfig(epochs=30, warmup_epochs=4, batch_size=8, crop_size=176,
+                                        scale_range=(0.75, 1.5), localizer_channels=128)
+
+
+CAMVID = CamVidRecipe()
+
+
+def world_protocol():
+    from wilss.experiments import Protocol
+
+    return Protocol("world", WORLD_CLASSES, world_task(), WORLD_SETTING)
+
+
+def world_splits():
+    """The benchmark's train and test splits, generated in memory from the recipe's seeds."""
+    from wilss import world
+    from wilss.experiments import LabelledSplit
+
+    return tuple(LabelledSplit.from_pairs(world.generate(WORLD_COUNTS[s], seed=WORLD_SEEDS[s], size=WORLD_SIZE))
+                 for s in ("train", "test"))
+
+
+def write_samples(folder, *, n_positive: int = 40, n_negative: int = 24, seed: int = WORLD_SEEDS["samples"]):
+    """The demo's tagged images: scenes with the demo class among base classes, and negatives without it.
+
+    Writes ``folder/NNN.png`` and ``folder/tags.csv`` (``filename,tags``; empty tags = negative).
+    Refuses a non-empty folder.
+    """
+    import csv
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from wilss import world
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} is not empty; samples are only written into an empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    task = world_task()
+    base = list(task.seen_classes(0))
+    demo_id = WORLD_CLASSES.index(DEMO_CLASS)
+    rows = []
+    for i in range(n_positive + n_negative):
+        positive = i % (n_positive + n_negative) < n_positive
+        image, _ = world.sample_scene(rng, size=WORLD_SIZE, allowed=base, required=[demo_id] if positive else [])
+        name = f"{i:03d}.png"
+        Image.fromarray(image).save(folder / name)
+        rows.append((name, DEMO_CLASS if positive else ""))
+    with open(folder / "tags.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["filename", "tags"])
+        writer.writerows(rows)
+    return folder
+
+
+def train_default_base(*, epochs: int | None = None, device=None, on_progress=None):
+    """Train the shipped base model by the world recipe; returns (checkpoint, base figures on the test split)."""
+    from dataclasses import replace
+
+    from wilss.checkpoint import history_entry, new_checkpoint
+    from wilss.config import to_dict
+    from wilss.experiments import Benchmark
+
+    cfg = WORLD_PRETRAIN if epochs is None else replace(WORLD_PRETRAIN, epochs=epochs)
+    protocol = world_protocol()
+    train, test = world_splits()
+    bench = Benchmark(protocol, train, test, pretrain_cfg=cfg, update_cfg=WORLD_UPDATE, device=device,
+                      on_progress=on_progress)
+    model = bench.train_base()
+    row = bench.score("base", model, 0.0, step=0)
+    names = protocol.model_class_names(0)
+    ckpt = new_checkpoint(model, names)
+    ckpt.history.append(history_entry(
+        "pretrain", names[1:], num_images=len(bench.base_indices()), step=0,
+        settings={"recipe": "world", "task": WORLD_TASK_SPEC, "setting": WORLD_SETTING, **to_dict(cfg)},
+        metrics={"test_mIoU_base_classes": round(row.new, 2), "test_mIoU_all": round(row.all, 2)}))
+    return ckpt, row
