@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# The README's main command: set up ./.venv, then run the demo on the embedded default
-# (the shipped base model, models/default_base.pt, learns the class tagged in samples/).
-# Extra arguments are passed to `python -m wilss add-class`.
+# The README's main command: set up ./.venv, then open the browser app on the embedded default
+# (the shipped base model models/default_base.pt and samples/). Extra arguments go to launch.py.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup.sh
-out="outputs/demo-$(date +%Y%m%d-%H%M%S).pt"
-exec .venv/bin/python -m wilss add-class --images samples --class arrow=#ff8000 --out "$out" "$@"
+exec .venv/bin/python launch.py "$@"

@@ -14,6 +14,7 @@ from models.segmenter import GrowableClassifier, Segmenter
 from models.tiny import TinyEncoder, tiny_head
 
 DEFAULT_ARCH = "tiny"
+ACTIVATIONS = ("sigmoid", "softmax")
 
 
 class TorchvisionBackbone(nn.Module):
@@ -62,10 +63,19 @@ ARCHITECTURES: dict[str, Callable[..., Segmenter]] = {
 }
 
 
-def build_segmenter(*, arch: str = DEFAULT_ARCH, num_classes: int, **kwargs: object) -> Segmenter:
-    """Build a network by name. ``kwargs`` are architecture options (e.g. ``width`` for 'tiny')."""
+def build_segmenter(*, arch: str = DEFAULT_ARCH, num_classes: int, activation: str = "sigmoid",
+                    **kwargs: object) -> Segmenter:
+    """Build a network by name. ``kwargs`` are architecture options (e.g. ``width`` for 'tiny').
+
+    ``activation``: how the logits were trained to be read, 'sigmoid' (BCE, WILSON's convention) or 'softmax'
+    (cross-entropy, e.g. torchvision's models). The weak step reads the old model's probabilities through it.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
     if num_classes < 2:
         raise ValueError(f"a segmenter needs the background and at least one class, got num_classes={num_classes}")
-    return ARCHITECTURES[arch](num_classes, **kwargs)
+    model = ARCHITECTURES[arch](num_classes, **kwargs)
+    model.config["activation"] = activation
+    return model

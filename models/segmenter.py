@@ -73,6 +73,15 @@ class Segmenter(nn.Module):
     def num_classes(self) -> int:
         return self.classifier.num_classes
 
+    @property
+    def activation(self) -> str:
+        """'sigmoid' (trained with BCE) or 'softmax' (trained with cross-entropy)."""
+        return self.config.get("activation", "sigmoid")
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities ``BxKx...`` of logits, read the way the model was trained."""
+        return torch.sigmoid(logits) if self.activation == "sigmoid" else logits.softmax(dim=1)
+
     def decode(self, features: torch.Tensor) -> torch.Tensor:
         """``BxCfxhxw`` features -> ``BxKxhxw`` logits at feature resolution."""
         return self.classifier(self.head(features))

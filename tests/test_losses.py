@@ -48,14 +48,14 @@ def test_localization_loss_eq4_by_hand():
     old = torch.tensor([[[[0.0]], [[3.0]]]])
     s = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
     expected = (bce(1.0, s(0.0)) + bce(-2.0, s(3.0))) / 2
-    assert L.localization_loss(z, old).item() == pytest.approx(expected, abs=1e-6)
+    assert L.localization_loss(z, torch.sigmoid(old)).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_pseudo_label_eq5_to_eq7_by_hand():
     # 3 classes: background, one old, one new; one pixel with m = softmax(z) = (0.2, 0.3, 0.5)
     m = torch.tensor([0.2, 0.3, 0.5])
     z = m.log().view(1, 3, 1, 1)
-    old = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)  # sigmoid: 0.5, 0.7311
+    old = torch.sigmoid(torch.tensor([0.0, 1.0]).view(1, 2, 1, 1))  # 0.5, 0.7311
     target = L.pseudo_label(z, old, torch.tensor([[1.0]]), alpha=0.5)
     q = 0.5 * torch.tensor([0.0, 0.0, 1.0]) + 0.5 * m  # Eq. 6: (0.1, 0.15, 0.75)
     assert target[0, :, 0, 0].tolist() == pytest.approx([min(0.5, q[0].item()), 1 / (1 + math.exp(-1)), 0.75])
@@ -87,3 +87,10 @@ def test_localized_weights_zero_when_a_tagged_class_wins_no_pixel():
 def test_feature_distillation_is_mse():
     a, b = torch.zeros(1, 2, 1, 1), torch.tensor([1.0, 3.0]).view(1, 2, 1, 1)
     assert L.feature_distillation(a, b).item() == pytest.approx(5.0)
+
+
+def test_pixel_bce_one_hot_sum_over_classes_void_ignored():
+    logits = torch.tensor([[[[2.0, 0.0]], [[-1.0, 1.0]]]])      # 2 classes, 1x2 pixels
+    labels = torch.tensor([[[1, 255]]])
+    expected = bce(2.0, 0.0) + bce(-1.0, 1.0)                     # only the first pixel counts
+    assert L.pixel_bce(logits, labels).item() == pytest.approx(expected, abs=1e-6)

@@ -45,3 +45,14 @@ def test_bad_arguments_are_explained():
         build_segmenter(arch="nope", num_classes=3)
     with pytest.raises(ValueError, match="at least one"):
         build_segmenter(arch="tiny", num_classes=3).grow(0)
+
+
+def test_probabilities_follow_the_training_activation():
+    logits = torch.tensor([[[[2.0]], [[1.0]]]])
+    sig = build_segmenter(arch="tiny", num_classes=2, width=8)
+    soft = build_segmenter(arch="tiny", num_classes=2, width=8, activation="softmax")
+    torch.testing.assert_close(sig.probabilities(logits), torch.sigmoid(logits))
+    torch.testing.assert_close(soft.probabilities(logits), logits.softmax(1))
+    assert soft.config["activation"] == "softmax"
+    with pytest.raises(ValueError, match="activation"):
+        build_segmenter(arch="tiny", num_classes=2, activation="relu")

@@ -78,9 +78,12 @@ def test_options_add_their_losses(scenes):
     assert set(last(WeakUpdate(small_model(), tag_dataset(scenes), num_new=1, cfg=ft).run()).losses) == {"cls", "seg"}
 
 
-def test_pretrain_reduces_loss_and_ignores_void(scenes):
+@pytest.mark.parametrize("loss, activation", [("bce", "sigmoid"), ("ce", "softmax")])
+def test_pretrain_sets_the_activation_it_trained(scenes, loss, activation):
     model = build_segmenter(arch="tiny", num_classes=10, width=8, head_channels=16)
     items = [(img, np.where(np.arange(32)[None, :] < 2, 255, m).astype(np.uint8)) for img, m in scenes]
-    progress = list(pretrain(model, PixelDataset(items), PretrainConfig(epochs=4, batch_size=4, crop_size=32)))
-    assert len(progress) == 8 and progress[-1].phase == "pretrain"
-    assert np.isfinite(progress[-1].losses["ce"])
+    cfg = PretrainConfig(epochs=2, batch_size=4, crop_size=32, loss=loss)
+    progress = list(pretrain(model, PixelDataset(items), cfg))
+    assert len(progress) == 4 and progress[-1].phase == "pretrain"
+    assert np.isfinite(progress[-1].losses[loss])
+    assert model.activation == activation

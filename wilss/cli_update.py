@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -32,7 +31,8 @@ from wilss.data import TagDataset, TaggedSet, check_new_classes, load_image, rea
 from wilss.engine import Snapshot, batches_per_epoch, seed_everything
 from wilss.protocol import select_images
 from wilss.trainer import WeakUpdate
-from wilss.transforms import resize_pair, train_transform
+from wilss.render import cam_overlay
+from wilss.transforms import fit_longer_side, train_transform
 from wilss.world import WORLD_CLASSES
 
 log = logging.getLogger(__name__)
@@ -135,20 +135,6 @@ def plan_from_world(args: argparse.Namespace) -> UpdatePlan:
 
 
 # ---------------------------------------------------------------------------------------------- rendering
-def fit(image: np.ndarray, side: int) -> np.ndarray:
-    """Resize ``HxWx3`` so its longer side is ``side`` (aspect kept): a crop then shows most of the image,
-    so the image's tags still hold for it."""
-    h, w = image.shape[:2]
-    scale = side / max(h, w)
-    return resize_pair(image, None, max(1, round(h * scale)), max(1, round(w * scale)))[0]
-
-
-def cam_overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    """A CAM (``HxW`` in [0, 1]) as a jet heat map blended 50% over ``image`` (``HxWx3`` uint8)."""
-    heat = cv2.applyColorMap(np.uint8(np.clip(cam, 0.0, 1.0) * 255 + 0.5), cv2.COLORMAP_JET)[..., ::-1]
-    return ((image.astype(np.uint16) + heat.astype(np.uint16)) // 2).astype(np.uint8)
-
-
 def write_snapshots(folder: Path, iteration: int, snapshots: Sequence[Snapshot], colours: np.ndarray,
                     new_names: Sequence[str]) -> None:
     """Per image: one CAM overlay per new class, the pseudo-label and the prediction, as PNGs."""
@@ -168,10 +154,10 @@ def run_plan(plan: UpdatePlan, args: argparse.Namespace) -> int:
     seed_everything(cfg.seed)
     augment = train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip)
     dataset = TagDataset.from_tagged(tagged, plan.columns,
-                                     transform=lambda image: augment(fit(image, cfg.crop_size)))
+                                     transform=lambda image: augment(fit_longer_side(image, cfg.crop_size)))
     snapshot_items = []
     if plan.snapshot_dir is not None:
-        snapshot_items = [(fit(load_image(tagged.paths[i]), cfg.crop_size), dataset.targets[i])
+        snapshot_items = [(fit_longer_side(load_image(tagged.paths[i]), cfg.crop_size), dataset.targets[i])
                           for i in range(min(SNAPSHOT_IMAGES, len(tagged)))]
     counts = tagged.counts()
     without_new = sum(not (tags & set(plan.new_names)) for tags in tagged.tags)

@@ -22,6 +22,7 @@ from wilss.conventions import BACKGROUND, IGNORE_INDEX, colorize, rgb_to_hex
 from wilss.data import (DataError, PixelDataset, list_images, load_image, load_mask, read_mask_folder,
                         validate_images)
 from wilss.inference import Predictor, evaluate
+from wilss.render import mask_overlay
 from wilss.metrics import per_class_table, summarize
 from wilss.world import WORLD_CLASSES
 
@@ -188,12 +189,6 @@ def palette_png(mask: np.ndarray, colours: np.ndarray) -> Image.Image:
     return png
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, weight: float = 0.5) -> np.ndarray:
-    """``HxWx3`` uint8 image blended with the colour of each pixel's class (``weight`` of the colour)."""
-    blend = (1.0 - weight) * image.astype(np.float32) + weight * colorize(mask, colours).astype(np.float32)
-    return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
-
-
 def _predict_inputs(source: Path) -> list[Path]:
     if source.is_file():
         return [source]
@@ -233,7 +228,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         counts += np.bincount(mask.ravel(), minlength=ckpt.num_classes)[: ckpt.num_classes]
         palette_png(mask, ckpt.colours).save(targets[path]["mask"])
         if args.overlay:
-            Image.fromarray(overlay(image, mask, ckpt.colours)).save(targets[path]["overlay"])
+            Image.fromarray(mask_overlay(image, mask, ckpt.colours)).save(targets[path]["overlay"])
         shares = np.bincount(mask.ravel(), minlength=ckpt.num_classes) / mask.size
         found = ", ".join(f"{ckpt.class_names[i]} {100 * s:.1f}%" for i, s in enumerate(shares) if s > 0)
         print(f"{path.name} -> {targets[path]['mask'].name}: {found}")

@@ -26,9 +26,14 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig(OptimConfig):
-    """Step 0 (pixel labels): cross-entropy, one learning rate for the whole network, 30 epochs."""
+    """Step 0 (pixel labels): one learning rate for the whole network, 30 epochs."""
 
     lr: float = 1e-2
+    loss: str = "bce"  # 'bce' as the reference code (the weak steps read the old model through sigmoid) or 'ce'
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("bce", "ce"):
+            raise ValueError(f"loss must be 'bce' or 'ce', got {self.loss!r}")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 
 from models import build_segmenter
 from models.segmenter import Segmenter
-from wilss.config import PretrainConfig, UpdateConfig
+from wilss.config import OptimConfig, PretrainConfig, UpdateConfig
 from wilss.data import PixelDataset, TagDataset, load_mask, read_camvid
 from wilss.engine import Progress, last
 from wilss.inference import evaluate
@@ -87,23 +87,23 @@ class Benchmark:
         self.rows: list[Row] = []
 
     # -- datasets --------------------------------------------------------------------------------------
-    def _transform(self, crop: int):
+    def _transform(self, cfg: OptimConfig):
         steps = [Resize(self.protocol.resize)] if self.protocol.resize else []
-        aug = train_transform(crop, self.pretrain_cfg.scale_range, self.pretrain_cfg.hflip)
+        aug = train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip)
         return lambda image, mask=None: aug(*_chain(steps, image, mask))
 
     def pixel_dataset(self, indices: Sequence[int], step: int) -> PixelDataset:
         p = self.protocol
         items = [(self.train.images[i], self.train.masks[i]) for i in indices]
         return PixelDataset(items, label_map=label_map(p.task, step, setting=p.setting, ignore_ids=p.ignore_ids),
-                            transform=self._transform(self.pretrain_cfg.crop_size))
+                            transform=self._transform(self.pretrain_cfg))
 
     def tag_dataset(self, indices: Sequence[int], step: int) -> TagDataset:
         """Targets over the seen non-background classes of ``step`` (old columns used only when relaxed)."""
         seen = self.protocol.task.seen_classes(step)
         targets = np.stack([tags_from_mask(self.train.present[i], seen) for i in indices])
         images = [self.train.images[i] for i in indices]
-        return TagDataset(images, targets, transform=self._transform(self.update_cfg.crop_size))
+        return TagDataset(images, targets, transform=self._transform(self.update_cfg))
 
     def test_dataset(self, step: int) -> PixelDataset:
         p = self.protocol

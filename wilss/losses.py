@@ -1,7 +1,8 @@
 """The equations of one WILSON update iteration, as pure functions over tensors.
 
 Shapes: ``z`` localizer scores ``BxKxhxw`` over all seen classes [background, old..., new...];
-``old_logits`` the frozen step t-1 model's logits ``BxK0xhxw`` (K0 = background + old classes);
+``old_probs`` the frozen step t-1 model's probabilities ``BxK0xhxw`` (K0 = background + old classes): sigmoid(o) for
+a model trained with BCE as in the paper, softmax(o) for one trained with cross-entropy (see ``Segmenter.probabilities``);
 ``p`` the new model's logits ``BxKxhxw``; ``tags`` multi-hot ``BxN`` over the N new classes.
 All of them live at feature resolution, as in the reference code.
 """
@@ -31,34 +32,33 @@ def classification_loss(class_logits: torch.Tensor, tags: torch.Tensor) -> torch
     return F.multilabel_soft_margin_loss(class_logits, tags.to(class_logits.dtype))
 
 
-def localization_loss(z_old: torch.Tensor, old_logits: torch.Tensor) -> torch.Tensor:
-    """Eq. 4: per-pixel BCE between sigmoid(z_c) and sigmoid(o_c) for the K0 channels of step t-1.
-
-    ``z_old``: the localizer's first K0 channels ``BxK0xhxw``; mean over classes and pixels.
-    """
-    return F.binary_cross_entropy_with_logits(z_old, torch.sigmoid(old_logits))
+def localization_loss(z_old: torch.Tensor, old_probs: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: per-pixel BCE between sigmoid(z_c) and the old model's probability (sigmoid(o_c)) for the K0 channels
+    of step t-1. ``z_old``: the localizer's first K0 channels ``BxK0xhxw``; mean over classes and pixels."""
+    return F.binary_cross_entropy_with_logits(z_old, old_probs.to(z_old.dtype))
 
 
 @torch.no_grad()
-def pseudo_label(z: torch.Tensor, old_logits: torch.Tensor | None, tags: torch.Tensor,
+def pseudo_label(z: torch.Tensor, old_probs: torch.Tensor | None, tags: torch.Tensor,
                  *, alpha: float = 0.5) -> torch.Tensor:
     """Soft pseudo-label targets ``BxKxhxw`` in [0, 1] for l_SEG (Eq. 5-7).
 
     Eq. 5: q_hard = one-hot argmax of m = softmax(z);  Eq. 6: q = alpha * q_hard + (1 - alpha) * m, with the
     channels of new classes absent from an image's tags set to 0.
     Eq. 7: target_bg = min(sigmoid(o_bg), q_bg); target_old = sigmoid(o_old); target_new = q_new.
-    With ``old_logits=None`` (the FT baseline) every channel's target is q itself.
+    ``old_probs``: the old model's probabilities (sigmoid(o) in the paper). With ``None`` (the FT baseline) every
+    channel's target is q itself.
     """
     m = z.float().softmax(dim=1)
     q_hard = F.one_hot(m.argmax(dim=1), m.shape[1]).permute(0, 3, 1, 2).to(m.dtype)
     q = alpha * q_hard + (1.0 - alpha) * m
     num_new = tags.shape[1]
     q[:, -num_new:] *= tags.to(q.dtype)[:, :, None, None]
-    if old_logits is None:
+    if old_probs is None:
         return q
     target = q.clone()
-    old_prob = torch.sigmoid(old_logits.float())
-    num_old = old_logits.shape[1]
+    old_prob = old_probs.float()
+    num_old = old_prob.shape[1]
     target[:, 0] = torch.minimum(old_prob[:, 0], q[:, 0])  # Eq. 7: background is the min of old model and q
     target[:, 1:num_old] = old_prob[:, 1:]
     return target
@@ -81,6 +81,15 @@ def localized_weights(target: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
     num_new = tags.shape[1]
     winners = F.one_hot(target.argmax(dim=1), target.shape[1]).flatten(1, 2).amax(dim=1)[:, -num_new:]
     return ((winners > 0) | (tags == 0)).all(dim=1).to(target.dtype)
+
+
+def pixel_bce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Step 0 with pixel labels as BCE: one-hot targets ``BxKxHxW`` from ``labels`` ``BxHxW``, summed over classes,
+    mean over the non-void pixels (void never becomes background)."""
+    valid = labels != ignore_index
+    target = F.one_hot(torch.where(valid, labels, 0), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
+    return (per_pixel * valid).sum() / valid.sum().clamp_min(1)
 
 
 def feature_distillation(features: torch.Tensor, old_features: torch.Tensor) -> torch.Tensor:

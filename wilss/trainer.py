@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from functools import partial
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -28,7 +29,11 @@ log = logging.getLogger(__name__)
 
 def pretrain(model: Segmenter, dataset: Dataset, cfg: PretrainConfig = PretrainConfig(),
              *, device: str | torch.device | None = None) -> Iterator[Progress]:
-    """Step 0: train ``model`` in place with cross-entropy on ``dataset`` items (image ``3xHxW``, mask ``HxW``)."""
+    """Step 0: train ``model`` in place on ``dataset`` items (image ``3xHxW``, mask ``HxW``, void = 255).
+
+    ``cfg.loss``: 'bce' (per-class sigmoid, the reference code's step 0, which the weak steps read through
+    sigmoid(o)) or 'ce' (softmax cross-entropy). The model's ``activation`` is set to match.
+    """
     device = resolve_device(device)
     seed_everything(cfg.seed)
     model.to(device).train()
@@ -36,9 +41,12 @@ def pretrain(model: Segmenter, dataset: Dataset, cfg: PretrainConfig = PretrainC
     optimizer = make_sgd([{"params": list(model.parameters()), "lr": cfg.lr}], cfg)
     scheduler = poly_schedule(optimizer, total=cfg.epochs * len(loader), power=cfg.poly_power)
 
+    model.config["activation"] = "sigmoid" if cfg.loss == "bce" else "softmax"
+    criterion = L.pixel_bce if cfg.loss == "bce" else partial(F.cross_entropy, ignore_index=IGNORE_INDEX)
+
     def step(batch: tuple, phase: str) -> dict[str, torch.Tensor]:
         images, masks = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        return {"ce": F.cross_entropy(model(images), masks, ignore_index=IGNORE_INDEX)}
+        return {cfg.loss: criterion(model(images), masks)}
 
     yield from run_loop(loader=loader, epochs=cfg.epochs, step=step, phase_of=lambda epoch: "pretrain",
                         optimizer=optimizer, scheduler=scheduler)
@@ -63,6 +71,7 @@ class WeakUpdate:
         self.num_old = old_model.num_classes  # background + old classes
         self.model = copy.deepcopy(old_model)
         self.model.grow(num_new, mib_init=cfg.mib_init)
+        self.model.config["activation"] = "sigmoid"  # l_SEG (Eq. 8) trains every output as a sigmoid
         self.model.to(self.device)
         self.localizer = Localizer(self.model.feature_channels, self.model.num_classes,
                                    hidden=cfg.localizer_channels).to(self.device)
@@ -81,6 +90,7 @@ class WeakUpdate:
         tags_new = targets[:, -self.num_new:]
         with torch.no_grad():
             old_logits, old_features = self.old_model.forward_features(images)
+            old_probs = self.old_model.probabilities(old_logits)
         features = self.model.encoder(images)
         z = self.localizer(features)  # one encoder pass feeds the localizer and (below) the decoder
         class_logits = L.aggregate_scores(z, gamma=cfg.focal_gamma, lam=cfg.focal_lambda, eps=cfg.gwp_eps)
@@ -89,12 +99,12 @@ class WeakUpdate:
         else:
             out = {"cls": L.classification_loss(class_logits[:, -self.num_new:], tags_new)}
         if cfg.old_model_prior:
-            out["loc"] = L.localization_loss(z[:, : self.num_old], old_logits)
+            out["loc"] = L.localization_loss(z[:, : self.num_old], old_probs)
         if cfg.feature_distillation > 0:
             out["fd"] = cfg.feature_distillation * L.feature_distillation(features, old_features)
         if phase == "warmup":
             return out
-        target = L.pseudo_label(z.detach(), old_logits if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha)
+        target = L.pseudo_label(z.detach(), old_probs if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha)
         weights = L.localized_weights(target, tags_new) if cfg.drop_unlocalized else None
         out["seg"] = L.segmentation_loss(self.model.decode(features), target, weights)
         if cfg.pamr_self_training:
@@ -156,9 +166,9 @@ class WeakUpdate:
         size = image.shape[:2]
         logits, features = self.model.forward_features(x)
         z = self.localizer(features)
-        old_logits, _ = self.old_model.forward_features(x)
+        old_probs = self.old_model.probabilities(self.old_model.forward_features(x)[0])
         tags_new = torch.as_tensor(np.asarray(targets), dtype=torch.float32, device=self.device)[None, -self.num_new:]
-        target = L.pseudo_label(z, old_logits if self.cfg.old_model_targets else None, tags_new, alpha=self.cfg.alpha)
+        target = L.pseudo_label(z, old_probs if self.cfg.old_model_targets else None, tags_new, alpha=self.cfg.alpha)
         cams = F.interpolate(z.softmax(1)[:, -self.num_new:], size=size, mode="bilinear", align_corners=False)
         pseudo = F.interpolate(target.argmax(1, keepdim=True).float(), size=size, mode="nearest")
         prediction = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)

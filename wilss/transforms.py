@@ -194,3 +194,11 @@ def train_transform(crop_size: Size, scale_range: tuple[float, float] = (0.5, 2.
 def eval_transform(size: Optional[Size] = None) -> Compose:
     """Identity, or a deterministic ``Resize(size)``. Metrics are best computed at the mask's own size."""
     return Compose([] if size is None else [Resize(size)])
+
+
+def fit_longer_side(image: np.ndarray, side: int) -> np.ndarray:
+    """Resize ``HxWx3`` so its longer side is ``side`` (aspect kept): a crop then shows most of the image, so the
+    image-level tags still hold for it."""
+    h, w = image.shape[:2]
+    scale = side / max(h, w)
+    return resize_pair(image, None, max(1, round(h * scale)), max(1, round(w * scale)))[0]

@@ -1,0 +1,279 @@
+"""The page's event handlers for the model, data, predict, evaluate and versions tabs (updates and review:
+``app.update_handlers``): each maps widget values onto one engine call (the same call ``python -m wilss`` makes)
+and the result back onto widget values. Bad input ends in a message in the page and no state change.
+
+No ``from __future__ import annotations`` here: gradio finds ``gr.Request`` parameters by their annotation.
+"""
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from app import render
+from app.evaluation import bring_eval_set, same_size, score
+from app.export import ExportError, export_onnx
+from app.intake import apply_table, bring_tagged, table_rows, tag_summary
+from app.session import AppConfig, DeviceQueue, Session, SessionStore
+from app.update import free_colours
+from app.views import (HISTORY_HEADERS, added_in, architecture_markdown, before_after_rows, history_rows,
+                       last_added)
+from wilss.checkpoint import CheckpointError, load_checkpoint
+from wilss.data import DataError, list_images, load_image, read_tagged_folder
+from wilss.engine import resolve_device
+from wilss.inference import Predictor
+from wilss.recipes import DEMO_CLASS, DEMO_COLOUR, DEMO_UPDATE
+
+log = logging.getLogger(__name__)
+
+CLASS_ROWS = 3          # new classes one click can add
+DATA_VIEW_COUNT = 5 + 2 * CLASS_ROWS   # status, counts, warnings, table, watch list, names, colours
+USER_ERRORS = (DataError, CheckpointError, ExportError, KeyError)
+
+
+def error(text: str) -> str:
+    return f"**Error:** {text}"
+
+
+def ok(text: str) -> str:
+    return f"**Done:** {text}"
+
+
+def tidy(message: str, names: dict) -> str:
+    """A message with server paths (uploads, staging folders) replaced by what the user knows them as."""
+    for path, label in sorted(names.items(), key=lambda kv: -len(str(kv[0]))):   # longest first
+        message = message.replace(f"'{path}'", label).replace(str(path), label)
+    return message
+
+
+def _files(value) -> list[Path]:
+    """gradio File values (a path, a list of paths, or None) as paths."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [Path(getattr(v, "name", v)) for v in items if v]
+
+
+class Handlers:
+    """One per app: sessions by browser tab, and the device queue they share."""
+
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+        self.device = str(resolve_device(config.device))
+        self.store = SessionStore(config, setup=self.setup_session)
+        self.queue = DeviceQueue()
+        self.max_bytes = config.max_upload_mb * 2**20 * 4   # unpacked size allowed for a zip
+
+    # ---------------------------------------------------------------------------------------- sessions
+    def setup_session(self, session: Session) -> None:
+        """The embedded default: the configured checkpoint as v000, and the sample images."""
+        session.add_file(self.config.checkpoint, note=f"loaded {self.config.checkpoint.name}")
+        self.load_samples(session)
+
+    def load_samples(self, s: Session) -> None:
+        """Copy the configured samples into a fresh data folder of the session and read them."""
+        s.data_message = ""
+        samples = self.config.samples
+        if samples is None or not samples.is_dir() or not list_images(samples):
+            s.data_message = "No sample images are configured: upload tagged images."
+            return
+        dest = s.new_folder("data")
+        shutil.copytree(samples, dest, dirs_exist_ok=True)
+        try:
+            s.set_data(read_tagged_folder(dest), dest, f"samples ({samples.name}/)")
+        except DataError as err:
+            s.data_message = f"The sample images could not be read: {err}"
+
+    def session(self, request: Optional[gr.Request]) -> Session:
+        key = getattr(request, "session_hash", None) or "local"
+        return self.store.get(key)
+
+    def close_session(self, request: gr.Request) -> None:
+        self.store.drop(getattr(request, "session_hash", None) or "local")
+
+    # -------------------------------------------------------------------------------------- model views
+    def model_views(self, request: gr.Request):
+        """Everything that shows the current model (outputs ``ui.MODEL_VIEWS``)."""
+        s = self.session(request)
+        ckpt, version = s.ckpt, s.current
+        labels = [v.label for v in s.versions]
+        parent = s.parent_of(version)
+        header = (f"**Model:** {version.label} · classes: "
+                  + ", ".join(ckpt.class_names[1:]) + f" · device: `{self.device}`")
+        return (header,
+                render.classes_html(ckpt.class_names, ckpt.colours, added_in(ckpt.history)),
+                architecture_markdown(ckpt, version=version.name, file_name=version.path.name),
+                pd.DataFrame(history_rows(ckpt.history), columns=HISTORY_HEADERS),
+                ckpt.history,
+                gr.Dropdown(choices=labels, value=version.label),
+                self._version_text(s, version.label),
+                str(version.path),
+                render.legend_html(ckpt.class_names, ckpt.colours, new=last_added(ckpt), title="Legend"),
+                gr.Dropdown(choices=["(none)"] + labels, value=parent.label if parent else "(none)"),
+                gr.Dropdown(choices=labels, value=version.label))
+
+    def _version_text(self, s: Session, label: str) -> str:
+        try:
+            v = s.version(label)
+        except KeyError:
+            return ""
+        marker = " (current)" if v is s.current else ""
+        parent = f" · made from {v.parent}" if v.parent else ""
+        classes = ", ".join(v.class_names[1:])
+        return f"**{v.name}**{marker}: {v.note}{parent} · classes: {classes} · file `{v.path.name}`"
+
+    def version_info(self, request: gr.Request, label: str) -> str:
+        return self._version_text(self.session(request), label or "")
+
+    def load_checkpoint(self, request: gr.Request, file) -> str:
+        files = _files(file)
+        if not files:
+            return error("Choose a checkpoint file (.pt) first.")
+        s = self.session(request)
+        try:
+            version = s.add_file(files[0], note=f"loaded {files[0].name}")
+        except CheckpointError as err:   # the server's upload path means nothing to the user: show the file name
+            return error(f"{tidy(str(err), {files[0]: repr(files[0].name)})}. The current model is unchanged.")
+        return ok(f"loaded {files[0].name} as {version.name} ({len(version.class_names)} classes); it is now current.")
+
+    def rollback(self, request: gr.Request, label: str) -> str:
+        s = self.session(request)
+        try:
+            version = s.rollback(label or "")
+        except USER_ERRORS as err:
+            return error(str(err))
+        return ok(f"{version.name} is the current model again (every other version is kept).")
+
+    def checkpoint_file(self, request: gr.Request) -> str:
+        return str(self.session(request).current.path)
+
+    def export_onnx(self, request: gr.Request):
+        s = self.session(request)
+        version = s.current
+        path = s.subfolder("exports") / f"{version.name}.onnx"
+        try:
+            if not path.exists():
+                export_onnx(s.ckpt, path, size=DEMO_UPDATE.crop_size)
+        except ExportError as err:
+            return None, error(str(err))
+        return str(path), ok(f"exported {version.name} to {path.name} (input 1x3xHxW normalised image, dynamic H/W; "
+                             "class names and colours in the metadata).")
+
+    # --------------------------------------------------------------------------------------------- data
+    def data_views(self, request: gr.Request, status: str = ""):
+        """Outputs ``ui.DATA_VIEWS``: status, counts, warnings, tag table, watch choices, class rows."""
+        s = self.session(request)
+        known = s.ckpt.class_names[1:]
+        if s.tagged is None:
+            empty = pd.DataFrame(columns=["filename", "tags"])
+            return ((status or s.data_message or "No images yet."),
+                    pd.DataFrame(columns=["tag", "images", "role"]), "", empty,
+                    gr.Dropdown(choices=[], value=[]), *([""] * CLASS_ROWS), *free_colours(s.ckpt.colours, CLASS_ROWS))
+        rows, warnings = tag_summary(s.tagged, known)
+        names = table_rows(s.tagged, s.data_root)
+        new_tags = [t for t in s.tagged.class_names if t not in known][:CLASS_ROWS]
+        spare = iter(free_colours(s.ckpt.colours, CLASS_ROWS))
+        colours = [DEMO_COLOUR if t == DEMO_CLASS else next(spare) for t in new_tags]
+        colours += [next(spare) for _ in range(CLASS_ROWS - len(colours))]
+        summary = (f"{len(s.tagged)} images from {s.data_source}: "
+                   + ", ".join(f"{n} tagged '{t}'" for t, n in s.tagged.counts().items())
+                   + f", {s.tagged.num_negatives} negatives (tagged with none of the classes).")
+        return ((status + "\n\n" + summary) if status else summary,
+                pd.DataFrame(rows, columns=["tag", "images", "role"]),
+                "\n".join(f"- **Warning:** {w}" for w in warnings),
+                pd.DataFrame(names, columns=["filename", "tags"]),
+                gr.Dropdown(choices=[n for n, _ in names], value=[]),
+                *(new_tags + [""] * (CLASS_ROWS - len(new_tags))), *colours)
+
+    def bring_data(self, request: gr.Request, files, tags_file):
+        s = self.session(request)
+        dest = s.new_folder("data")
+        tags = (_files(tags_file) or [None])[0]
+        try:
+            tagged, root = bring_tagged(_files(files), tags, dest, max_bytes=self.max_bytes)
+        except DataError as err:
+            shutil.rmtree(dest, ignore_errors=True)
+            names = {p: f"'{p.name}'" for p in _files(files) + _files(tags_file)}
+            if tags is not None:
+                names.update({q: f"'{tags.name}'" for q in dest.rglob(f"uploaded_tags{tags.suffix.lower()}")})
+                names.update({dest / f"uploaded_tags{tags.suffix.lower()}": f"'{tags.name}'"})
+            names.update({q: "your upload" for q in [dest, *[d for d in dest.glob("*") if d.is_dir()]]})
+            text = tidy(str(err), names)
+            return (error(f"{text} The image set is unchanged."),) + (gr.skip(),) * (DATA_VIEW_COUNT - 1)
+        s.set_data(tagged, root, f"your upload ({len(_files(files))} file(s))")
+        return self.data_views(request, ok("images brought in."))
+
+    def reset_data(self, request: gr.Request):
+        s = self.session(request)
+        self.load_samples(s)
+        return self.data_views(request, ok("back to the built-in sample images.") if not s.data_message else "")
+
+    def apply_table(self, request: gr.Request, table):
+        s = self.session(request)
+        if s.data_root is None:
+            return (error("Upload images first."),) + (gr.skip(),) * (DATA_VIEW_COUNT - 1)
+        rows = table.values.tolist() if isinstance(table, pd.DataFrame) else list(table or [])
+        try:
+            tagged = apply_table(rows, s.data_root)
+        except DataError as err:
+            return (error(f"{err} The tags are unchanged."),) + (gr.skip(),) * (DATA_VIEW_COUNT - 1)
+        s.set_data(tagged, s.data_root, s.data_source.split(" + ")[0] + " + tags edited in the page")
+        return self.data_views(request, ok("tags updated from the table."))
+
+    # ------------------------------------------------------------------------------------------ predict
+    def predict(self, request: gr.Request, file, opacity):
+        """(overlay, legend, score maps, status) for one image."""
+        files = _files(file)
+        if not files:
+            return None, gr.skip(), None, error("Drop an image first.")
+        try:
+            image = load_image(files[0])
+        except DataError as err:
+            return None, gr.skip(), None, error(tidy(str(err), {files[0]: f"'{files[0].name}'"}))
+        s = self.session(request)
+        ckpt = s.ckpt
+        start = time.perf_counter()
+        pred = Predictor(ckpt.model, device=self.device).predict(image)
+        took = time.perf_counter() - start
+        k = ckpt.num_classes
+        shares = np.bincount(pred.mask.ravel(), minlength=k)[:k] / pred.mask.size
+        overlay = render.upscale(render.mask_overlay(image, pred.mask, ckpt.colours,
+                                                    float(opacity if opacity is not None else 0.5)), 384)
+        legend = render.legend_html(ckpt.class_names, ckpt.colours, shares=shares, new=last_added(ckpt),
+                                    title=f"Legend ({s.current.name}; % of the image)")
+        maps = [(render.upscale(render.cam_overlay(image, pred.scores[c])), f"{name}: max {pred.scores[c].max():.2f}")
+                for c, name in enumerate(ckpt.class_names)]
+        found = ", ".join(f"{ckpt.class_names[c]} {100 * shares[c]:.1f}%" for c in np.argsort(-shares) if shares[c] > 0)
+        return (overlay, legend, maps,
+                f"{files[0].name}: {found} (model {s.current.name}, {1000 * took:.0f} ms on {self.device})")
+
+    # ----------------------------------------------------------------------------------------- evaluate
+    def evaluate(self, request: gr.Request, image_files, mask_files, before_label, after_label):
+        s = self.session(request)
+        dest = s.new_folder("eval")
+        try:
+            after_v = s.version(after_label or s.current.label)
+            before_v = None if not before_label or before_label == "(none)" else s.version(before_label)
+            after = load_checkpoint(after_v.path)
+            before = load_checkpoint(before_v.path) if before_v else None
+            pairs = bring_eval_set(_files(image_files), _files(mask_files), dest, max_bytes=self.max_bytes,
+                                   num_classes=after.num_classes)
+            new = last_added(after)
+            batch = same_size(pairs)
+            res_after = score(after, pairs, after.class_names, new, device=self.device, batch=batch)
+            res_before = (score(before, pairs, after.class_names, new, device=self.device, batch=batch)
+                          if before else None)
+        except USER_ERRORS as err:
+            shutil.rmtree(dest, ignore_errors=True)
+            names = {p: f"'{p.name}'" for p in _files(image_files) + _files(mask_files)}
+            names.update({dest / "images": "the uploaded images", dest / "masks": "the uploaded masks",
+                          dest: "the upload"})
+            return gr.skip(), error(tidy(str(err).strip("'"), names))
+        rows = before_after_rows(after.class_names, new, res_before, res_after)
+        columns = ["metric (%)", before_v.name if before_v else "before", after_v.name]
+        return (pd.DataFrame(rows, columns=columns),
+                ok(f"scored on {len(pairs)} images; 'new' = {', '.join(new) or 'none (a base model)'}."))

@@ -1,0 +1,251 @@
+"""The app's state: one ``Session`` per browser tab (its versions of the model, its tagged images, its running
+update), all under the app's work folder, and one ``DeviceQueue`` per device so updates run one at a time.
+
+Layout of the work folder (``--workdir``, default ``runs/app``)::
+
+    <workdir>/cache/                 gradio's uploads and rendered outputs (GRADIO_TEMP_DIR)
+    <workdir>/<session>/v000.pt ...  every version of the model, never overwritten
+    <workdir>/<session>/data-NNN/    tagged images brought in (copied / extracted here)
+    <workdir>/<session>/uploads/     checkpoints and evaluation sets brought in
+    <workdir>/<session>/exports/     ONNX exports
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import shutil
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from wilss.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from wilss.data import TaggedSet
+
+log = logging.getLogger(__name__)
+
+
+def open_checkpoint(path: Path) -> Checkpoint:
+    """``load_checkpoint``, first refusing files that are not PyTorch zip archives (``torch.save`` writes every
+    wilss checkpoint as one): the engine would call such a file 'pickled objects', which misleads for a text or an
+    image file."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a wilss checkpoint (not a PyTorch archive)")
+    return load_checkpoint(path)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """What ``launch.py`` decides for every session."""
+
+    workdir: Path
+    checkpoint: Path                      # the embedded default model
+    samples: Optional[Path] = None        # the embedded default tagged images
+    device: str = "auto"
+    max_upload_mb: int = 200
+    live_images: int = 4                  # images shown in the live gallery
+    live_every_s: float = 2.0             # gallery refresh period during an update
+    plot_every_s: float = 1.0             # loss-curve refresh period
+
+
+@dataclass
+class Version:
+    """One saved state of the model: ``path`` is a checkpoint file in the session folder."""
+
+    name: str                 # 'v000', 'v001', ...
+    path: Path
+    note: str                 # what made it ('loaded default_base.pt', 'added arrow from 64 images', ...)
+    class_names: list[str]
+    parent: Optional[str] = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} · {self.note} ({len(self.class_names)} classes)"
+
+
+class Session:
+    """A user's workspace. Versions are append-only: a rollback makes an earlier version current again."""
+
+    def __init__(self, config: AppConfig, folder: Path) -> None:
+        self.config = config
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+        self.versions: list[Version] = []
+        self.current: Optional[Version] = None
+        self._ckpt: Optional[Checkpoint] = None       # loaded current version
+        self.tagged: Optional[TaggedSet] = None
+        self.data_root: Optional[Path] = None         # folder the tagged paths live under
+        self.data_source = ""
+        self.data_message = ""                        # why there is no data, when there is none
+        self.job = None                               # app.update.UpdateJob while one runs or after it ran
+        self.last_update = None                       # the finished UpdateJob, kept for the Review tab
+        self.review_view = None                       # (job, image indices, tiles per image) of the shown page
+        self._counter = itertools.count()
+
+    # ----------------------------------------------------------------------------------------- versions
+    @property
+    def ckpt(self) -> Checkpoint:
+        with self.lock:
+            if self.current is None:
+                raise CheckpointError("no model is loaded")
+            if self._ckpt is None:
+                self._ckpt = load_checkpoint(self.current.path)
+            return self._ckpt
+
+    def version(self, name: str) -> Version:
+        for v in self.versions:
+            if v.name == name or v.label == name:
+                return v
+        raise KeyError(f"there is no version {name!r}")
+
+    def _next_path(self) -> tuple[str, Path]:
+        name = f"v{len(self.versions):03d}"
+        return name, self.folder / f"{name}.pt"
+
+    def add_file(self, path: Path, note: str) -> Version:
+        """Check ``path`` is one of our checkpoints (``CheckpointError`` otherwise, nothing changes), copy it in as
+        the next version and make it current."""
+        ckpt = open_checkpoint(path)   # refuses foreign or pickled files before anything is written
+        with self.lock:
+            name, dest = self._next_path()
+            shutil.copyfile(path, dest)
+            return self._append(Version(name, dest, note, list(ckpt.class_names),
+                                        self.current.name if self.current else None), ckpt)
+
+    def add_checkpoint(self, ckpt: Checkpoint, note: str, parent: Optional[str]) -> Version:
+        """Save ``ckpt`` as the next version and make it current."""
+        with self.lock:
+            name, dest = self._next_path()
+            save_checkpoint(ckpt, dest)
+            return self._append(Version(name, dest, note, list(ckpt.class_names), parent), ckpt)
+
+    def _append(self, version: Version, ckpt: Checkpoint) -> Version:
+        self.versions.append(version)
+        self.current, self._ckpt = version, ckpt
+        log.info("session %s: %s", self.folder.name, version.label)
+        return version
+
+    def rollback(self, name: str) -> Version:
+        """Make an earlier (or any) version current; nothing is deleted."""
+        with self.lock:
+            version = self.version(name)
+            ckpt = load_checkpoint(version.path)
+            self.current, self._ckpt = version, ckpt
+            return version
+
+    def parent_of(self, version: Version) -> Optional[Version]:
+        try:
+            return self.version(version.parent) if version.parent else None
+        except KeyError:
+            return None
+
+    # ------------------------------------------------------------------------------------------ folders
+    def new_folder(self, kind: str) -> Path:
+        """A fresh sub-folder of the session (``data-003``, ``eval-001``, ...)."""
+        while True:
+            path = self.folder / f"{kind}-{next(self._counter):03d}"
+            if not path.exists():
+                path.mkdir(parents=True)
+                return path
+
+    def subfolder(self, name: str) -> Path:
+        path = self.folder / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def set_data(self, tagged: TaggedSet, root: Path, source: str) -> None:
+        with self.lock:
+            self.tagged, self.data_root, self.data_source = tagged, root, source
+
+    def relative_name(self, path: Path) -> str:
+        """A training image's name as the user knows it (relative to the data folder)."""
+        try:
+            return Path(path).relative_to(self.data_root).as_posix() if self.data_root else Path(path).name
+        except ValueError:
+            return Path(path).name
+
+
+class SessionStore:
+    """Sessions by gradio session hash, created on first use, dropped when the page is closed (files stay)."""
+
+    def __init__(self, config: AppConfig, *, setup=None, capacity: int = 64) -> None:
+        self.config = config
+        self.setup = setup          # callable(Session) filling a new session with the defaults
+        self.capacity = capacity
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Session:
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                if len(self._sessions) >= self.capacity:   # the oldest idle session makes room
+                    idle = [k for k, s in self._sessions.items() if not (s.job and s.job.running)]
+                    if idle:
+                        self._sessions.pop(idle[0])
+                safe = re.sub(r"[^A-Za-z0-9]", "", key)[:8] or "anon"
+                folder = self.config.workdir / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
+                session = Session(self.config, folder)
+                self._sessions[key] = session
+                if self.setup is not None:
+                    self.setup(session)
+            return session
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is not None and not (session.job and session.job.running):
+                self._sessions.pop(key, None)
+
+
+# ------------------------------------------------------------------------------------------ device queue
+@dataclass(eq=False)  # identity: two tickets are never the same place in line
+class Ticket:
+    device: str
+    created: float = field(default_factory=time.monotonic)
+
+
+class DeviceQueue:
+    """First come, first served, one holder at a time per device (updates saturate a device; two would each run
+    at half speed and double the memory). ``position`` 0 means 'your turn'."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._lines: dict[str, list[Ticket]] = {}
+
+    def join(self, device: str) -> Ticket:
+        ticket = Ticket(device)
+        with self._cond:
+            self._lines.setdefault(device, []).append(ticket)
+        return ticket
+
+    def position(self, ticket: Ticket) -> int:
+        with self._cond:
+            line = self._lines.get(ticket.device, [])
+            return line.index(ticket) if ticket in line else -1
+
+    def wait(self, ticket: Ticket, timeout: float) -> int:
+        """Wait up to ``timeout`` s for the ticket's turn; returns its position then (0: go)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._position(ticket) <= 0, timeout=timeout)
+            return self._position(ticket)
+
+    def _position(self, ticket: Ticket) -> int:
+        line = self._lines.get(ticket.device, [])
+        return line.index(ticket) if ticket in line else -1
+
+    def leave(self, ticket: Ticket) -> None:
+        with self._cond:
+            line = self._lines.get(ticket.device, [])
+            if ticket in line:
+                line.remove(ticket)
+            self._cond.notify_all()
+
+    def busy(self, device: str) -> int:
+        """How many updates hold or wait for ``device``."""
+        with self._cond:
+            return len(self._lines.get(device, []))

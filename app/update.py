@@ -1,0 +1,327 @@
+"""One add-class update as the app runs it: the same engine calls as ``python -m wilss add-class`` (a ``TagDataset``
+over the tagged images with the recipe's augmentation, ``WeakUpdate(...).run()``, a history entry, a checkpoint),
+plus what a page needs: cancel between iterations, time-throttled live snapshots of a few images, and rendering
+any training image's CAM and pseudo-label on demand for the Review tab (also while the update runs).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+from wilss.checkpoint import Checkpoint, history_entry
+from wilss.config import UpdateConfig, to_dict
+from wilss.conventions import hex_to_rgb, voc_palette
+from wilss.data import DataError, TagDataset, TaggedSet, check_new_classes, load_image
+from wilss.engine import Progress, Snapshot, resolve_device, seed_everything
+from wilss.recipes import DEMO_UPDATE
+from wilss.trainer import WeakUpdate
+from wilss.transforms import fit_longer_side, train_transform
+
+log = logging.getLogger(__name__)
+
+# The settings offered under "advanced": (UpdateConfig field, label, help). Types come from the dataclass.
+ADVANCED = (
+    ("epochs", "epochs", "training epochs over the tagged images"),
+    ("warmup_epochs", "warm-up epochs", "first epochs train only the localizer (l_CLS + l_LOC), then l_SEG joins"),
+    ("batch_size", "batch size", "images per iteration"),
+    ("crop_size", "crop size (px)", "images are resized so their longer side is this, then randomly cropped"),
+    ("lr_backbone", "learning rate, backbone", "paper: 1e-3"),
+    ("lr_head", "learning rate, head and classifier", "paper: 1e-2"),
+    ("lr_localizer", "learning rate, localizer", "paper: 1e-2"),
+    ("localizer_channels", "localizer channels", "hidden channels of the localizer (paper: 256)"),
+    ("focal_gamma", "gamma (Eq. 2)", "focal penalty exponent of the aggregation"),
+    ("focal_lambda", "lambda (Eq. 2)", "focal penalty offset of the aggregation"),
+    ("alpha", "alpha (Eq. 6)", "weight of the hard (one-hot) pseudo-label against the soft one"),
+    ("feature_distillation", "feature distillation weight", "MSE between old and new encoder features; 0 = off"),
+    ("seed", "seed", "random seed of initialisation, shuffling and augmentation"),
+    ("mib_init", "MiB initialisation", "new classifier rows start from the background row"),
+    ("relaxed", "relaxed setting", "l_CLS over all classes, reading tags of classes the model knows"),
+    ("drop_unlocalized", "drop unlocalized images", "weight 0 in l_SEG for images whose pseudo-label misses a tag"),
+    ("pamr_self_training", "PAMR self-training", "reference-code extra: self-train the localizer on PAMR masks"),
+)
+_FIELD_TYPES = {f.name: type(getattr(DEMO_UPDATE, f.name)) for f in fields(UpdateConfig)}
+
+
+def field_type(name: str) -> type:
+    return _FIELD_TYPES[name]
+
+
+def make_config(values: Mapping[str, object], base: UpdateConfig = DEMO_UPDATE) -> UpdateConfig:
+    """``base`` with the page's advanced values (cast to the field types). Raises ``DataError`` with the reason."""
+    overrides = {}
+    for name, value in values.items():
+        kind = _FIELD_TYPES[name]
+        if value is None or value == "":
+            continue
+        try:
+            number = value if kind is bool else float(value)
+            if kind is int and number != int(number):
+                raise ValueError
+            overrides[name] = bool(value) if kind is bool else kind(number)
+        except (TypeError, ValueError, OverflowError):
+            what = "whole number" if kind is int else "number" if kind is float else kind.__name__
+            raise DataError(f"The setting '{name}' must be a {what}, got {value!r}.") from None
+        if kind in (int, float) and name != "seed" and overrides[name] < 0:
+            raise DataError(f"The setting '{name}' cannot be negative (got {value}).")
+    for name in ("epochs", "batch_size", "crop_size", "localizer_channels"):
+        if name in overrides and overrides[name] < 1:
+            raise DataError(f"The setting '{name}' must be at least 1 (got {overrides[name]}).")
+    try:
+        return replace(base, **overrides)
+    except ValueError as err:
+        raise DataError(f"Invalid settings: {err}.") from None
+
+
+def loss_names(cfg: UpdateConfig) -> list[str]:
+    """The losses ``WeakUpdate.losses`` reports under ``cfg`` (the plot's series), and their sum."""
+    names = ["cls"] + (["loc"] if cfg.old_model_prior else []) + (["fd"] if cfg.feature_distillation > 0 else [])
+    return names + ["seg"] + (["self"] if cfg.pamr_self_training else []) + ["total"]
+
+
+def free_colours(used: np.ndarray, count: int) -> list[str]:
+    """``count`` hex colours from the VOC palette that no class in ``used`` (``K x 3``) has."""
+    taken = {tuple(int(v) for v in c) for c in used}
+    out = []
+    for c in voc_palette(256)[1:255]:
+        key = tuple(int(v) for v in c)
+        if key not in taken:
+            taken.add(key)
+            out.append("#%02x%02x%02x" % key)
+            if len(out) == count:
+                break
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- plan
+@dataclass
+class UpdatePlan:
+    """A checked update request: nothing has been trained or written when one exists."""
+
+    base_name: str                       # version the update starts from
+    base: Checkpoint
+    tagged: TaggedSet
+    new_names: list[str]
+    new_colours: np.ndarray              # N x 3 uint8
+    cfg: UpdateConfig
+    source: str
+    rejected: tuple[str, ...] = ()       # training images left out after review
+
+    @property
+    def columns(self) -> list[str]:
+        """Target columns: old non-background classes, then the new ones (WeakUpdate's order)."""
+        return list(self.base.class_names[1:]) + list(self.new_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.base.class_names) + list(self.new_names)
+
+    @property
+    def colours(self) -> np.ndarray:
+        return np.vstack([self.base.colours, self.new_colours]).astype(np.uint8)
+
+
+def plan_update(base_name: str, base: Checkpoint, tagged: Optional[TaggedSet], specs: Sequence[tuple[str, str]],
+                cfg: UpdateConfig, *, source: str, rejected: Sequence[str] = ()) -> UpdatePlan:
+    """Check a request: (name, '#rrggbb') per new class. Raises ``DataError`` (empty or existing name, bad colour,
+    no images, unknown tags, no positives or negatives: ``wilss.data.check_new_classes``)."""
+    if not specs:
+        raise DataError("A new class name is empty. Give every new class a name.")
+    names, colours = [], []
+    for name, colour in specs:
+        name = (name or "").strip()
+        if not name:
+            raise DataError("A new class name is empty. Give every new class a name.")
+        try:
+            colours.append(hex_to_rgb(colour or ""))
+        except ValueError as err:
+            raise DataError(f"The colour of '{name}': {err}.") from None
+        names.append(name)
+    if tagged is None or len(tagged) == 0:
+        raise DataError("There are no images. Bring tagged images in the 'Data' tab first.")
+    check_new_classes(tagged, names, base.class_names[1:])
+    return UpdatePlan(base_name, base, tagged, names, np.array(colours, dtype=np.uint8).reshape(-1, 3), cfg,
+                      source, tuple(rejected))
+
+
+def watch_indices(tagged: TaggedSet, new_names: Sequence[str], count: int) -> list[int]:
+    """A few images to follow live: positives of each new class in turn, then one negative."""
+    per_class = [[i for i, t in enumerate(tagged.tags) if name in t] for name in new_names]
+    negatives = [i for i, t in enumerate(tagged.tags) if not (t & set(new_names))]
+    chosen: list[int] = []
+    room = max(count - (1 if negatives else 0), 1)
+    for rank in range(len(tagged)):
+        for items in per_class:
+            if rank < len(items) and items[rank] not in chosen and len(chosen) < room:
+                chosen.append(items[rank])
+        if len(chosen) >= room or all(rank >= len(items) for items in per_class):
+            break
+    if negatives and len(chosen) < count:
+        chosen.append(negatives[0])
+    return chosen[:count]
+
+
+# -------------------------------------------------------------------------------------------------- job
+@dataclass
+class Tick:
+    """One iteration of the update, as the page sees it."""
+
+    progress: Optional[Progress]
+    snapshots: list[Snapshot] = field(default_factory=list)   # live images, when refreshed at this tick
+
+
+class UpdateJob:
+    """Runs one ``UpdatePlan`` (``run`` is a generator of ``Tick``); thread-safe ``cancel`` and ``between``."""
+
+    def __init__(self, plan: UpdatePlan, *, device: str | None = None, live: Sequence[int] = (),
+                 live_every_s: float = 2.0, names: Sequence[str] = ()) -> None:
+        self.plan, self.live, self.live_every_s = plan, list(live), live_every_s
+        # how the page names training image i (its path relative to the data folder)
+        self.names = list(names) or [p.name for p in plan.tagged.paths]
+        self.device = resolve_device(device)
+        self.state = "waiting"            # waiting -> running -> done | cancelled | failed
+        self.error = ""
+        self.losses: list[tuple[int, dict[str, float]]] = []
+        self.last: Optional[Progress] = None
+        self.last_snapshots: list[Snapshot] = []
+        self.update: Optional[WeakUpdate] = None
+        self.train_seconds = 0.0
+        self._cancel = threading.Event()
+        self._calls: "queue.Queue[tuple[Callable, Future]]" = queue.Queue()
+        self._lock = threading.Lock()
+        cfg = plan.cfg
+        augment = train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip)
+        self.dataset = TagDataset.from_tagged(plan.tagged, plan.columns,
+                                              transform=lambda image: augment(fit_longer_side(image, cfg.crop_size)))
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("waiting", "running")
+
+    def cancel(self) -> None:
+        """Stop before the next iteration; the model the update started from is untouched."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def abandon(self) -> None:
+        """Mark a job that never left the device queue as cancelled."""
+        self._cancel.set()
+        if self.state == "waiting":
+            self.state = "cancelled"
+
+    def item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Training image ``index`` as the update sees it (fitted to the crop size) with its targets."""
+        return fit_longer_side(load_image(self.plan.tagged.paths[index]), self.plan.cfg.crop_size), self.dataset.targets[index]
+
+    def run(self) -> Iterator[Tick]:
+        """Train; one ``Tick`` per iteration (the first, with no progress, shows the images before training)."""
+        plan, cfg = self.plan, self.plan.cfg
+        self.state = "running"
+        start = time.perf_counter()
+        gen = None
+        try:
+            seed_everything(cfg.seed)
+            self.update = WeakUpdate(plan.base.model, self.dataset, num_new=len(plan.new_names), cfg=cfg,
+                                     device=self.device, snapshot_items=[self.item(i) for i in self.live])
+            self.last_snapshots = self.update.snapshots() if self.live else []
+            yield Tick(None, self.last_snapshots)
+            gen = self.update.run()
+            shown = time.monotonic()
+            for progress in gen:
+                self.last = progress
+                self.losses.append((progress.iteration, dict(progress.losses)))
+                self._serve_calls()
+                snaps = []
+                final = progress.iteration == progress.total_iterations
+                if self.live and (final or time.monotonic() - shown >= self.live_every_s):
+                    snaps = self.last_snapshots = self.update.snapshots()
+                    shown = time.monotonic()
+                yield Tick(progress, snaps)
+                if self._cancel.is_set():
+                    break
+            self.train_seconds = time.perf_counter() - start
+            self.state = "cancelled" if self._cancel.is_set() and not self._finished() else "done"
+        except Exception as err:  # shown in the page; the base model is untouched
+            log.exception("update failed")
+            self.state, self.error = "failed", f"{type(err).__name__}: {err}"
+        finally:
+            if gen is not None:
+                gen.close()
+            if self.state == "running":      # the page went away mid-run
+                self.state = "cancelled"
+            self._serve_calls()
+            if self.state != "done":
+                self.update = None           # frees the copies; nothing of a stopped update is kept
+
+    def _finished(self) -> bool:
+        return self.last is not None and self.last.iteration == self.last.total_iterations
+
+    def _serve_calls(self) -> None:
+        while True:
+            try:
+                fn, future = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if self.update is None:
+                future.set_exception(RuntimeError("the update stopped before this could be shown"))
+                continue
+            try:
+                future.set_result(fn(self.update))
+            except Exception as err:  # handed to the waiting caller
+                future.set_exception(err)
+
+    def between(self, fn: Callable[[WeakUpdate], object], timeout: float = 120.0):
+        """``fn(update)`` between two iterations while training (so it never races the optimiser), else now."""
+        if self.state == "running":
+            future: Future = Future()
+            self._calls.put((fn, future))
+            if self.state == "running":
+                return future.result(timeout=timeout)
+            self._serve_calls()
+            return future.result(timeout=0)
+        if self.update is None:
+            raise RuntimeError("this update has not started, or was stopped")
+        with self._lock:
+            return fn(self.update)
+
+    def render(self, indices: Sequence[int]) -> list[Snapshot]:
+        """CAMs, pseudo-labels and predictions of the given training images, from the update's current state."""
+        items = [self.item(i) for i in indices]
+
+        def work(update: WeakUpdate) -> list[Snapshot]:
+            saved = update.snapshot_items
+            update.snapshot_items = items
+            try:
+                return update.snapshots()
+            finally:
+                update.snapshot_items = saved
+
+        return self.between(work)
+
+    def result(self) -> Checkpoint:
+        """The updated checkpoint, its history extended the way ``add-class`` does it."""
+        if self.state != "done" or self.update is None:
+            raise RuntimeError(f"the update is {self.state}, there is no result")
+        plan = self.plan
+        metrics = {"train_seconds": round(self.train_seconds, 1)}
+        if self.last is not None:
+            metrics.update({f"final_loss_{k}": round(v, 4) for k, v in self.last.losses.items()})
+        model = copy.deepcopy(self.update.model).cpu().eval()   # the update's own copy stays for the Review tab
+        ckpt = Checkpoint(model=model, class_names=plan.class_names, colours=plan.colours,
+                          history=list(plan.base.history))
+        ckpt.history.append(history_entry(
+            "add-class", plan.new_names, num_images=len(plan.tagged), step=len(plan.base.history),
+            settings=to_dict(plan.cfg), metrics=metrics, negatives=plan.tagged.num_negatives, source=plan.source,
+            tag_counts=plan.tagged.counts(), base_checkpoint=plan.base_name, rejected=list(plan.rejected),
+            tool="app"))
+        return ckpt

@@ -1,0 +1,214 @@
+"""The page's handlers for updates: start one (queued per device, streamed live), cancel it, review its
+pseudo-labels page by page (also while it trains), and re-run it without the rejected images.
+
+No ``from __future__ import annotations`` here: gradio finds ``gr.Request`` parameters by their annotation.
+"""
+import time
+from typing import Iterator, Optional
+
+import gradio as gr
+import pandas as pd
+
+from app import render
+from app.handlers import CLASS_ROWS, Handlers, error, ok
+from app.intake import table_rows
+from app.session import Session
+from app.update import ADVANCED, UpdateJob, loss_names, make_config, plan_update, watch_indices
+from wilss.conventions import rgb_to_hex
+from wilss.data import DataError, TaggedSet
+
+REVIEW_PAGE = 6         # training images per review page
+
+
+class UpdateHandlers:
+    """Shares the sessions, the device queue and the config of ``Handlers``."""
+
+    def __init__(self, base: Handlers) -> None:
+        self.base, self.config, self.queue, self.device = base, base.config, base.queue, base.device
+
+    def session(self, request: Optional[gr.Request]) -> Session:
+        return self.base.session(request)
+
+    # ------------------------------------------------------------------------------------------- update
+    def add_classes(self, request: gr.Request, *values) -> Iterator[tuple]:
+        """Streams (progress, status, loss plot, live gallery) while one add-class update runs."""
+        s = self.session(request)
+        names, colours = values[:CLASS_ROWS], values[CLASS_ROWS:2 * CLASS_ROWS]
+        watch, advanced = values[2 * CLASS_ROWS], values[2 * CLASS_ROWS + 1:]
+        specs = [(n, c) for n, c in zip(names, colours) if (n or "").strip()] or [("", colours[0])]
+        try:
+            cfg = make_config(dict(zip([a[0] for a in ADVANCED], advanced)))
+            plan = plan_update(s.current.name, s.ckpt, s.tagged, specs, cfg, source=s.data_source)
+        except DataError as err:
+            yield render.message_html("Nothing was started.", "error"), error(str(err)), gr.skip(), gr.skip()
+            return
+        names_all = table_rows(plan.tagged, s.data_root)
+        image_names = [n for n, _ in names_all]
+        live = [image_names.index(w) for w in (watch or []) if w in image_names][: self.config.live_images]
+        live = live or watch_indices(plan.tagged, plan.new_names, self.config.live_images)
+        yield from self._run(s, plan, image_names, live)
+
+    def _run(self, s: Session, plan, image_names, live) -> Iterator[tuple]:
+        if s.job is not None and s.job.running:
+            yield (gr.skip(), error("An update is already running in this tab: wait for it to finish, or cancel it."),
+                   gr.skip(), gr.skip())
+            return
+        job = UpdateJob(plan, device=self.device, live=live, live_every_s=self.config.live_every_s, names=image_names)
+        s.job = job
+        ticket = self.queue.join(self.device)
+        ticks = None
+        what = ", ".join(plan.new_names)
+        start_text = (f"Adding **{what}** to {plan.base_name} from {len(plan.tagged)} images "
+                      f"({plan.tagged.num_negatives} negatives) on `{self.device}`: {plan.cfg.epochs} epochs, "
+                      f"{plan.cfg.warmup_epochs} of localizer warm-up.")
+        try:
+            while True:
+                place = self.queue.wait(ticket, 1.0)
+                if job.cancelled:
+                    job.abandon()
+                    yield render.message_html("Cancelled while waiting: nothing changed.", "cancelled"), \
+                        ok("cancelled before it started; the model is unchanged."), gr.skip(), gr.skip()
+                    return
+                if place <= 0:
+                    break
+                yield (render.message_html(f"Waiting for the device ({self.device}): {place} update(s) ahead of "
+                                           f"yours; you are number {place + 1} in line.", "wait"),
+                       start_text, gr.skip(), gr.skip())
+            ticks = job.run()
+            plotted = 0.0
+            for tick in ticks:
+                p = tick.progress
+                bar = (render.progress_html(p.iteration, p.total_iterations, phase=p.phase, epoch=p.epoch,
+                                            epochs=plan.cfg.epochs, eta_s=p.eta_s, losses=p.losses)
+                       if p else render.message_html("Preparing the update...", "wait"))
+                plot = gr.skip()
+                final = p is not None and p.iteration == p.total_iterations
+                if p is not None and (final or time.monotonic() - plotted >= self.config.plot_every_s):
+                    plot, plotted = self.loss_frame(job), time.monotonic()
+                gallery = self.live_gallery(job, tick.snapshots) if tick.snapshots else gr.skip()
+                yield bar, start_text, plot, gallery
+            yield self._finish(s, job)
+        finally:
+            if ticks is not None:
+                ticks.close()
+            if job.state == "waiting":
+                job.abandon()
+            self.queue.leave(ticket)
+
+    def _finish(self, s: Session, job: UpdateJob) -> tuple:
+        plan = job.plan
+        done_iters = job.last.iteration if job.last else 0
+        if job.state == "done":
+            version = s.add_checkpoint(job.result(), f"added {', '.join(plan.new_names)} from {len(plan.tagged)} "
+                                       "images" + (f" ({len(plan.rejected)} rejected)" if plan.rejected else ""),
+                                       parent=plan.base_name)
+            s.last_update = job
+            return (render.message_html(f"Finished in {render.format_duration(job.train_seconds)}: saved as "
+                                        f"{version.name}.", "done"),
+                    ok(f"added {', '.join(plan.new_names)}; the model is now **{version.name}** "
+                       f"({len(version.class_names)} classes). Review the pseudo-labels in 'Review', try it in "
+                       "'Predict', download it in 'Versions & export'."),
+                    self.loss_frame(job), gr.skip())
+        if job.state == "cancelled":
+            return (render.message_html(f"Cancelled after {done_iters} iteration(s): nothing changed.", "cancelled"),
+                    ok(f"cancelled; the model is still {s.current.name}, as it was."), gr.skip(), gr.skip())
+        return (render.message_html("The update failed: nothing changed.", "error"),
+                error(f"the update failed ({job.error}); the model is unchanged."), gr.skip(), gr.skip())
+
+    def cancel(self, request: gr.Request) -> str:
+        job = self.session(request).job
+        if job is None or not job.running:
+            return "No update is running."
+        job.cancel()
+        return "Cancelling: the update stops before its next iteration and the model stays as it was."
+
+    def loss_frame(self, job: UpdateJob) -> pd.DataFrame:
+        return pd.DataFrame(render.loss_rows(job.losses, series=loss_names(job.plan.cfg)))
+
+    def live_gallery(self, job: UpdateJob, snapshots) -> gr.Gallery:
+        plan = job.plan
+        tiles = []
+        for snap in snapshots:
+            index = job.live[snap.index]
+            tiles += render.snapshot_tiles(snap.image, snap.cams, snap.pseudo_label, snap.prediction, plan.colours,
+                                           plan.new_names, title=job.names[index])
+        return gr.Gallery(value=tiles, columns=2 * (3 + len(plan.new_names)))   # two images per row
+
+    # ------------------------------------------------------------------------------------------- review
+    def _review_job(self, s: Session) -> Optional[UpdateJob]:
+        if s.job is not None and s.job.state == "running" and s.job.update is not None:
+            return s.job
+        return s.last_update
+
+    def review_page(self, request: gr.Request, page, rejected):
+        """(gallery, info, page, rejected-dropdown) for one page of training images."""
+        s = self.session(request)
+        job = self._review_job(s)
+        if job is None:
+            return gr.skip(), "Run an update first: its training images show up here.", 1, gr.skip()
+        total = len(job.plan.tagged)
+        pages = max(1, -(-total // REVIEW_PAGE))
+        page = int(min(max(int(page or 1), 1), pages))
+        indices = list(range((page - 1) * REVIEW_PAGE, min(page * REVIEW_PAGE, total)))
+        try:
+            snaps = job.render(indices)
+        except Exception as err:  # the update stopped meanwhile
+            return gr.skip(), error(f"could not render: {err}"), page, gr.skip()
+        plan = job.plan
+        tiles = []
+        for snap in snaps:
+            i = indices[snap.index]
+            tags = ", ".join(sorted(plan.tagged.tags[i])) or "negative"
+            title = f"{job.names[i]} [{tags}]" + (" REJECTED" if job.names[i] in (rejected or []) else "")
+            tiles += render.snapshot_tiles(snap.image, snap.cams, snap.pseudo_label, snap.prediction, plan.colours,
+                                           plan.new_names, title=title)
+        s.review_view = (job, indices, 3 + len(plan.new_names))
+        state = ("running, from the model as it is now" if job.state == "running"
+                 else f"{plan.base_name} + {', '.join(plan.new_names)}")
+        info = (f"Page {page}/{pages} of the {total} training images of the update ({state}). Click any picture of an "
+                "image to reject or accept it; then re-run from the accepted images.")
+        keep = [r for r in (rejected or []) if r in job.names]
+        return (gr.Gallery(value=tiles, columns=2 * (3 + len(plan.new_names))), info, page,
+                gr.Dropdown(choices=job.names, value=keep))
+
+    def toggle_reject(self, request: gr.Request, evt: gr.SelectData, rejected):
+        s = self.session(request)
+        view = s.review_view
+        if view is None or evt is None or evt.index is None:
+            return gr.skip()
+        job, indices, per_image = view
+        index = evt.index if isinstance(evt.index, int) else evt.index[0]
+        slot = index // per_image
+        if slot >= len(indices):
+            return gr.skip()
+        name = job.names[indices[slot]]
+        rejected = list(rejected or [])
+        rejected = [r for r in rejected if r != name] if name in rejected else rejected + [name]
+        return gr.Dropdown(choices=job.names, value=rejected)
+
+    def rerun(self, request: gr.Request, rejected) -> Iterator[tuple]:
+        """The reviewed update again, from the same base, without the rejected images. Outputs: tabs + the four
+        update outputs + the review status."""
+        s = self.session(request)
+        job = self._review_job(s)
+        if job is None or job.running:
+            text = "Run an update first." if job is None else "Wait for the running update to finish (or cancel it)."
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), error(text)
+            return
+        old = job.plan
+        keep = [i for i, n in enumerate(job.names) if n not in set(rejected or [])]
+        tagged = TaggedSet(tuple(old.tagged.paths[i] for i in keep), tuple(old.tagged.tags[i] for i in keep))
+        specs = [(n, rgb_to_hex(c)) for n, c in zip(old.new_names, old.new_colours)]
+        try:
+            plan = plan_update(old.base_name, old.base, tagged, specs, old.cfg, source=old.source + " (reviewed)",
+                               rejected=[n for n in job.names if n in set(rejected or [])])
+        except DataError as err:
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), error(f"{err} Nothing was started.")
+            return
+        names = [job.names[i] for i in keep]
+        live = [keep.index(i) for i in job.live if i in keep] or watch_indices(tagged, plan.new_names,
+                                                                               self.config.live_images)
+        yield (gr.Tabs(selected="add"), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
+               f"Re-running from {len(keep)} accepted images ({len(job.names) - len(keep)} rejected).")
+        for out in self._run(s, plan, names, live):
+            yield (gr.skip(), *out, gr.skip())
