@@ -28,7 +28,9 @@ WORLD_UPDATE = UpdateConfig(epochs=10, warmup_epochs=2, batch_size=16, crop_size
 # The demo: add one class ("arrow") to the shipped base from samples/ (positives and negatives).
 DEMO_CLASS = "arrow"
 DEMO_COLOUR = "#ff8000"
-DEMO_UPDATE = UpdateConfig(epochs=20, warmup_epochs=3, batch_size=16, crop_size=WORLD_SIZE,
+# 64 images, 4 iterations an epoch: 40 epochs (8 of warm-up) = 160 iterations, the most that fits the demo's
+# one-minute budget on two CPU cores. Expect a visible but rough new class: see docs/results.md.
+DEMO_UPDATE = UpdateConfig(epochs=40, warmup_epochs=8, batch_size=16, crop_size=WORLD_SIZE,
                            scale_range=(1.0, 1.5), localizer_channels=128)
 
 
