@@ -6,13 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 from PIL import Image
 
 from app.intake import data_root, gather_uploads
 from wilss.checkpoint import Checkpoint
-from wilss.conventions import IGNORE_INDEX
-from wilss.data import DataError, PixelDataset, load_mask, read_mask_folder, validate_images
+from wilss.data import DataError, PixelDataset, check_mask_pairs, read_mask_folder
 from wilss.inference import evaluate
 from wilss.metrics import summarize
 
@@ -36,18 +34,7 @@ def bring_eval_set(image_files: Sequence[Path], mask_files: Sequence[Path], dest
         gather_uploads(mask_files, masks_dir, max_bytes=max_bytes)
         masks_dir = data_root(masks_dir, tags_given=True)
     pairs = read_mask_folder(images_dir, masks_dir)
-    validate_images([p for p, _ in pairs], full=True)
-    for image_path, mask_path in pairs:
-        with Image.open(image_path) as im:
-            width, height = im.size
-        mask = load_mask(mask_path)
-        if mask.shape != (height, width):
-            raise DataError(f"The mask '{mask_path.name}' is {mask.shape[1]}x{mask.shape[0]} pixels but its image is "
-                            f"{width}x{height}. A mask must have exactly its image's size.")
-        unknown = sorted(int(i) for i in np.unique(mask) if i >= num_classes and i != IGNORE_INDEX)
-        if unknown:
-            raise DataError(f"The mask '{mask_path.name}' holds class ids {unknown} that the model does not have "
-                            f"(ids 0-{num_classes - 1}, and 255 = void). Masks must use the model's class ids.")
+    check_mask_pairs(pairs, num_classes)
     return pairs
 
 

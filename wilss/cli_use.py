@@ -18,8 +18,8 @@ from models.segmenter import Segmenter
 from wilss.checkpoint import Checkpoint
 from wilss.cli_common import (CliError, add_common_flags, add_device_flag, check_writable_folder, open_checkpoint,
                               percent)
-from wilss.conventions import BACKGROUND, IGNORE_INDEX, colorize, rgb_to_hex
-from wilss.data import (DataError, PixelDataset, list_images, load_image, load_mask, read_mask_folder,
+from wilss.conventions import BACKGROUND, IGNORE_INDEX, rgb_to_hex
+from wilss.data import (DataError, PixelDataset, check_mask_pairs, list_images, load_image, read_mask_folder,
                         validate_images)
 from wilss.inference import Predictor, evaluate
 from wilss.render import mask_overlay
@@ -46,25 +46,7 @@ def mask_eval_set(images_dir: Path, masks_dir: Path, num_classes: int,
     """Pair and check a VOC-style set now, so that scoring after a long training cannot fail on the data:
     every image opens, every mask has its image's size and only ids ``< num_classes`` (or 255, void)."""
     pairs = read_mask_folder(images_dir, masks_dir)
-    validate_images([p for p, _ in pairs])
-    sizes, bad_ids = set(), {}
-    for image_path, mask_path in pairs:
-        with Image.open(image_path) as im:
-            width, height = im.size
-        mask = load_mask(mask_path)
-        if mask.shape != (height, width):
-            raise DataError(f"The mask '{mask_path}' is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
-                            f"is {width}x{height}. A mask must have exactly its image's size.")
-        ids = np.unique(mask if label_map is None else label_map[mask])
-        unknown = [int(i) for i in ids if i >= num_classes and i != IGNORE_INDEX]
-        if unknown:
-            bad_ids[mask_path.name] = unknown
-        sizes.add((height, width))
-    if bad_ids:
-        name, ids = next(iter(bad_ids.items()))
-        raise DataError(f"{len(bad_ids)} mask(s) hold class ids the model does not have (it has ids 0-"
-                        f"{num_classes - 1}, and 255 = void): e.g. '{name}' has {ids}. Masks must use the "
-                        "model's class ids (see 'python -m wilss evaluate --help').")
+    sizes = check_mask_pairs(pairs, num_classes, label_map)
     return EvalSet(pairs, label_map, f"{images_dir} + {masks_dir}", len(sizes) == 1)
 
 

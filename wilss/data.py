@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from wilss.conventions import BACKGROUND_NAME, normalize
+from wilss.conventions import BACKGROUND_NAME, IGNORE_INDEX, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -333,6 +333,32 @@ def read_mask_folder(images_dir: PathLike, masks_dir: PathLike) -> list[tuple[Pa
         raise DataError(f"{len(missing)} image(s) in '{images_dir}' have no mask in '{masks_dir}': "
                         f"{_listing(missing)}. Each image NAME.jpg needs a mask NAME.png.")
     return [(p, masks[p.stem]) for p in images]
+
+
+def check_mask_pairs(pairs: Sequence[tuple[Path, Path]], num_classes: int,
+                     label_map: Optional[np.ndarray] = None) -> set[tuple[int, int]]:
+    """Check a labelled set before any long work: every image opens, every mask has its image's size and holds only
+    ids ``< num_classes`` (after ``label_map``) or 255 (void). Returns the set of (h, w) sizes; raises DataError."""
+    validate_images([p for p, _ in pairs], full=True)
+    sizes, bad_ids = set(), {}
+    for image_path, mask_path in pairs:
+        with Image.open(image_path) as im:
+            width, height = im.size
+        mask = load_mask(mask_path)
+        if mask.shape != (height, width):
+            raise DataError(f"The mask '{mask_path.name}' is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
+                            f"is {width}x{height}. A mask must have exactly its image's size.")
+        ids = np.unique(mask if label_map is None else label_map[mask])
+        unknown = [int(i) for i in ids if i >= num_classes and i != IGNORE_INDEX]
+        if unknown:
+            bad_ids[mask_path.name] = unknown
+        sizes.add((height, width))
+    if bad_ids:
+        name, ids = next(iter(bad_ids.items()))
+        raise DataError(f"{len(bad_ids)} mask(s) hold class ids the model does not have (it has ids 0-"
+                        f"{num_classes - 1}, and 255 = void): e.g. '{name}' has {ids}. Masks must use the "
+                        "model's class ids.")
+    return sizes
 
 
 def read_camvid(root: PathLike, split: str) -> list[tuple[Path, Path]]:

@@ -18,7 +18,7 @@ from models import build_segmenter
 from models.segmenter import Segmenter
 from wilss.config import OptimConfig, PretrainConfig, UpdateConfig
 from wilss.data import PixelDataset, TagDataset, load_mask, read_camvid
-from wilss.engine import Progress, last
+from wilss.engine import Progress
 from wilss.inference import evaluate
 from wilss.metrics import summarize
 from wilss.protocol import Task, eval_label_map, label_map, present_classes, select_images, tags_from_mask
