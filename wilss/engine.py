@@ -5,7 +5,6 @@ between iterations by simply not asking for the next one.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -122,7 +121,3 @@ def seed_everything(seed: int) -> None:
 def batches_per_epoch(num_images: int, batch_size: int) -> int:
     batch = min(batch_size, num_images)
     return num_images // batch if num_images > batch else 1
-
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)
