@@ -19,11 +19,10 @@ import numpy as np
 from wilss.checkpoint import Checkpoint, history_entry
 from wilss.config import UpdateConfig, to_dict
 from wilss.conventions import hex_to_rgb, voc_palette
-from wilss.data import DataError, TagDataset, TaggedSet, check_new_classes, load_image
-from wilss.engine import Progress, Snapshot, resolve_device, seed_everything
+from wilss.data import DataError, TaggedSet, check_new_classes, fitted_image, tagged_training_set
+from wilss.engine import Progress, Snapshot, resolve_device
 from wilss.recipes import DEMO_UPDATE
 from wilss.trainer import WeakUpdate
-from wilss.transforms import fit_longer_side, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +195,7 @@ class UpdateJob:
         self._cancel = threading.Event()
         self._calls: "queue.Queue[tuple[Callable, Future]]" = queue.Queue()
         self._lock = threading.Lock()
-        cfg = plan.cfg
-        augment = train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip)
-        self.dataset = TagDataset.from_tagged(plan.tagged, plan.columns,
-                                              transform=lambda image: augment(fit_longer_side(image, cfg.crop_size)))
+        self.dataset = tagged_training_set(plan.tagged, plan.columns, plan.cfg)
 
     @property
     def running(self) -> bool:
@@ -221,7 +217,7 @@ class UpdateJob:
 
     def item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Training image ``index`` as the update sees it (fitted to the crop size) with its targets."""
-        return fit_longer_side(load_image(self.plan.tagged.paths[index]), self.plan.cfg.crop_size), self.dataset.targets[index]
+        return fitted_image(self.plan.tagged.paths[index], self.plan.cfg.crop_size), self.dataset.targets[index]
 
     def run(self) -> Iterator[Tick]:
         """Train; one ``Tick`` per iteration (the first, with no progress, shows the images before training)."""
@@ -230,7 +226,6 @@ class UpdateJob:
         start = time.perf_counter()
         gen = None
         try:
-            seed_everything(cfg.seed)
             self.update = WeakUpdate(plan.base.model, self.dataset, num_new=len(plan.new_names), cfg=cfg,
                                      device=self.device, snapshot_items=[self.item(i) for i in self.live])
             self.last_snapshots = self.update.snapshots() if self.live else []

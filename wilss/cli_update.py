@@ -27,12 +27,12 @@ from wilss.cli_use import (EvalSet, format_scores, mask_eval_set, nan_to_none, r
                            world_split)
 from wilss.config import UpdateConfig, to_dict
 from wilss.conventions import colorize, voc_palette
-from wilss.data import TagDataset, TaggedSet, check_new_classes, load_image, read_tagged_folder, validate_images
-from wilss.engine import Snapshot, batches_per_epoch, seed_everything
+from wilss.data import (TaggedSet, check_new_classes, fitted_image, read_tagged_folder, tagged_training_set,
+                        validate_images)
+from wilss.engine import Snapshot, batches_per_epoch
 from wilss.protocol import select_images
 from wilss.trainer import WeakUpdate
 from wilss.render import cam_overlay
-from wilss.transforms import fit_longer_side, train_transform
 from wilss.world import WORLD_CLASSES
 
 log = logging.getLogger(__name__)
@@ -151,13 +151,10 @@ def write_snapshots(folder: Path, iteration: int, snapshots: Sequence[Snapshot],
 # ---------------------------------------------------------------------------------------------- training
 def run_plan(plan: UpdatePlan, args: argparse.Namespace) -> int:
     cfg, tagged = plan.cfg, plan.tagged
-    seed_everything(cfg.seed)
-    augment = train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip)
-    dataset = TagDataset.from_tagged(tagged, plan.columns,
-                                     transform=lambda image: augment(fit_longer_side(image, cfg.crop_size)))
+    dataset = tagged_training_set(tagged, plan.columns, cfg)
     snapshot_items = []
     if plan.snapshot_dir is not None:
-        snapshot_items = [(fit_longer_side(load_image(tagged.paths[i]), cfg.crop_size), dataset.targets[i])
+        snapshot_items = [(fitted_image(tagged.paths[i], cfg.crop_size), dataset.targets[i])
                           for i in range(min(SNAPSHOT_IMAGES, len(tagged)))]
     counts = tagged.counts()
     without_new = sum(not (tags & set(plan.new_names)) for tags in tagged.tags)

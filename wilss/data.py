@@ -19,6 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from wilss.conventions import BACKGROUND_NAME, IGNORE_INDEX, normalize
+from wilss.transforms import fit_longer_side, train_transform
 
 logger = logging.getLogger(__name__)
 
@@ -483,3 +484,16 @@ class TagDataset(_CachedDataset):
             out = self.transform(image)
             image = out[0] if isinstance(out, tuple) else out
         return normalize(image), torch.from_numpy(self.targets[index].copy()), index
+
+
+def fitted_image(path: PathLike, side: int) -> np.ndarray:
+    """A user's image as the weak step sees it: ``HxWx3`` uint8 with its longer side resized to ``side``."""
+    return fit_longer_side(load_image(path), side)
+
+
+def tagged_training_set(tagged: TaggedSet, columns: Sequence[str], cfg) -> TagDataset:
+    """The weak step's dataset over a user's tagged images, targets over ``columns``: each image is fitted so its
+    longer side is ``cfg.crop_size`` (a crop then shows most of it, so its tags still hold), then augmented by the
+    paper's random scale, crop and flip of ``cfg`` (an ``OptimConfig``)."""
+    augment = train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip)
+    return TagDataset.from_tagged(tagged, columns, transform=lambda image: augment(fit_longer_side(image, cfg.crop_size)))
