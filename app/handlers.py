@@ -20,8 +20,7 @@ from app.export import ExportError, export_onnx
 from app.intake import apply_table, bring_tagged, table_rows, tag_summary
 from app.session import AppConfig, DeviceQueue, Session, SessionStore
 from app.update import free_colours
-from app.views import (HISTORY_HEADERS, added_in, architecture_markdown, before_after_rows, history_rows,
-                       last_added)
+from app.views import HISTORY_HEADERS, added_in, architecture_markdown, before_after_rows, history_rows
 from wilss.checkpoint import CheckpointError, load_checkpoint
 from wilss.data import DataError, list_images, load_image, read_tagged_folder
 from wilss.engine import resolve_device
@@ -112,7 +111,7 @@ class Handlers:
                 gr.Dropdown(choices=labels, value=version.label),
                 self._version_text(s, version.label),
                 str(version.path),
-                render.legend_html(ckpt.class_names, ckpt.colours, new=last_added(ckpt), title="Legend"),
+                render.legend_html(ckpt.class_names, ckpt.colours, new=ckpt.last_added, title="Legend"),
                 gr.Dropdown(choices=["(none)"] + labels, value=parent.label if parent else "(none)"),
                 gr.Dropdown(choices=labels, value=version.label))
 
@@ -243,7 +242,7 @@ class Handlers:
         shares = np.bincount(pred.mask.ravel(), minlength=k)[:k] / pred.mask.size
         overlay = render.upscale(render.mask_overlay(image, pred.mask, ckpt.colours,
                                                     float(opacity if opacity is not None else 0.5)), 384)
-        legend = render.legend_html(ckpt.class_names, ckpt.colours, shares=shares, new=last_added(ckpt),
+        legend = render.legend_html(ckpt.class_names, ckpt.colours, shares=shares, new=ckpt.last_added,
                                     title=f"Legend ({s.current.name}; % of the image)")
         maps = [(render.upscale(render.cam_overlay(image, pred.scores[c])), f"{name}: max {pred.scores[c].max():.2f}")
                 for c, name in enumerate(ckpt.class_names)]
@@ -262,7 +261,7 @@ class Handlers:
             before = load_checkpoint(before_v.path) if before_v else None
             pairs = bring_eval_set(_files(image_files), _files(mask_files), dest, max_bytes=self.max_bytes,
                                    num_classes=after.num_classes)
-            new = last_added(after)
+            new = after.last_added
             batch = same_size(pairs)
             res_after = score(after, pairs, after.class_names, new, device=self.device, batch=batch)
             res_before = (score(before, pairs, after.class_names, new, device=self.device, batch=batch)

@@ -11,12 +11,6 @@ from wilss.checkpoint import Checkpoint
 HISTORY_HEADERS = ["step", "kind", "classes", "images", "negatives", "date", "metrics"]
 
 
-def last_added(ckpt: Checkpoint) -> list[str]:
-    """Classes added by the checkpoint's last add-class step ([] for a base model)."""
-    steps = [h for h in ckpt.history if h.get("kind") == "add-class"]
-    return list(steps[-1].get("classes", [])) if steps else []
-
-
 def added_in(history: Sequence[dict]) -> dict[str, str]:
     """Class name -> 'step N: kind (M images)' for every class a history step introduced."""
     out: dict[str, str] = {}

@@ -45,6 +45,12 @@ class Checkpoint:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def last_added(self) -> list[str]:
+        """Classes added by the last add-class step ([] for a base model): the "new" classes of its metrics."""
+        steps = [h for h in self.history if h.get("kind") == "add-class"]
+        return list(steps[-1].get("classes", [])) if steps else []
+
 
 def default_colours(num_classes: int) -> np.ndarray:
     return voc_palette(256)[:num_classes].copy()

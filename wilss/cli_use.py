@@ -15,7 +15,6 @@ from PIL import Image
 
 from models import DEFAULT_CHECKPOINT
 from models.segmenter import Segmenter
-from wilss.checkpoint import Checkpoint
 from wilss.cli_common import (CliError, add_common_flags, add_device_flag, check_writable_folder, open_checkpoint,
                               percent)
 from wilss.conventions import BACKGROUND, IGNORE_INDEX, rgb_to_hex
@@ -108,12 +107,6 @@ def old_new_ids(class_names: Sequence[str], new_names: Sequence[str]) -> tuple[l
     return [i for i in range(1, len(class_names)) if i not in new], new
 
 
-def last_added(ckpt: Checkpoint) -> list[str]:
-    """Classes added by the checkpoint's last add-class step ([] for a base model)."""
-    steps = [h for h in ckpt.history if h.get("kind") == "add-class"]
-    return list(steps[-1]["classes"]) if steps else []
-
-
 def score(model: Segmenter, eval_set: EvalSet, class_names: Sequence[str], new_names: Sequence[str], *,
           device: Optional[str] = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-class IoU (``K``, in [0, 1], NaN for absent classes) and mIoU old / new / all in percent."""
@@ -152,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not (args.images and args.masks):
             raise CliError("give --images DIR and --masks DIR together (or --world DIR)")
         eval_set = mask_eval_set(args.images, args.masks, ckpt.num_classes)
-    new_names = last_added(ckpt)
+    new_names = ckpt.last_added
     iou, figures = score(ckpt.model, eval_set, ckpt.class_names, new_names, device=args.device)
     print(f"checkpoint {args.checkpoint}: {ckpt.num_classes} classes; "
           f"last added: {', '.join(new_names) if new_names else 'none (a base model)'}")

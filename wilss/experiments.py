@@ -23,7 +23,7 @@ from wilss.inference import evaluate
 from wilss.metrics import summarize
 from wilss.protocol import Task, eval_label_map, label_map, present_classes, select_images, tags_from_mask
 from wilss.trainer import WeakUpdate, pretrain
-from wilss.transforms import Resize, train_transform
+from wilss.transforms import Compose, Resize, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,8 @@ class Benchmark:
 
     # -- datasets --------------------------------------------------------------------------------------
     def _transform(self, cfg: OptimConfig):
-        steps = [Resize(self.protocol.resize)] if self.protocol.resize else []
         aug = train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip)
-        return lambda image, mask=None: aug(*_chain(steps, image, mask))
+        return Compose([Resize(self.protocol.resize), *aug.transforms]) if self.protocol.resize else aug
 
     def pixel_dataset(self, indices: Sequence[int], step: int) -> PixelDataset:
         p = self.protocol
@@ -162,12 +161,6 @@ class Benchmark:
             model = runs[name]()
             self.score(name, model, time.perf_counter() - start)
         return self.rows
-
-
-def _chain(steps, image, mask):
-    for t in steps:
-        image, mask = t(image, mask)
-    return image, mask
 
 
 def format_table(rows: Sequence[Row], title: str) -> str:
