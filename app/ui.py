@@ -154,6 +154,10 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
                                        multiselect=True, elem_id="rejected", allow_custom_value=True)
                 rerun_btn = gr.Button("Re-run from the accepted images", variant="primary", elem_id="rerun-btn")
                 review_status = gr.Markdown(elem_id="review-status")
+                with gr.Row():
+                    pseudo_btn = gr.Button("Export every pseudo-label (VOC palette PNGs, for CVAT / Label Studio)",
+                                           elem_id="pseudo-btn")
+                    pseudo_file = gr.File(label="Pseudo-labels (.zip)", interactive=False, elem_id="pseudo-file")
             # -------------------------------------------------------------------------------- predict
             with gr.Tab("Predict", id="predict"):
                 with gr.Row():
@@ -231,6 +235,8 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
         next_btn.click(lambda p: int(p or 1) + 1, page, page, api_visibility="private").then(
             u.review_page, review_inputs, review_outputs, api_visibility="private")
         review.select(u.toggle_reject, rejected, rejected, api_visibility="private")
+        pseudo_btn.click(u.export_pseudo_labels, None, [pseudo_file, review_status], api_name="export_pseudo_labels",
+                         concurrency_limit=1)
         refresh_model(rerun_btn.click(u.rerun, rejected, [tabs, *run_outputs, review_status], api_name="rerun",
                                       concurrency_limit=8, concurrency_id="update"))
         # predict: its own concurrency group, so it answers while an update trains

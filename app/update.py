@@ -19,7 +19,7 @@ import numpy as np
 from wilss.checkpoint import Checkpoint, history_entry
 from wilss.config import UpdateConfig, to_dict
 from wilss.conventions import hex_to_rgb, voc_palette
-from wilss.data import DataError, TaggedSet, check_new_classes, fitted_image, tagged_training_set
+from wilss.data import DataError, TaggedSet, check_new_classes, fitted_image, settle_negatives, tagged_training_set
 from wilss.engine import Progress, Snapshot, resolve_device
 from wilss.recipes import DEMO_UPDATE
 from wilss.trainer import WeakUpdate
@@ -112,6 +112,7 @@ class UpdatePlan:
     cfg: UpdateConfig
     source: str
     rejected: tuple[str, ...] = ()       # training images left out after review
+    note: str = ""                       # what the check decided for the user (automatic old-class tags)
 
     @property
     def columns(self) -> list[str]:
@@ -130,7 +131,8 @@ class UpdatePlan:
 def plan_update(base_name: str, base: Checkpoint, tagged: Optional[TaggedSet], specs: Sequence[tuple[str, str]],
                 cfg: UpdateConfig, *, source: str, rejected: Sequence[str] = ()) -> UpdatePlan:
     """Check a request: (name, '#rrggbb') per new class. Raises ``DataError`` (empty or existing name, bad colour,
-    no images, unknown tags, no positives or negatives: ``wilss.data.check_new_classes``)."""
+    no images, unknown tags, no positives: ``wilss.data.check_new_classes``); without negatives the plan uses
+    automatic old-class tags and says so in ``note`` (``wilss.data.settle_negatives``)."""
     if not specs:
         raise DataError("A new class name is empty. Give every new class a name.")
     names, colours = [], []
@@ -146,8 +148,9 @@ def plan_update(base_name: str, base: Checkpoint, tagged: Optional[TaggedSet], s
     if tagged is None or len(tagged) == 0:
         raise DataError("There are no images. Bring tagged images in the 'Data' tab first.")
     check_new_classes(tagged, names, base.class_names[1:])
+    cfg, note = settle_negatives(tagged, names, cfg)
     return UpdatePlan(base_name, base, tagged, names, np.array(colours, dtype=np.uint8).reshape(-1, 3), cfg,
-                      source, tuple(rejected))
+                      source, tuple(rejected), note)
 
 
 def watch_indices(tagged: TaggedSet, new_names: Sequence[str], count: int) -> list[int]:

@@ -3,7 +3,9 @@ pseudo-labels page by page (also while it trains), and re-run it without the rej
 
 No ``from __future__ import annotations`` here: gradio finds ``gr.Request`` parameters by their annotation.
 """
+import shutil
 import time
+from pathlib import Path
 from typing import Iterator, Optional
 
 import gradio as gr
@@ -16,6 +18,7 @@ from app.session import Session
 from app.update import ADVANCED, UpdateJob, loss_names, make_config, plan_update, watch_indices
 from wilss.conventions import rgb_to_hex
 from wilss.data import DataError, TaggedSet
+from wilss.pseudo_labels import export_pseudo_labels
 
 REVIEW_PAGE = 6         # training images per review page
 
@@ -60,7 +63,7 @@ class UpdateHandlers:
         what = ", ".join(plan.new_names)
         start_text = (f"Adding **{what}** to {plan.base_name} from {len(plan.tagged)} images "
                       f"({plan.tagged.num_negatives} negatives) on `{self.device}`: {plan.cfg.epochs} epochs, "
-                      f"{plan.cfg.warmup_epochs} of localizer warm-up.")
+                      f"{plan.cfg.warmup_epochs} of localizer warm-up." + (f" Note: {plan.note}" if plan.note else ""))
         try:
             while True:
                 place = self.queue.wait(ticket, 1.0)
@@ -170,6 +173,27 @@ class UpdateHandlers:
         keep = [r for r in (rejected or []) if r in job.names]
         return (gr.Gallery(value=tiles, columns=2 * (3 + len(plan.new_names))), info, page,
                 gr.Dropdown(choices=job.names, value=keep))
+
+    def export_pseudo_labels(self, request: gr.Request):
+        """(zip file, status): every training image's pseudo-label from the update's current state."""
+        s = self.session(request)
+        job = self._review_job(s)
+        if job is None:
+            return None, error("Run an update first: its pseudo-labels are exported from here.")
+        plan = job.plan
+        folder = s.subfolder("exports") / f"pseudo-labels-{time.strftime('%Y%m%d-%H%M%S')}"
+
+        def work(update) -> int:
+            return export_pseudo_labels(update, plan.tagged.paths, job.dataset.targets, folder,
+                                        class_names=plan.class_names, colours=plan.colours, side=plan.cfg.crop_size)
+
+        try:
+            count = job.between(work)
+        except (RuntimeError, DataError) as err:
+            return None, error(f"could not export: {err}")
+        archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
+        return archive, ok(f"exported {count} pseudo-labels ({', '.join(plan.new_names)}) to {Path(archive).name}: "
+                           "SegmentationClass/*.png (palette, value = class id), labelmap.txt, labels.json.")
 
     def toggle_reject(self, request: gr.Request, evt: gr.SelectData, rejected):
         s = self.session(request)

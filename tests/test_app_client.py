@@ -1,15 +1,18 @@
 """End to end through gradio_client against the launched app (``python launch.py`` in a subprocess): bring the
 samples with their tags, run a short add-class while reading the streamed updates, download the checkpoint,
 reload it and predict with it; bad input leaves everything unchanged; updates queue per device and cancel."""
+import io
 import json
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("gradio_client", reason="the app tests need gradio_client (pip install gradio_client)")
 pytest.importorskip("gradio", reason="the app tests need gradio (pip install gradio)")
@@ -133,6 +136,14 @@ def test_add_class_end_to_end(app_url):
     assert page == 2 and "Page 2/11" in info and len(gallery["value"]) == 6 * 4
     assert gallery["value"][0]["caption"].startswith("006.png [arrow]")
     assert "000.png" in rejected["choices"][0]
+    archive, text = c.predict(api_name="/export_pseudo_labels")
+    with zipfile.ZipFile(archive) as z:
+        names = z.namelist()
+        assert "labelmap.txt" in names and "arrow:255,128,0::" in z.read("labelmap.txt").decode()
+        masks = [n for n in names if n.startswith("SegmentationClass/") and n.endswith(".png")]
+        assert len(masks) == 64 and "exported 64 pseudo-labels" in text
+        mask = Image.open(io.BytesIO(z.read("SegmentationClass/000.png")))
+        assert mask.mode == "P" and mask.size == Image.open(samples / "000.png").size
     rerun = c.submit(["000.png"], api_name="/rerun")
     outputs = list(rerun)     # (progress, status, plot, gallery, review status): the tab switch is not in the API
     assert "63 accepted images (1 rejected)" in outputs[0][-1]

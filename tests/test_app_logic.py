@@ -121,8 +121,8 @@ def test_plan_update_refuses_bad_requests(base, tmp_path):
     with pytest.raises(DataError, match="no images"):
         plan_update("v000", base, None, [("arrow", "#ff8000")], DEMO_UPDATE, source="test")
     only_positive = TaggedSet((tmp_path / "a.png",), ({"arrow"},))
-    with pytest.raises(DataError, match="no negatives"):
-        plan_update("v000", base, only_positive, [("arrow", "#ff8000")], DEMO_UPDATE, source="test")
+    plan = plan_update("v000", base, only_positive, [("arrow", "#ff8000")], DEMO_UPDATE, source="test")
+    assert plan.cfg.auto_old_tags and "no negatives" in plan.note and not DEMO_UPDATE.auto_old_tags
 
 
 def test_watch_indices_pick_positives_of_each_class_then_a_negative(tmp_path):

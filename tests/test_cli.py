@@ -102,7 +102,6 @@ BAD_DATA = {  # case -> (make the folder, --class values, words the message must
     "unknown tag": (_unknown_tag, [NEW], ["Unknown tag 'cat'"]),
     "class exists": (write_tagged, ["disc"], ["'disc' already exists"]),
     "zero images": (_empty, [NEW], ["No images found"]),
-    "no negatives": (_no_negatives, [NEW], ["no negatives", "How to add them"]),
     "bad colour": (write_tagged, [f"{NEW}=#12345"], ["#RRGGBB"]),
 }
 
@@ -295,3 +294,33 @@ def test_quick_divides_epochs_keeping_a_warmup():
     cfg = quick(UpdateConfig(epochs=40, warmup_epochs=5))
     assert (cfg.epochs, cfg.warmup_epochs) == (4, 1)
     assert quick(UpdateConfig(epochs=12, warmup_epochs=3)).epochs == 2
+
+
+def test_single_class_without_negatives_uses_automatic_old_tags_and_exports_pseudo_labels(ckpt, tmp_path, capsys):
+    out, pseudo = tmp_path / "one.pt", tmp_path / "pseudo"
+    code, stdout, err = run(["add-class", "--checkpoint", ckpt, "--images",
+                             write_tagged(tmp_path / "images", tags=lambda i: NEW), "--class", NEW, "--out", out,
+                             "--export-pseudo", pseudo, *FAST], capsys)
+    assert code == 0, err
+    assert "note: Every image is tagged 'triangle'" in stdout and "automatic relaxed setting" in stdout
+    entry = load_checkpoint(out).history[-1]
+    assert entry["settings"]["auto_old_tags"] is True and entry["negatives"] == 0
+    masks = sorted((pseudo / "SegmentationClass").iterdir())
+    assert [m.stem for m in masks] == [f"{i:02d}" for i in range(8)]
+    assert (pseudo / "ImageSets" / "Segmentation" / "default.txt").read_text().split() == [m.stem for m in masks]
+    labelmap = (pseudo / "labelmap.txt").read_text().splitlines()
+    assert labelmap[1:] == [f"{n}:{','.join(map(str, voc_palette(256)[i]))}::"
+                            for i, n in enumerate(["background", "disc", "square", NEW])]
+    image = Image.open(masks[0])
+    assert image.mode == "P" and image.size == (64, 64)
+    assert set(np.unique(np.array(image))) <= {0, 1, 2, 3}
+
+
+def test_pseudo_label_export_refuses_a_non_empty_folder(ckpt, tmp_path, capsys):
+    (tmp_path / "pseudo").mkdir()
+    (tmp_path / "pseudo" / "mine.png").write_bytes(b"keep")
+    code, _, err = run(["add-class", "--checkpoint", ckpt, "--images", write_tagged(tmp_path / "images"),
+                        "--class", NEW, "--out", tmp_path / "new.pt", "--export-pseudo", tmp_path / "pseudo", *FAST],
+                       capsys)
+    assert code == 2 and "--export-pseudo" in err and not (tmp_path / "new.pt").exists()
+    assert (tmp_path / "pseudo" / "mine.png").read_bytes() == b"keep"

@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from wilss.config import UpdateConfig
 from wilss.conventions import IGNORE_INDEX, voc_palette
-from wilss.data import (DataError, PixelDataset, TagDataset, TaggedSet, check_new_classes, load_image,
-                        load_mask, read_camvid, read_mask_folder, read_tagged_folder, validate_images)
+from wilss.data import (DataError, PixelDataset, TagDataset, TaggedSet, check_new_classes, load_image, load_mask,
+                        read_camvid, read_mask_folder, read_tagged_folder, settle_negatives, validate_images)
 from wilss.transforms import RandomCrop
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
@@ -174,12 +175,16 @@ def test_check_new_classes_errors(new, tags, match):
         check_new_classes(tagged_set(*tags), new, ["person", "car"])
 
 
-def test_no_negatives_explains_how_to_add_them_per_layout():
-    with pytest.raises(DataError) as info:
-        check_new_classes(tagged_set(["cow"], ["cow", "sheep"]), ["cow", "sheep"], ["person"])
-    message = str(info.value)
-    assert "'cow'" in message and "negatives" in message and "contrasting" in message
-    assert "'none'" in message and "tags.csv" in message and "tags.json" in message
+def test_no_negatives_switch_on_automatic_old_tags_and_explain_how_to_add_them():
+    tagged = tagged_set(["cow"], ["cow", "sheep"])
+    check_new_classes(tagged, ["cow", "sheep"], ["person"])  # allowed: no negatives is not an error any more
+    cfg, note = settle_negatives(tagged, ["cow", "sheep"], UpdateConfig())
+    assert cfg.auto_old_tags and not UpdateConfig().auto_old_tags
+    assert "'cow'" in note and "'sheep'" not in note and "negatives" in note and "contrasting" in note
+    assert "'none'" in note and "tags.csv" in note and "tags.json" in note
+    assert settle_negatives(tagged, ["cow", "sheep"], UpdateConfig(relaxed=True)) == (UpdateConfig(relaxed=True), "")
+    with_negative = tagged_set(["cow"], [])
+    assert settle_negatives(with_negative, ["cow"], UpdateConfig()) == (UpdateConfig(), "")
 
 
 # -------------------------------------------------------------------------------------------- masks

@@ -94,3 +94,13 @@ def test_pixel_bce_one_hot_sum_over_classes_void_ignored():
     labels = torch.tensor([[[1, 255]]])
     expected = bce(2.0, 0.0) + bce(-1.0, 1.0)                     # only the first pixel counts
     assert L.pixel_bce(logits, labels).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_confident_presence_reads_old_tags_by_hand():
+    # 1 image, 2 classes, 10 pixels: class 0 confident on 1 pixel (10 %), class 1 on none (0.69 < 0.7).
+    probs = torch.zeros(1, 2, 1, 10)
+    probs[0, 0, 0, 3] = 0.9
+    probs[0, 1] = 0.69
+    assert L.confident_presence(probs, threshold=0.7, min_fraction=0.1).tolist() == [[1.0, 0.0]]
+    assert L.confident_presence(probs, threshold=0.7, min_fraction=0.11).tolist() == [[0.0, 0.0]]
+    assert L.confident_presence(probs, threshold=0.6, min_fraction=0.0).tolist() == [[1.0, 1.0]]

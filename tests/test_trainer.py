@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from models import build_segmenter
+from wilss import losses as L
 from wilss.config import PretrainConfig, UpdateConfig
 from wilss.data import PixelDataset, TagDataset
 from wilss.engine import last
@@ -87,3 +88,26 @@ def test_pretrain_sets_the_activation_it_trained(scenes, loss, activation):
     assert len(progress) == 4 and progress[-1].phase == "pretrain"
     assert np.isfinite(progress[-1].losses[loss])
     assert model.activation == activation
+
+
+def test_automatic_old_tags_give_l_cls_negatives_from_the_old_model(scenes):
+    """Every image shows the new class (no negatives): l_CLS runs over all classes with the old columns read from
+    the old model's confident predictions, not from the (absent) tags."""
+    dataset = tag_dataset(scenes)
+    dataset.targets[:] = 0.0
+    dataset.targets[:, -1] = 1.0
+    cfg = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8,
+                       auto_old_tags=True, auto_tag_threshold=0.5, auto_tag_min_fraction=0.0)
+    update = WeakUpdate(small_model(), dataset, num_new=1, cfg=cfg)
+    images = torch.stack([dataset[i][0] for i in range(4)])
+    targets = torch.stack([torch.as_tensor(dataset[i][1]) for i in range(4)])
+    with torch.no_grad():
+        got = update.losses(images, targets, "warmup")["cls"]
+        old_probs = update.old_model.probabilities(update.old_model.forward_features(images)[0])
+        old_tags = (old_probs[:, 1:] > 0.5).flatten(2).amax(-1).float()
+        z = update.localizer(update.model.encoder(images))
+        logits = L.aggregate_scores(z, gamma=cfg.focal_gamma, lam=cfg.focal_lambda, eps=cfg.gwp_eps)[:, 1:]
+        want = L.classification_loss(logits, torch.cat([old_tags, targets[:, -1:]], 1))
+    assert 0 < old_tags.sum() < old_tags.numel()  # the old model tags some old classes, not all
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert np.isfinite(last(update.run()).losses["cls"])

@@ -139,6 +139,9 @@ UPDATE_SWITCHES = (
     ("--relaxed", "relaxed", True,
      "relaxed setting: l_CLS over all classes, using tags that name classes the model already knows "
      "(tag every known class an image shows: an untagged one counts as absent)"),
+    ("--auto-old-tags", "auto_old_tags", True,
+     "relaxed l_CLS with the old classes' tags read from the model's confident predictions (beyond the paper; "
+     "switched on by itself when a new class has no negatives)"),
     ("--no-mib-init", "mib_init", False, "initialise the new classifier rows randomly instead of MiB's init"),
     ("--pamr-self-training", "pamr_self_training", True,
      "reference-code extra: self-train the localizer on PAMR-refined masks after the warm-up"),

@@ -22,15 +22,16 @@ from wilss import recipes
 from wilss.checkpoint import Checkpoint, history_entry, save_checkpoint
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_update_flags, check_new_file,
                               check_new_folder, extend_colours, open_checkpoint, parse_class_spec, positive_int,
-                              update_config)
+                              unit_float, update_config)
 from wilss.cli_use import (EvalSet, format_scores, mask_eval_set, nan_to_none, read_world, score, world_eval_set,
                            world_split)
 from wilss.config import UpdateConfig, to_dict
 from wilss.conventions import colorize, voc_palette
-from wilss.data import (TaggedSet, check_new_classes, fitted_image, read_tagged_folder, tagged_training_set,
-                        validate_images)
+from wilss.data import (TaggedSet, check_new_classes, fitted_image, read_tagged_folder, settle_negatives,
+                        tagged_training_set, validate_images)
 from wilss.engine import Snapshot, batches_per_epoch
 from wilss.protocol import select_images
+from wilss.pseudo_labels import export_pseudo_labels
 from wilss.trainer import WeakUpdate
 from wilss.render import cam_overlay
 from wilss.world import WORLD_CLASSES
@@ -55,6 +56,7 @@ class UpdatePlan:
     eval_set: Optional[EvalSet] = None
     snapshot_dir: Optional[Path] = None
     snapshot_every: int = 0
+    note: str = ""                       # what the plan decided for the user (e.g. automatic old-class tags)
 
     @property
     def columns(self) -> list[str]:
@@ -78,6 +80,8 @@ def _common_checks(args: argparse.Namespace, base_cfg: UpdateConfig) -> tuple[Pa
         raise CliError("--snapshot-every needs --snapshot-dir DIR (where to write the pictures)")
     if args.snapshot_dir is not None:
         check_new_folder(args.snapshot_dir, flag="--snapshot-dir")
+    if args.export_pseudo is not None:
+        check_new_folder(args.export_pseudo, flag="--export-pseudo")
     if (args.eval_images is None) != (args.eval_masks is None):
         raise CliError("give --eval-images DIR and --eval-masks DIR together")
     return out, cfg
@@ -85,6 +89,7 @@ def _common_checks(args: argparse.Namespace, base_cfg: UpdateConfig) -> tuple[Pa
 
 def _finish_plan(plan: UpdatePlan, args: argparse.Namespace) -> UpdatePlan:
     check_new_classes(plan.tagged, plan.new_names, plan.ckpt.class_names[1:])
+    plan.cfg, plan.note = settle_negatives(plan.tagged, plan.new_names, plan.cfg)
     if args.eval_images is not None:
         plan.eval_set = mask_eval_set(args.eval_images, args.eval_masks, len(plan.class_names))
     if args.snapshot_dir is not None:
@@ -156,6 +161,8 @@ def run_plan(plan: UpdatePlan, args: argparse.Namespace) -> int:
     if plan.snapshot_dir is not None:
         snapshot_items = [(fitted_image(tagged.paths[i], cfg.crop_size), dataset.targets[i])
                           for i in range(min(SNAPSHOT_IMAGES, len(tagged)))]
+    if plan.note:
+        print(f"note: {plan.note}")
     counts = tagged.counts()
     without_new = sum(not (tags & set(plan.new_names)) for tags in tagged.tags)
     print(f"adding {', '.join(f'{n} ({counts[n]} images)' for n in plan.new_names)} to {plan.checkpoint_path} "
@@ -186,6 +193,12 @@ def run_plan(plan: UpdatePlan, args: argparse.Namespace) -> int:
         metrics=metrics, negatives=tagged.num_negatives, source=plan.source, tag_counts=counts,
         base_checkpoint=str(plan.checkpoint_path)))
     path = save_checkpoint(ckpt, plan.out, protect=(plan.checkpoint_path,), overwrite=args.overwrite)
+    if args.export_pseudo is not None:
+        update.model.to(update.device)   # saving moved it to the CPU
+        count = export_pseudo_labels(update, tagged.paths, dataset.targets, args.export_pseudo,
+                                     class_names=plan.class_names, colours=plan.colours, side=cfg.crop_size,
+                                     min_confidence=args.pseudo_min_confidence)
+        print(f"wrote {count} pseudo-label masks (VOC palette PNGs, labelmap.txt) to {args.export_pseudo}")
     print(f"\nwall time {time.perf_counter() - start:.1f} s (training {train_seconds:.1f} s)")
     if plan.snapshot_dir is not None:
         print(f"snapshots in {plan.snapshot_dir}")
@@ -207,7 +220,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Teach a segmentation checkpoint new classes from images that are only tagged (no masks), "
                     "keeping what it knows. The result is a new checkpoint; the input is never changed. The "
                     "method contrasts images with and without each new class, so give negatives too: images "
-                    "showing none of the new classes.",
+                    "showing none of the new classes. Without negatives (e.g. one class at a time from images "
+                    "that all show it), the old classes' tags are read from the model's confident predictions "
+                    "(automatic relaxed setting, beyond the paper).",
         epilog="examples:\n"
                "  python -m wilss add-class --images samples/ --class arrow=#ff8000 --out arrow.pt\n"
                "  python -m wilss add-class --world world/ --out world_step1.pt\n"
@@ -236,6 +251,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help=f"write CAMs, pseudo-labels and predictions of the first {SNAPSHOT_IMAGES} images here")
     out.add_argument("--snapshot-every", type=positive_int, metavar="N",
                      help="iterations between snapshots (default: once per epoch)")
+    out.add_argument("--export-pseudo", type=Path, metavar="DIR",
+                     help="also write the final pseudo-labels of every training image here, as VOC palette PNGs "
+                          "with a CVAT labelmap.txt, to correct in CVAT / Label Studio")
+    out.add_argument("--pseudo-min-confidence", type=unit_float, default=0.0, metavar="C",
+                     help="with --export-pseudo: pixels whose pseudo-label target is below C become void (255), "
+                          "marking what to check (default: 0, none)")
     add_update_flags(p, (("", recipes.DEMO_UPDATE), ("with --world", world_cfg)))
     add_common_flags(p)
     p.set_defaults(run=cmd_add_class)

@@ -53,6 +53,11 @@ class UpdateConfig(OptimConfig):
     # Eq. 5-7: pseudo-labels
     alpha: float = 0.5
     relaxed: bool = False              # l_CLS over all classes, with tags for old classes given
+    # Beyond the paper: relaxed l_CLS with the old classes' tags read from the old model's confident predictions,
+    # so a step can learn one class from images that all show it (no user negatives). See losses.confident_presence.
+    auto_old_tags: bool = False
+    auto_tag_threshold: float = 0.7    # old-model probability that counts as confident
+    auto_tag_min_fraction: float = 0.01  # share of an image's pixels that must be confident to tag the class
     mib_init: bool = True
     old_model_prior: bool = True       # l_LOC (Eq. 4); off together with old_model_targets = the FT baseline
     old_model_targets: bool = True     # Eq. 7 targets from the old model
@@ -66,6 +71,9 @@ class UpdateConfig(OptimConfig):
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not 0.0 < self.auto_tag_threshold < 1.0 or not 0.0 <= self.auto_tag_min_fraction <= 1.0:
+            raise ValueError("auto_tag_threshold must be in (0, 1) and auto_tag_min_fraction in [0, 1], got "
+                             f"{self.auto_tag_threshold} and {self.auto_tag_min_fraction}")
 
 
 def to_dict(cfg) -> dict:

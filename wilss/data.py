@@ -9,7 +9,7 @@ import csv
 import io
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from wilss.config import UpdateConfig
 from wilss.conventions import BACKGROUND_NAME, IGNORE_INDEX, normalize
 from wilss.transforms import fit_longer_side, train_transform
 
@@ -281,8 +282,8 @@ def read_tagged_folder(folder: PathLike, tags_file: Optional[PathLike] = None) -
 def check_new_classes(tagged: TaggedSet, new_classes: Sequence[str], existing_classes: Sequence[str]) -> None:
     """Check that ``tagged`` can teach ``new_classes`` to a model that knows ``existing_classes``.
 
-    Tags naming existing classes are allowed (the relaxed setting); each new class needs positive
-    images and negative images (the method contrasts images with and without the class).
+    Tags naming existing classes are allowed (the relaxed setting); each new class needs positive images
+    (negatives: see ``settle_negatives``).
     """
     new_classes = [name.strip() for name in new_classes]  # tags are stripped too
     existing = {c.strip().lower() for c in existing_classes} | {BACKGROUND_NAME}
@@ -310,11 +311,30 @@ def check_new_classes(tagged: TaggedSet, new_classes: Sequence[str], existing_cl
     for name in new_classes:
         if counts.get(name, 0) == 0:
             raise DataError(f"The new class '{name}' has no images tagged with it. Add images showing it.")
-        if counts[name] == len(tagged):
-            raise DataError(
-                f"Every image is tagged '{name}', so there are no negatives for it. The method learns a class "
-                "by contrasting images that contain it with images that do not. Add images tagged with none "
-                f"of the new classes (negatives, e.g. scenes without a {name}). {NEGATIVES_HOW}")
+
+
+def classes_without_negatives(tagged: TaggedSet, new_classes: Sequence[str]) -> list[str]:
+    """The new classes that every image is tagged with (no image to contrast them with)."""
+    counts = tagged.counts()
+    return [name for name in new_classes if counts.get(name, 0) == len(tagged)]
+
+
+def settle_negatives(tagged: TaggedSet, new_classes: Sequence[str], cfg: UpdateConfig) -> tuple[UpdateConfig, str]:
+    """Beyond the paper: learn a new class that has no negatives. Returns the config to train with and a note.
+
+    l_CLS learns a class by contrasting images that show it with images that do not; when every image shows it
+    and no old-class tags are given (the relaxed setting), the old classes' tags are read from the old model's
+    confident predictions instead (``auto_old_tags``), which keeps l_CLS from being trivially satisfied.
+    """
+    lacking = classes_without_negatives(tagged, new_classes)
+    if not lacking or cfg.relaxed or cfg.auto_old_tags:
+        return cfg, ""
+    names = ", ".join(f"'{n}'" for n in lacking)
+    note = (f"Every image is tagged {names}, so there are no negatives for it. The method learns a class by "
+            "contrasting images that contain it with images that do not, so the old classes' tags are read from "
+            "the base model's confident predictions instead (automatic relaxed setting). Negatives usually give "
+            f"a better result: add images tagged with none of the new classes. {NEGATIVES_HOW}")
+    return replace(cfg, auto_old_tags=True), note
 
 
 # -------------------------------------------------------------------------------------- pixel labels

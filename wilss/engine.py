@@ -25,6 +25,7 @@ class Snapshot:
     cams: np.ndarray            # NxHxW float32 in [0, 1]: localizer softmax mass of each new class
     pseudo_label: np.ndarray    # HxW uint8 model class ids (argmax of the Eq. 5-7 target)
     prediction: np.ndarray      # HxW uint8 model class ids (argmax of the current model)
+    pseudo_confidence: np.ndarray | None = None  # HxW float32 in [0, 1]: the Eq. 5-7 target at its argmax
 
 
 @dataclass

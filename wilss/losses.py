@@ -32,6 +32,17 @@ def classification_loss(class_logits: torch.Tensor, tags: torch.Tensor) -> torch
     return F.multilabel_soft_margin_loss(class_logits, tags.to(class_logits.dtype))
 
 
+def confident_presence(probs: torch.Tensor, *, threshold: float = 0.7, min_fraction: float = 0.01) -> torch.Tensor:
+    """Image-level tags read from a model's probabilities ``BxCxhxw``: ``BxC`` in {0, 1}, 1 where class c's
+    probability exceeds ``threshold`` on at least ``min_fraction`` of the pixels (and on at least one pixel).
+
+    Beyond the paper: the automatic relaxed setting takes the old classes' tags from the frozen old model, which
+    gives l_CLS negatives to contrast a new class with when every image shows it (single-class steps).
+    """
+    confident = (probs > threshold).flatten(2).float()
+    return ((confident.mean(-1) >= min_fraction) & (confident.amax(-1) > 0)).float()
+
+
 def localization_loss(z_old: torch.Tensor, old_probs: torch.Tensor) -> torch.Tensor:
     """Eq. 4: per-pixel BCE between sigmoid(z_c) and the old model's probability (sigmoid(o_c)) for the K0 channels
     of step t-1. ``z_old``: the localizer's first K0 channels ``BxK0xhxw``; mean over classes and pixels."""

@@ -5,6 +5,7 @@ new classes learnt from image-level tags (METHOD.md). Both are generators of ``P
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from functools import partial
@@ -94,7 +95,11 @@ class WeakUpdate:
         features = self.model.encoder(images)
         z = self.localizer(features)  # one encoder pass feeds the localizer and (below) the decoder
         class_logits = L.aggregate_scores(z, gamma=cfg.focal_gamma, lam=cfg.focal_lambda, eps=cfg.gwp_eps)
-        if cfg.relaxed:
+        if cfg.auto_old_tags:
+            old_tags = L.confident_presence(old_probs[:, 1:], threshold=cfg.auto_tag_threshold,
+                                            min_fraction=cfg.auto_tag_min_fraction)
+            out = {"cls": L.classification_loss(class_logits[:, 1:], torch.cat([old_tags, tags_new], dim=1))}
+        elif cfg.relaxed:
             out = {"cls": L.classification_loss(class_logits[:, 1:], targets)}
         else:
             out = {"cls": L.classification_loss(class_logits[:, -self.num_new:], tags_new)}
@@ -150,18 +155,27 @@ class WeakUpdate:
                             optimizer=optimizer, scheduler=scheduler, snapshot=snapshot)
         self.model.eval()
 
-    @torch.no_grad()
-    def snapshots(self) -> list[Snapshot]:
-        """CAMs, pseudo-labels and predictions for ``snapshot_items``, in eval mode."""
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode for the model and localizer inside the block, then back to what they were."""
         was_training = self.model.training
         self.model.eval()
         self.localizer.eval()
-        out = [self._snapshot(i, image, targets) for i, (image, targets) in enumerate(self.snapshot_items)]
-        self.model.train(was_training)
-        self.localizer.train(was_training)
-        return out
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+            self.localizer.train(was_training)
 
-    def _snapshot(self, index: int, image: np.ndarray, targets: np.ndarray) -> Snapshot:
+    @torch.no_grad()
+    def snapshots(self) -> list[Snapshot]:
+        """CAMs, pseudo-labels and predictions for ``snapshot_items``, in eval mode."""
+        with self.evaluating():
+            return [self.snapshot_of(i, image, targets) for i, (image, targets) in enumerate(self.snapshot_items)]
+
+    @torch.no_grad()
+    def snapshot_of(self, index: int, image: np.ndarray, targets: np.ndarray) -> Snapshot:
+        """What the update thinks of one image ``HxWx3`` uint8 with targets ``K-1`` (use inside ``evaluating``)."""
         x = normalize(image)[None].to(self.device)
         size = image.shape[:2]
         logits, features = self.model.forward_features(x)
@@ -170,8 +184,10 @@ class WeakUpdate:
         tags_new = torch.as_tensor(np.asarray(targets), dtype=torch.float32, device=self.device)[None, -self.num_new:]
         target = L.pseudo_label(z, old_probs if self.cfg.old_model_targets else None, tags_new, alpha=self.cfg.alpha)
         cams = F.interpolate(z.softmax(1)[:, -self.num_new:], size=size, mode="bilinear", align_corners=False)
-        pseudo = F.interpolate(target.argmax(1, keepdim=True).float(), size=size, mode="nearest")
+        best, winner = target.max(1, keepdim=True)
+        pseudo = F.interpolate(torch.cat([winner.float(), best.float()], 1), size=size, mode="nearest")
         prediction = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)
         return Snapshot(index=index, image=image, cams=cams[0].cpu().numpy().astype(np.float32),
                         pseudo_label=pseudo[0, 0].cpu().numpy().astype(np.uint8),
+                        pseudo_confidence=pseudo[0, 1].cpu().numpy().astype(np.float32),
                         prediction=prediction[0].cpu().numpy().astype(np.uint8))

@@ -1,0 +1,85 @@
+"""Pseudo-labels out: a weak step's Eq. 5-7 targets as palette PNGs in the PASCAL VOC convention.
+
+The folder is what CVAT imports as "Segmentation mask 1.1" (and Label Studio or any VOC tool reads):
+
+- ``SegmentationClass/<stem>.png``: palette PNG at the image's own size, pixel value = model class id,
+  255 = void (pixels whose pseudo-label confidence is below ``min_confidence``), palette = the model's colours;
+- ``ImageSets/Segmentation/default.txt``: the stems;
+- ``labelmap.txt``: CVAT's ``name:r,g,b::`` lines, in class-id order;
+- ``labels.json``: ``{"classes": [{"id", "name", "colour"}], "void": 255}`` for scripts.
+
+A user corrects the masks in such a tool, then trains on them with pixel labels.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from wilss.conventions import IGNORE_INDEX
+from wilss.data import DataError, fitted_image, load_image
+from wilss.trainer import WeakUpdate
+
+log = logging.getLogger(__name__)
+
+VOID_COLOUR = (224, 224, 192)  # PASCAL VOC's void/boundary colour
+
+
+def palette_png(labels: np.ndarray, colours: np.ndarray) -> Image.Image:
+    """``HxW`` uint8 class ids -> a palette ('P' mode) image with ``colours`` (``Kx3``) and 255 as VOC void."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(colours)] = colours
+    palette[IGNORE_INDEX] = VOID_COLOUR
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    image.putpalette(palette.flatten().tolist())
+    return image
+
+
+def write_label_map(folder: Path, class_names: Sequence[str], colours: np.ndarray) -> None:
+    """CVAT's ``labelmap.txt`` and a ``labels.json`` with ids, names and colours."""
+    lines = ["# label:color_rgb:parts:actions"]
+    lines += [f"{name}:{','.join(str(int(v)) for v in colour)}::" for name, colour in zip(class_names, colours)]
+    (folder / "labelmap.txt").write_text("\n".join(lines) + "\n")
+    classes = [{"id": i, "name": name, "colour": [int(v) for v in colour]}
+               for i, (name, colour) in enumerate(zip(class_names, colours))]
+    (folder / "labels.json").write_text(json.dumps({"classes": classes, "void": IGNORE_INDEX}, indent=1) + "\n")
+
+
+def export_pseudo_labels(update: WeakUpdate, paths: Sequence[Path], targets: np.ndarray, folder: Path, *,
+                         class_names: Sequence[str], colours: np.ndarray, side: int,
+                         min_confidence: float = 0.0) -> int:
+    """Write the pseudo-labels ``update`` gives ``paths`` (with ``targets`` ``NxK-1`` as in training) to ``folder``.
+
+    Each image is seen as in training (longer side ``side``); its label is resized (nearest) back to the image's
+    own size. Refuses a non-empty ``folder``. Returns the number of masks written.
+    """
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise DataError(f"'{folder}' is not empty; pseudo-labels go into a new or empty folder (nothing is "
+                        "overwritten).")
+    if len(class_names) != update.model.num_classes or len(colours) != len(class_names):
+        raise ValueError(f"{len(class_names)} names and {len(colours)} colours for a "
+                         f"{update.model.num_classes}-class model")
+    masks = folder / "SegmentationClass"
+    masks.mkdir(parents=True, exist_ok=True)
+    (folder / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    stems = []
+    for index, (path, row) in enumerate(zip(paths, targets)):
+        with update.evaluating():
+            snap = update.snapshot_of(index, fitted_image(path, side), row)
+        labels = np.where(snap.pseudo_confidence >= min_confidence, snap.pseudo_label, IGNORE_INDEX)
+        height, width = load_image(path).shape[:2]
+        image = palette_png(labels, colours).resize((width, height), Image.NEAREST)
+        stem = Path(path).stem
+        if stem in stems:   # two files with one stem (a.png, a.jpg) would share a mask name
+            stem = f"{stem}_{index}"
+        image.save(masks / f"{stem}.png")
+        stems.append(stem)
+    (folder / "ImageSets" / "Segmentation" / "default.txt").write_text("\n".join(stems) + "\n")
+    write_label_map(folder, class_names, colours)
+    log.info("wrote %d pseudo-label masks to %s", len(stems), folder)
+    return len(stems)
