@@ -144,6 +144,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         expected = ["background"] + [classes[c] for c in task.steps[0]]
         if base.class_names != expected:
             raise CliError(f"--base {args.base} has classes {base.class_names}, not the task's step 0 {expected}")
+    if args.pretrained_backbone and args.arch == "tiny":
+        raise CliError("--pretrained-backbone: the tiny architecture has no ImageNet backbone")
     arch_options = {"pretrained_backbone": True} if args.pretrained_backbone else {}
     rows_by_setting, steps_by_setting, start = {}, {}, time.perf_counter()
     with ProgressBar(quiet=args.quiet) as bar:
@@ -188,11 +190,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "every step. Defaults are the paper's (DeepLabV3 ResNet-101, 30 epochs at step 0, 40 per weak "
                     "step with 5 of warm-up, batch 24, crop 512). Layouts: docs/datasets.md.",
         epilog="examples:\n"
-               "  python -m wilss reproduce voc --data VOCdevkit/VOC2012 --task 15-5 --setting both "
-               "--backbone-weights resnet101-63fe2227.pth --out runs/voc-15-5\n"
+               "  python -m wilss reproduce voc --data VOCdevkit/VOC2012 --task 15-5 --setting both \\\n"
+               "      --backbone-weights resnet101-63fe2227.pth --workers 8 --out runs/voc-15-5\n"
                "  python -m wilss generate --voc-layout voc-mini/\n"
-               "  python -m wilss reproduce voc --data voc-mini --task 5-2 --arch tiny --epochs-base 2 "
-               "--epochs-step 2 --crop-size 64 --batch-size 8")
+               "  python -m wilss reproduce voc --data voc-mini --task 5-2 --arch tiny \\\n"
+               "      --epochs-base 2 --epochs-step 2 --crop-size 64 --batch-size 8")
     p.add_argument("dataset", choices=("voc", "folder"),
                    help="voc: the VOC layout (JPEGImages/, SegmentationClass[Aug]/, ImageSets/Segmentation/*.txt); "
                         "folder: <split>/images + <split>/masks with classes.txt or world.json")
@@ -215,8 +217,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="new or empty folder for a checkpoint of every step and table.md (nothing is overwritten)")
     model = p.add_argument_group("model")
-    model.add_argument("--arch", choices=sorted(ARCHITECTURES), default="deeplabv3_resnet101",
-                       help="network (default: deeplabv3_resnet101, as in the paper; tiny: a small CPU network)")
+    model.add_argument("--arch", choices=sorted(ARCHITECTURES), default="deeplabv3_resnet101", metavar="ARCH",
+                       help=f"network: {', '.join(sorted(ARCHITECTURES))} (default: deeplabv3_resnet101, as in "
+                            "the paper; tiny: a small network for CPU smoke runs)")
     model.add_argument("--backbone-weights", type=Path, metavar="FILE",
                        help="ImageNet weights of the backbone, a torchvision state dict file (offline)")
     model.add_argument("--pretrained-backbone", action="store_true",

@@ -20,7 +20,7 @@ from models import build_segmenter
 from models.segmenter import Segmenter
 from wilss.config import OptimConfig, PretrainConfig, UpdateConfig
 from wilss.data import PixelDataset, TagDataset, load_mask, read_camvid
-from wilss.engine import Progress
+from wilss.engine import Progress, seed_everything
 from wilss.inference import evaluate
 from wilss.metrics import summarize
 from wilss.protocol import Task, eval_label_map, label_map, present_classes, select_images, tags_from_mask
@@ -153,6 +153,7 @@ class Benchmark:
         return self.pixel_model("base", self.base_indices(), step=0)
 
     def pixel_model(self, name: str, indices: Sequence[int], step: int) -> Segmenter:
+        seed_everything(self.pretrain_cfg.seed)  # the initial weights too, so a run repeats exactly
         model = build_segmenter(arch=self.arch, num_classes=self.protocol.task.num_model_classes(step),
                                 **self.arch_options)
         if self.init_model is not None:
