@@ -79,3 +79,32 @@ def build_segmenter(*, arch: str = DEFAULT_ARCH, num_classes: int, activation: s
     model = ARCHITECTURES[arch](num_classes, **kwargs)
     model.config["activation"] = activation
     return model
+
+
+def load_backbone_weights(model: Segmenter, path: str) -> int:
+    """Load an ImageNet classification state dict (torchvision's file for the same backbone, e.g.
+    ``resnet101-63fe2227.pth``) into the encoder of a DeepLabV3 segmenter, offline. The classifier keys ('fc.',
+    'classifier.') are dropped; every encoder weight must be found. Returns the number of tensors loaded.
+    Raises ValueError for a file that does not match."""
+    if not isinstance(model.encoder, TorchvisionBackbone):
+        raise ValueError(f"architecture {model.config.get('arch')!r} has no ImageNet backbone to load")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, pickled code, a missing file
+        raise ValueError(f"could not read backbone weights {path}: {type(err).__name__}: {err}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
+        state = state.get("state_dict", state.get("model"))  # a training checkpoint wrapping the weights
+    body = model.encoder.body
+    # MobileNetV3's backbone is the ``features`` sequence: its keys lose that prefix inside the segmenter.
+    renamed = {k.removeprefix("module.").removeprefix("features."): v for k, v in dict(state).items()}
+    wanted = body.state_dict()
+    kept = {k: v for k, v in renamed.items() if k in wanted}
+    missing = [k for k in wanted if k not in kept and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ValueError(f"{path} is not an ImageNet state dict of this backbone ({model.config.get('arch')}): "
+                         f"{len(missing)} encoder weights missing, e.g. {missing[:3]}")
+    wrong = [k for k, v in kept.items() if tuple(v.shape) != tuple(wanted[k].shape)]
+    if wrong:
+        raise ValueError(f"{path}: weights of another shape than this backbone's, e.g. {wrong[:3]}")
+    body.load_state_dict(kept, strict=False)
+    return len(kept)

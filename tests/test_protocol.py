@@ -15,9 +15,28 @@ def test_parse_task_voc_specs():
     t = parse_task("1,2,3|4,5", 21)
     assert t.steps == ((1, 2, 3), (4, 5))
     assert t.step(1) == Step(index=1, new_classes=(4, 5))
+    assert [len(s) for s in parse_task("10-5", 21).steps] == [10, 5, 5]
 
 
-@pytest.mark.parametrize("spec", ["15-4", "20-1", "0-5", "15-0", "abc", "15-5-1", "1,2|2,3", "1,2|21", "0,1"])
+def test_parse_task_user_sequence():
+    t = parse_task("15-2-2-1", 21)
+    assert t.steps == (tuple(range(1, 16)), (16, 17), (18, 19), (20,))
+    assert parse_task("10-5-5", 21).steps == parse_task("10-5", 21).steps
+    assert parse_task("5-2", 10).steps == ((1, 2, 3, 4, 5), (6, 7), (8, 9))   # the generated world's 9 classes
+    with pytest.raises(ValueError, match="2\\+2 = 4 classes, but 5 remain"):
+        parse_task("15-2-2", 21)
+
+
+def test_paper_columns_after_several_steps():
+    t = parse_task("15-1", 21)
+    old, new = t.paper_columns(5)
+    assert old == tuple(range(1, 16)) and new == tuple(range(16, 21))
+    assert t.paper_columns(2) == (tuple(range(1, 16)), (16, 17))
+    assert t.paper_columns(1) == (t.old_model_ids(1), t.new_model_ids(1))   # one step: the step's own columns
+    assert t.paper_columns(0) == ((), tuple(range(1, 16)))
+
+
+@pytest.mark.parametrize("spec", ["15-4", "20-1", "0-5", "15-0", "abc", "15-5-1", "15-0-5", "15-", "1,2|2,3", "1,2|21", "0,1"])
 def test_parse_task_errors(spec):
     with pytest.raises(ValueError):
         parse_task(spec, 21)

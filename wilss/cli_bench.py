@@ -19,6 +19,7 @@ from wilss.cli_use import read_world
 from wilss.config import OptimConfig
 from wilss.data import DataError
 from wilss.experiments import Benchmark, Protocol, Row, camvid_splits, format_per_class, format_table
+from wilss.datasets import write_voc_tree
 from wilss.protocol import parse_task
 from wilss.world import write_world
 
@@ -27,6 +28,7 @@ DEFAULT_CAMVID = REPO_ROOT.parent / "shared" / "datasets" / "camvid"
 CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
                   "Pedestrian", "Bicyclist")
 WORLD_DEFAULTS = {"seed": 0, "size": recipes.WORLD_SIZE, "n_train": 600, "n_val": 100, "n_test": 200}
+VOC_TREE_DEFAULTS = {"seed": 0, "size": recipes.WORLD_SIZE, "n_train": 200, "n_val": 50}
 
 
 # ---------------------------------------------------------------------------------------------- generate
@@ -40,6 +42,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         folder = recipes.write_samples(args.samples, **seed)
         print(f"wrote {len(list(folder.glob('*.png')))} demo images and {folder / 'tags.csv'}")
         return 0
+    if args.voc_layout is not None:
+        return _generate_voc_tree(args)
     settings = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in WORLD_DEFAULTS.items()}
     if settings["size"] < 32:
         raise CliError(f"--size {settings['size']} is too small for the world's shapes; use 32 or more")
@@ -56,6 +60,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"wrote a world of {settings['size']} px scenes (seed {settings['seed']}): {counts} images "
           f"in {time.perf_counter() - start:.1f} s")
     print(f"wrote {out} (layout: world.json, <split>/images, <split>/masks)")
+    return 0
+
+
+def _generate_voc_tree(args: argparse.Namespace) -> int:
+    if args.n_test is not None:
+        raise CliError("--n-test: a VOC-layout tree has train and val lists only")
+    check_new_folder(args.voc_layout, flag="--voc-layout")
+    settings = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in VOC_TREE_DEFAULTS.items()}
+    if settings["size"] < 32:
+        raise CliError(f"--size {settings['size']} is too small for the world's shapes; use 32 or more")
+    start = time.perf_counter()
+    write_voc_tree(args.voc_layout, **settings)
+    print(f"wrote a VOC-layout tree of {settings['size']} px world scenes (seed {settings['seed']}): "
+          f"{settings['n_train']} train, {settings['n_val']} val images in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {args.voc_layout} (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/, classes.txt: "
+          "9 named classes, so use a task such as --task 5-2)")
     return 0
 
 
@@ -167,15 +187,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         "generate", help="write the procedural world (train/val/test with masks) or the demo's tagged samples",
         description="--out DIR: the procedural world of textured shapes with exact masks (world.json, "
                     "<split>/images, <split>/masks). --samples DIR: the demo's tagged images (positives and "
-                    "negatives for 'arrow', with tags.csv). Never writes into a non-empty split or folder.")
+                    "negatives for 'arrow', with tags.csv). --voc-layout DIR: world scenes of 1-3 objects in the "
+                    "PASCAL VOC layout (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/, classes.txt). "
+                    "Never writes into a non-empty split or folder.")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=Path, metavar="DIR", help="write a world here")
     target.add_argument("--samples", type=Path, metavar="DIR", help="write the demo samples here")
+    target.add_argument("--voc-layout", type=Path, metavar="DIR",
+                        help="write world scenes in the PASCAL VOC layout here (for 'reproduce voc'; "
+                             f"default {VOC_TREE_DEFAULTS['n_train']} train, {VOC_TREE_DEFAULTS['n_val']} val)")
     p.add_argument("--seed", type=int, help="random seed (default: 0 for a world, the recipe's for samples)")
     p.add_argument("--size", type=positive_int, metavar="PX", help=f"image side (default: {WORLD_DEFAULTS['size']})")
     for split in ("train", "val", "test"):
         p.add_argument(f"--n-{split}", dest=f"n_{split}", type=non_negative_int, metavar="N",
-                       help=f"{split} images (default: {WORLD_DEFAULTS['n_' + split]})")
+                       help=f"{split} images (default: {WORLD_DEFAULTS['n_' + split]}; "
+                            f"{VOC_TREE_DEFAULTS.get('n_' + split, 'none')} with --voc-layout)")
     add_common_flags(p)
     p.set_defaults(run=cmd_generate)
 

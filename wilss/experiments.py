@@ -1,13 +1,15 @@
 """Protocol runs on labelled data: base (step 0), WILSS, FT and the joint upper bound, as one table.
 
 A ``Benchmark`` takes a labelled train/test pair, a ``Task`` (class order per step) and a setting, trains the
-base model with pixel labels, runs the weak step from tags derived from the masks, and evaluates every model on
-the test split with the paper's old / new / all mIoU.
+base model with pixel labels, runs the weak steps from tags derived from the masks, and evaluates every model on
+the test split with the paper's old / new / all mIoU. ``run`` does step 1 only; ``run_sequence`` (in
+``wilss.sequence``) runs every step of the task in turn and records each in a checkpoint history.
 """
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,7 +20,7 @@ from models import build_segmenter
 from models.segmenter import Segmenter
 from wilss.config import OptimConfig, PretrainConfig, UpdateConfig
 from wilss.data import PixelDataset, TagDataset, load_mask, read_camvid
-from wilss.engine import Progress
+from wilss.engine import Progress, seed_everything
 from wilss.inference import evaluate
 from wilss.metrics import summarize
 from wilss.protocol import Task, eval_label_map, label_map, present_classes, select_images, tags_from_mask
@@ -38,8 +40,14 @@ class LabelledSplit:
 
     @classmethod
     def from_pairs(cls, pairs: Sequence[tuple], ignore_ids: Sequence[int] = (255,)) -> "LabelledSplit":
-        masks = [m if isinstance(m, np.ndarray) else load_mask(m) for _, m in pairs]
-        return cls([i for i, _ in pairs], masks, [present_classes(m, ignore_ids) for m in masks])
+        """Reads every mask once for its classes; masks given as paths stay paths (VOC's 10582 would fill
+        gigabytes), decoded again when a dataset loads them."""
+        def present(mask) -> set[int]:
+            return present_classes(mask if isinstance(mask, np.ndarray) else load_mask(mask), ignore_ids)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:  # PNG decoding releases the GIL
+            found = list(pool.map(present, [m for _, m in pairs]))
+        return cls([i for i, _ in pairs], [m for _, m in pairs], found)
 
     def subset(self, indices: Sequence[int]) -> "LabelledSplit":
         return LabelledSplit([self.images[i] for i in indices], [self.masks[i] for i in indices],
@@ -60,6 +68,7 @@ class Protocol:
     ignore_ids: tuple[int, ...] = (255,)
     resize: tuple[int, int] | None = None        # (h, w) every image is resized to, or None
     background_in_all: bool = True               # False where the dataset has no background pixels (CamVid)
+    eval_batch_size: int = 8                     # 1 where test images differ in size (VOC)
 
     def model_class_names(self, step: int) -> list[str]:
         return ["background"] + [self.dataset_classes[c] for c in self.task.seen_classes(step)]
@@ -76,14 +85,25 @@ class Row:
 
 
 class Benchmark:
-    """Runs base, WILSS, FT and joint for step 1 of ``protocol`` and collects their rows."""
+    """Runs base, WILSS, FT and joint for step 1 of ``protocol`` and collects their rows.
+
+    ``arch_options``: extra ``build_segmenter`` keywords (e.g. ``width`` of 'tiny'); ``init_model``: called on
+    every freshly built step-0 / joint network (e.g. to load ImageNet backbone weights). ``images_per_step``:
+    at most this many tagged images per weak step, a seeded choice (``selection_seed``) among the protocol's.
+    """
 
     def __init__(self, protocol: Protocol, train: LabelledSplit, test: LabelledSplit, *,
                  pretrain_cfg: PretrainConfig, update_cfg: UpdateConfig, arch: str = "tiny",
-                 device: str | None = None, on_progress: Callable[[str, Progress], None] | None = None) -> None:
+                 device: str | None = None, on_progress: Callable[[str, Progress], None] | None = None,
+                 arch_options: dict | None = None, init_model: Callable[[Segmenter], None] | None = None,
+                 images_per_step: int | None = None, selection_seed: int = 0) -> None:
         self.protocol, self.train, self.test = protocol, train, test
         self.pretrain_cfg, self.update_cfg, self.arch, self.device = pretrain_cfg, update_cfg, arch, device
         self.on_progress = on_progress or (lambda name, p: None)
+        self.arch_options, self.init_model = dict(arch_options or {}), init_model
+        if images_per_step is not None and images_per_step < 1:
+            raise ValueError(f"images_per_step must be >= 1, got {images_per_step}")
+        self.images_per_step, self.selection_seed = images_per_step, selection_seed
         self.rows: list[Row] = []
 
     # -- datasets --------------------------------------------------------------------------------------
@@ -115,13 +135,29 @@ class Benchmark:
         return select_images(self.train.present, self.protocol.task, 0, self.protocol.setting)
 
     def step_indices(self, step: int = 1) -> list[int]:
-        return select_images(self.train.present, self.protocol.task, step, self.protocol.setting)
+        """The tagged images of weak step ``step``: the protocol's choice, then at most ``images_per_step`` of
+        them drawn without replacement by a generator seeded with (``selection_seed``, ``step``)."""
+        indices = select_images(self.train.present, self.protocol.task, step, self.protocol.setting)
+        if self.images_per_step is None or len(indices) <= self.images_per_step:
+            return indices
+        rng = np.random.default_rng([self.selection_seed, step])
+        return sorted(int(i) for i in rng.choice(indices, self.images_per_step, replace=False))
+
+    def joint_indices(self, last_step: int) -> list[int]:
+        """Every image of steps 0..``last_step`` (all of them, whatever ``images_per_step``)."""
+        p = self.protocol
+        return sorted(set().union(*(select_images(self.train.present, p.task, t, p.setting)
+                                    for t in range(last_step + 1))))
 
     def train_base(self) -> Segmenter:
-        return self._pixel_model("base", self.base_indices(), step=0)
+        return self.pixel_model("base", self.base_indices(), step=0)
 
-    def _pixel_model(self, name: str, indices: Sequence[int], step: int) -> Segmenter:
-        model = build_segmenter(arch=self.arch, num_classes=self.protocol.task.num_model_classes(step))
+    def pixel_model(self, name: str, indices: Sequence[int], step: int) -> Segmenter:
+        seed_everything(self.pretrain_cfg.seed)  # the initial weights too, so a run repeats exactly
+        model = build_segmenter(arch=self.arch, num_classes=self.protocol.task.num_model_classes(step),
+                                **self.arch_options)
+        if self.init_model is not None:
+            self.init_model(model)
         for progress in pretrain(model, self.pixel_dataset(indices, step), self.pretrain_cfg, device=self.device):
             self.on_progress(name, progress)
         return model.eval()
@@ -133,16 +169,27 @@ class Benchmark:
             self.on_progress(name, progress)
         return update.model
 
-    def score(self, name: str, model: Segmenter, seconds: float, step: int = 1) -> Row:
+    def method_config(self, method: str) -> UpdateConfig:
+        """The weak step's settings of ``method``: 'wilss' as configured; 'ft' (fine-tuning on the localizer's
+        pseudo-labels) without the old model's prior (l_LOC) and targets (Eq. 7)."""
+        if method == "ft":
+            return replace(self.update_cfg, old_model_prior=False, old_model_targets=False)
+        if method == "wilss":
+            return self.update_cfg
+        raise ValueError(f"no weak-step settings for method {method!r}; use 'wilss' or 'ft'")
+
+    def score(self, name: str, model: Segmenter, seconds: float, step: int = 1, *, keep: bool = True) -> Row:
+        """The test figures after ``step`` in the paper's columns (``Task.paper_columns``); ``keep``: add the row
+        to ``self.rows``."""
         p = self.protocol
         matrix = evaluate(model, self.test_dataset(step), num_classes=p.task.num_model_classes(step),
-                          device=self.device)
+                          batch_size=p.eval_batch_size, device=self.device)
         iou = matrix.iou()
-        figures = summarize(iou, p.task.old_model_ids(step), p.task.new_model_ids(step),
-                            include_background=p.background_in_all)
+        figures = summarize(iou, *p.task.paper_columns(step), include_background=p.background_in_all)
         row = Row(name, figures["old"], figures["new"], figures["all"], seconds,
                   [float(v) * 100 for v in iou.tolist()])
-        self.rows.append(row)
+        if keep:
+            self.rows.append(row)
         return row
 
     def run(self, *, base: Segmenter | None = None, methods: Sequence[str] = ("wilss", "ft", "joint")) -> list[Row]:
@@ -150,11 +197,9 @@ class Benchmark:
         base = base if base is not None else self.train_base()
         self.score("base", base, time.perf_counter() - start)
         runs = {
-            "wilss": lambda: self.weak_step("wilss", base, self.update_cfg),
-            "ft": lambda: self.weak_step("ft", base, replace(self.update_cfg, old_model_prior=False,
-                                                             old_model_targets=False)),
-            "joint": lambda: self._pixel_model("joint", sorted(set(self.base_indices()) | set(self.step_indices())),
-                                               step=1),
+            "wilss": lambda: self.weak_step("wilss", base, self.method_config("wilss")),
+            "ft": lambda: self.weak_step("ft", base, self.method_config("ft")),
+            "joint": lambda: self.pixel_model("joint", self.joint_indices(1), step=1),
         }
         for name in methods:
             start = time.perf_counter()

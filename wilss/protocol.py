@@ -79,6 +79,17 @@ class Task:
         start = 1 + len(self.old_classes(t))
         return tuple(range(start, start + len(self.steps[self._check(t)])))
 
+    def added_model_ids(self, first: int, last: int) -> tuple[int, ...]:
+        """Model ids of the classes added in steps ``first..last`` (inclusive)."""
+        start = 1 + len(self.old_classes(first))
+        return tuple(range(start, 1 + len(self.seen_classes(last))))
+
+    def paper_columns(self, t: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(old, new) model ids of the paper's tables after step ``t`` >= 1: old = step 0's classes, new = every
+        class added by steps 1..t (VOC 15-1 after step 5: 1-15 | 16-20). At step 0: ((), step 0's classes)."""
+        return (self.old_model_ids(0), self.new_model_ids(0)) if t == 0 else \
+            (self.added_model_ids(0, 0), self.added_model_ids(1, t))
+
     def _check(self, t: int) -> int:
         if not 0 <= t < len(self.steps):
             raise IndexError(f"step {t} outside 0..{len(self.steps) - 1}")
@@ -86,11 +97,13 @@ class Task:
 
 
 def parse_task(spec: str, num_classes: int, *, background_ids: Sequence[int] = (BACKGROUND,)) -> Task:
-    """Build a ``Task`` from ``"B-S"`` or an explicit ``"1,2,3|4,5"`` list.
+    """Build a ``Task`` from ``"B-S"``, ``"B-S1-S2-..."`` or an explicit ``"1,2,3|4,5"`` list.
 
     ``num_classes``: number of dataset ids ``0..num_classes-1`` including the background ids (VOC: 21).
     ``"B-S"``: the first B named ids form the base, then steps of S ids until all named ids are used
-    (VOC: "15-5" = 1..15 then 16..20; "15-1" = 1..15 then five steps of one; "10-10"; "19-1").
+    (VOC: "15-5" = 1..15 then 16..20; "15-1" = 1..15 then five steps of one; "10-10"; "10-5"; "19-1").
+    ``"B-S1-S2-..."``: the base, then one step per size given, which must use exactly the remaining ids
+    (VOC: "15-2-2-1" = 1..15, 16-17, 18-19, 20).
     An explicit list may use any subset of the named ids, in any order.
     """
     background_ids = tuple(background_ids)
@@ -106,14 +119,22 @@ def parse_task(spec: str, num_classes: int, *, background_ids: Sequence[int] = (
             raise ValueError(f"task {spec!r}: ids {outside} are not named classes of a {num_classes}-id dataset")
         return Task(steps, background_ids)
     try:
-        base, size = (int(v) for v in text.split("-"))
+        base, *sizes = (int(v) for v in text.split("-"))
     except ValueError:
-        raise ValueError(f"task {spec!r}: expected 'B-S' (e.g. '15-5') or '1,2,3|4,5'") from None
+        raise ValueError(f"task {spec!r}: expected 'B-S' (e.g. '15-5'), 'B-S1-S2-...' (e.g. '15-2-2-1') "
+                         "or '1,2,3|4,5'") from None
     rest = len(named) - base
-    if base < 1 or size < 1 or rest < size or rest % size:
-        raise ValueError(f"task {spec!r} does not fit {len(named)} named classes: need base >= 1 and the "
-                         f"remaining {rest} classes in whole steps of {size}")
-    cuts = [0, base] + list(range(base + size, len(named) + 1, size))
+    if not sizes or base < 1 or min(sizes) < 1:
+        raise ValueError(f"task {spec!r}: need a base and step sizes of at least 1, e.g. '15-5'")
+    if len(sizes) == 1:
+        if rest < sizes[0] or rest % sizes[0]:
+            raise ValueError(f"task {spec!r} does not fit {len(named)} named classes: need the remaining "
+                             f"{rest} classes in whole steps of {sizes[0]}")
+        sizes = [sizes[0]] * (rest // sizes[0])
+    elif sum(sizes) != rest:
+        raise ValueError(f"task {spec!r} does not fit {len(named)} named classes: its steps add "
+                         f"{'+'.join(map(str, sizes))} = {sum(sizes)} classes, but {rest} remain after the base")
+    cuts = np.cumsum([0, base, *sizes]).tolist()
     return Task(tuple(tuple(named[a:b]) for a, b in zip(cuts[:-1], cuts[1:])), background_ids)
 
 

@@ -301,6 +301,17 @@ def _read_meta(json_path: Path) -> dict:
     return meta
 
 
+def save_palette_mask(path: Path, mask: np.ndarray) -> None:
+    """Write ``mask`` (``HxW`` uint8 class ids) atomically as a mode 'P' PNG with the VOC palette, as VOC does."""
+    from PIL import Image
+
+    from wilss.conventions import voc_palette  # lazy: conventions imports torch, generation doesn't need it
+
+    png = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))
+    png.putpalette(voc_palette().flatten().tolist())  # 'L' -> 'P'
+    _atomic(Path(path), png.save)
+
+
 def write_split(root: Path, split: str, samples: Iterable[Scene]) -> None:
     """Write ``root/split/{images,masks}/NNNNN.png`` and record the split in ``root/world.json``.
 
@@ -310,21 +321,16 @@ def write_split(root: Path, split: str, samples: Iterable[Scene]) -> None:
     """
     from PIL import Image
 
-    from wilss.conventions import voc_palette  # lazy: conventions imports torch, generation doesn't need it
-
     root, folder = Path(root), Path(root) / split
     _check_empty(folder)
     _read_meta(root / "world.json")  # fail early on a world of other classes
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
-    palette = voc_palette().flatten().tolist()
     tags: dict[str, list[int]] = {}
     for i, (image, mask) in enumerate(samples):
         stem = f"{i:05d}"
-        png = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))
-        png.putpalette(palette)  # 'L' -> 'P'
         _atomic(folder / "images" / f"{stem}.png", Image.fromarray(image).save)
-        _atomic(folder / "masks" / f"{stem}.png", png.save)
+        save_palette_mask(folder / "masks" / f"{stem}.png", mask)
         tags[stem] = [int(c) for c in np.unique(mask) if c != 0]
     meta = _read_meta(root / "world.json")  # re-read: another split may have been written meanwhile
     meta.setdefault("splits", {})[split] = tags

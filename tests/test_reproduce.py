@@ -1,0 +1,82 @@
+"""``python -m wilss reproduce voc`` end to end on a generated VOC-layout tree (tiny network, 48 px, 1-2 epochs): the
+paper-layout table, the wall time per step, a checkpoint per step whose history holds every step; and bad input."""
+import pytest
+import torch
+
+from wilss.checkpoint import load_checkpoint
+from wilss.cli import main
+
+TINY = ["--arch", "tiny", "--epochs-base", "1", "--epochs-step", "2", "--crop-size", "48", "--batch-size", "8",
+        "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce") / "voc"
+    assert main(["generate", "--voc-layout", str(root), "--n-train", "24", "--n-val", "6", "--size", "48"]) == 0
+    return root
+
+
+def test_reproduce_voc_prints_the_table_and_saves_every_step(tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, text, err = run(["reproduce", "voc", "--data", tree, "--task", "5-2", "--setting", "disjoint",
+                           "--images-per-step", "8", "--out", out, *TINY], capsys)
+    assert code == 0, err
+    assert "| method | disjoint 1-5 | disjoint 6-9 | disjoint All |" in text
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert {"Joint (pixel labels)", "FT", "WILSS", "Step 0 (base)"} <= set(lines)
+    assert lines["Step 0 (base)"].split("|")[3].strip() == "0.0"          # the base knows no new class
+    assert "| wilss | 2 | crescent, arrow |" in text and "| ft | 1 | cross, hexagon |" in text
+    assert sorted(p.name for p in (out / "disjoint").iterdir()) == [
+        "ft_step1.pt", "ft_step2.pt", "joint.pt", "step0_base.pt", "wilss_step1.pt", "wilss_step2.pt"]
+    ckpt = load_checkpoint(out / "disjoint" / "wilss_step2.pt")
+    assert [h["step"] for h in ckpt.history] == [0, 1, 2] and ckpt.num_classes == 10
+    assert ckpt.history[1]["classes"] == ["cross", "hexagon"] and ckpt.history[2]["num_images"] <= 8
+    assert ckpt.history[2]["settings"]["task_steps"][0] == ["disc", "square", "triangle", "star", "ring"]
+    assert (out / "table.md").read_text().startswith("### VOC 5-2")
+    # Never overwrites: the same --out is refused before any work.
+    code, _, err = run(["reproduce", "voc", "--data", tree, "--task", "5-2", "--out", out, *TINY], capsys)
+    assert code == 2 and "is not empty" in err
+
+
+def test_reproduce_reuses_a_base(tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(["reproduce", "voc", "--data", tree, "--task", "5-4", "--methods", "wilss", "--out", out,
+                *TINY], capsys)[0] == 0
+    code, text, err = run(["reproduce", "voc", "--data", tree, "--task", "5-4", "--methods", "ft",
+                           "--base", out / "disjoint" / "step0_base.pt", *TINY], capsys)
+    assert code == 0, err
+    assert "| base | 0 |" not in text and "| ft | 1 | cross, hexagon, crescent, arrow |" in text
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--task", "15-5"], "does not fit 9 named classes"),
+    (["--task", "5-2", "--methods", "wilss,mib"], "--methods 'wilss,mib'"),
+    (["--task", "5-2", "--setting", "both", "--base", "x.pt"], "belongs to one setting"),
+    (["--task", "5-2", "--train-split", "train_aug"], "no list for the split 'train_aug'"),
+    (["--task", "5-2", "--epochs-step", "2", "--warmup-epochs", "2"], "warmup_epochs"),
+    (["--task", "5-2", "--backbone-weights", "w.pth"], "tiny architecture has no ImageNet backbone"),
+])
+def test_reproduce_bad_input(tree, capsys, extra, message):
+    code, out, err = run(["reproduce", "voc", "--data", tree, *TINY, *extra], capsys)
+    assert code == 2 and message in err and out == ""
+
+
+def test_reproduce_wrong_layout(tmp_path, capsys):
+    (tmp_path / "JPEGImages").mkdir()
+    code, _, err = run(["reproduce", "voc", "--data", tmp_path, "--task", "5-2", *TINY], capsys)
+    assert code == 2 and "neither SegmentationClass/ nor SegmentationClassAug/" in err

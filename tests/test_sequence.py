@@ -1,0 +1,95 @@
+"""Multi-step protocols: every weak step in turn, a checkpoint history per step, the paper's columns after the last
+step, and a seeded limit on the tagged images per weak step (tiny network, 32 px world scenes, one epoch)."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from wilss import world
+from wilss.config import PretrainConfig, UpdateConfig
+from wilss.experiments import Benchmark, LabelledSplit, Protocol
+from wilss.protocol import parse_task, select_images
+from wilss.sequence import format_steps, run_sequence
+from wilss.world import WORLD_CLASSES
+
+PRETRAIN = PretrainConfig(epochs=1, batch_size=8, crop_size=32, scale_range=(1.0, 1.0), lr=0.05)
+UPDATE = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=8, crop_size=32, scale_range=(1.0, 1.0),
+                      localizer_channels=8)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: on a shared two-core machine, two spinning threads per process run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def bench(images_per_step=None, seed=0, setting="overlap"):
+    train = LabelledSplit.from_pairs(world.generate(48, seed=7, size=32, min_objects=1, max_objects=3))
+    test = LabelledSplit.from_pairs(world.generate(6, seed=8, size=32))
+    protocol = Protocol("world", WORLD_CLASSES, parse_task("5-2", len(WORLD_CLASSES)), setting)
+    return Benchmark(protocol, train, test, pretrain_cfg=PRETRAIN, update_cfg=UPDATE, device="cpu",
+                     arch_options={"width": 8, "head_channels": 16}, images_per_step=images_per_step,
+                     selection_seed=seed)
+
+
+def test_images_per_step_is_a_seeded_subset():
+    b = bench(images_per_step=5)
+    full = select_images(b.train.present, b.protocol.task, 2, "overlap")
+    chosen = b.step_indices(2)
+    assert len(full) > 5 and len(chosen) == 5 and set(chosen) <= set(full) and chosen == sorted(chosen)
+    assert bench(images_per_step=5).step_indices(2) == chosen               # same seed, same images
+    assert bench(images_per_step=5, seed=1).step_indices(2) != chosen
+    assert bench(images_per_step=500).step_indices(2) == full               # fewer than N: all of them
+    assert b.joint_indices(2) == sorted(set(b.base_indices()) | set(full) | set(b.step_indices(1)) |
+                                        set(select_images(b.train.present, b.protocol.task, 1, "overlap")))
+    with pytest.raises(ValueError, match="images_per_step"):
+        bench(images_per_step=0)
+
+
+@pytest.fixture(scope="module")
+def sequence():
+    b = bench(images_per_step=6)
+    saved = []
+    rows, results = run_sequence(b, methods=("wilss", "ft", "joint"), score_each_step=True,
+                                 on_step=lambda r: saved.append((r.method, r.step)))
+    return b, rows, results, saved
+
+
+def test_every_step_runs_in_turn_and_is_saved(sequence):
+    b, rows, results, saved = sequence
+    assert saved == [("base", 0), ("wilss", 1), ("wilss", 2), ("ft", 1), ("ft", 2), ("joint", 2)]
+    wilss2 = results[2].checkpoint
+    assert wilss2.class_names == list(WORLD_CLASSES) and wilss2.model.num_classes == 10
+    assert [(h["step"], h["kind"], h["num_images"]) for h in wilss2.history] == [
+        (0, "pretrain", len(b.base_indices())), (1, "add-class", 6), (2, "add-class", 6)]
+    assert wilss2.history[1]["classes"] == ["cross", "hexagon"] and wilss2.last_added == ["crescent", "arrow"]
+    assert wilss2.history[2]["settings"]["method"] == "wilss" and results[3].checkpoint.history[1]["settings"][
+        "old_model_prior"] is False                                          # ft = no old-model prior
+    assert np.array_equal(wilss2.colours[:6], results[0].checkpoint.colours)  # base colours kept
+    assert results[-1].checkpoint.history[-1]["num_images"] == len(b.joint_indices(2))
+    assert "| wilss | 2 | crescent, arrow | 6 |" in format_steps(results)
+
+
+def test_rows_use_the_paper_columns_after_the_last_step(sequence):
+    b, rows, results, _ = sequence
+    assert [r.method for r in rows] == ["base", "wilss", "ft", "joint"]
+    by = {r.method: r for r in rows}
+    assert by["base"].new == 0.0                                            # the base knows no class of steps 1-2
+    iou = np.array(by["wilss"].per_class) / 100
+    assert len(iou) == 10
+    assert by["wilss"].old == pytest.approx(np.nanmean(iou[1:6]) * 100)     # old = step 0: ids 1-5
+    assert by["wilss"].new == pytest.approx(np.nanmean(iou[6:10]) * 100)    # new = steps 1 and 2: ids 6-9
+    assert by["wilss"].new == results[2].row.new                            # the last step's own score is reused
+    assert by["wilss"].seconds == pytest.approx(results[1].seconds + results[2].seconds)
+    assert results[1].checkpoint.history[-1]["metrics"]["test_mIoU_new"] == round(results[1].row.new, 2)
+
+
+def test_single_step_run_still_works():
+    b = bench()
+    b.protocol = replace(b.protocol, task=parse_task("7-2", len(WORLD_CLASSES)))
+    rows = b.run(methods=("ft",))
+    assert [r.method for r in rows] == ["base", "ft"] and rows[0].new == 0.0 and len(rows[1].per_class) == 10

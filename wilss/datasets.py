@@ -1,0 +1,174 @@
+"""Labelled datasets on disk: PASCAL VOC in its own layout, a generic images + masks folder, and a small
+generated tree in the VOC layout (for tests and smoke runs).
+
+VOC layout (``root`` is ``VOCdevkit/VOC2012``)::
+
+    root/JPEGImages/NAME.jpg
+    root/SegmentationClass/NAME.png       palette PNGs: pixel index = class id (0 background, 1..20, 255 void)
+    root/SegmentationClassAug/NAME.png    the SBD-augmented masks (10582 train_aug images), optional
+    root/ImageSets/Segmentation/{train,val,trainval}.txt, and train_aug.txt when present
+    root/classes.txt                      optional: one class name per line (line i = id i), for other classes
+
+A list line is ``NAME``, or ``IMAGE MASK`` paths relative to ``root`` (MiB / WILSON's ``train_aug.txt``).
+Generic folder layout (what ``python -m wilss generate --out`` writes): ``root/<split>/images/NAME.ext`` with
+``root/<split>/masks/NAME.png``; class names from ``root/classes.txt`` or ``root/world.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from wilss.data import DataError, PathLike, _listing, read_mask_folder
+
+log = logging.getLogger(__name__)
+
+VOC_CLASSES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+MASK_DIRS = ("SegmentationClass", "SegmentationClassAug")
+LIST_DIRS = ("ImageSets/Segmentation", "ImageSets/SegmentationAug")
+IMAGE_DIR = "JPEGImages"
+CLASSES_FILE = "classes.txt"
+
+
+# ----------------------------------------------------------------------------------------------- VOC
+def _check_voc_root(root: Path) -> None:
+    if not root.is_dir():
+        raise DataError(f"The VOC folder '{root}' does not exist. Give the folder that holds JPEGImages/ "
+                        "(e.g. VOCdevkit/VOC2012).")
+    if not (root / IMAGE_DIR).is_dir():
+        inner = root / "VOC2012" if (root / "VOC2012" / IMAGE_DIR).is_dir() else root / "VOCdevkit" / "VOC2012"
+        hint = f" Did you mean '{inner}'?" if (inner / IMAGE_DIR).is_dir() else ""
+        raise DataError(f"'{root}' has no {IMAGE_DIR}/ folder, so it is not in the VOC layout (JPEGImages/, "
+                        f"SegmentationClass/, ImageSets/Segmentation/).{hint}")
+    if not any((root / d).is_dir() for d in MASK_DIRS):
+        raise DataError(f"'{root}' has neither {MASK_DIRS[0]}/ nor {MASK_DIRS[1]}/: the VOC masks are missing.")
+
+
+def voc_splits(root: PathLike) -> dict[str, Path]:
+    """Split name -> list file, for every ``*.txt`` under ``ImageSets/Segmentation`` (and ``SegmentationAug``)."""
+    found: dict[str, Path] = {}
+    for folder in LIST_DIRS:
+        for path in sorted((Path(root) / folder).glob("*.txt")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def default_train_split(root: PathLike) -> str:
+    """``train_aug`` where its list exists (the papers' 10582 images), else ``train``."""
+    return "train_aug" if "train_aug" in voc_splits(root) else "train"
+
+
+def voc_mask_dir(root: PathLike, split: str) -> Path:
+    """``SegmentationClassAug`` for ``train_aug`` (or when it is the only one), else ``SegmentationClass``."""
+    root = Path(root)
+    order = MASK_DIRS[::-1] if split == "train_aug" else MASK_DIRS
+    return next((root / d for d in order if (root / d).is_dir()), root / order[0])
+
+
+def _parse_list(root: Path, list_file: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
+    pairs = []
+    for n, line in enumerate(list_file.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) == 1:
+            pairs.append((root / IMAGE_DIR / f"{parts[0]}.jpg", mask_dir / f"{parts[0]}.png"))
+        elif len(parts) == 2:  # '/JPEGImages/x.jpg /SegmentationClassAug/x.png' (MiB / WILSON lists)
+            pairs.append((root / parts[0].lstrip("/"), root / parts[1].lstrip("/")))
+        else:
+            raise DataError(f"Line {n} of '{list_file}' should be an image name (e.g. 2007_000032) or "
+                            f"'IMAGE MASK' paths, found {line!r}.")
+    if not pairs:
+        raise DataError(f"The list '{list_file}' is empty. It should name one image per line.")
+    return pairs
+
+
+def read_voc(root: PathLike, split: str) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs of ``split`` in a VOC tree, in list order; raises DataError for a wrong layout."""
+    root = Path(root)
+    _check_voc_root(root)
+    lists = voc_splits(root)
+    if split not in lists:
+        raise DataError(f"'{root}' has no list for the split '{split}' (looked for {split}.txt in "
+                        f"{' and '.join(LIST_DIRS)}; found: {', '.join(sorted(lists)) or 'none'}).")
+    mask_dir = voc_mask_dir(root, split)
+    pairs = _parse_list(root, lists[split], mask_dir)
+    for kind, column in (("image", 0), ("mask", 1)):
+        missing = [p[column].relative_to(root).as_posix() if p[column].is_relative_to(root) else str(p[column])
+                   for p in pairs if not p[column].is_file()]
+        if missing:
+            hint = (f" The masks of train_aug are in {MASK_DIRS[1]}/ (SBD-augmented VOC)."
+                    if kind == "mask" and split == "train_aug" else "")
+            raise DataError(f"'{lists[split]}' names {len(missing)} {kind}(s) that do not exist: "
+                            f"{_listing(missing)}.{hint} Fix the list or add the files.")
+    log.info("VOC %s: %d images, masks from %s", split, len(pairs), mask_dir.name)
+    return pairs
+
+
+def read_class_names(root: PathLike, default: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``root/classes.txt`` (line i = name of id i, first the background), else ``world.json``'s classes, else
+    ``default``. Raises DataError when none is there."""
+    root = Path(root)
+    if (root / CLASSES_FILE).is_file():
+        names = tuple(line.strip() for line in (root / CLASSES_FILE).read_text().splitlines() if line.strip())
+        source = root / CLASSES_FILE
+    elif (root / "world.json").is_file():
+        try:
+            names, source = tuple(json.loads((root / "world.json").read_text())["classes"]), root / "world.json"
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"'{root / 'world.json'}' has no readable class list ({err}).") from None
+    elif default is not None:
+        return tuple(default)
+    else:
+        raise DataError(f"'{root}' has no {CLASSES_FILE}: write one class name per line, the background first "
+                        "(line i names the class whose mask value is i).")
+    if len(names) < 2 or len(set(names)) != len(names) or len(names) > 255:
+        raise DataError(f"'{source}' must name the background and at least one class, each once (found "
+                        f"{len(names)} names).")
+    return names
+
+
+# ----------------------------------------------------------------------------------- generic folder
+def read_split_folder(root: PathLike, split: str) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs from ``root/split/images`` and ``root/split/masks`` (``read_mask_folder``)."""
+    root = Path(root)
+    if not (root / split).is_dir():
+        present = sorted(d.name for d in root.iterdir() if (d / "images").is_dir()) if root.is_dir() else []
+        raise DataError(f"'{root}' has no '{split}' folder (with images/ and masks/ inside; found: "
+                        f"{', '.join(present) or 'none'}). Check --data and the split name.")
+    return read_mask_folder(root / split / "images", root / split / "masks")
+
+
+# ------------------------------------------------------------------------------------- generated tree
+def write_voc_tree(root: PathLike, *, n_train: int = 40, n_val: int = 12, size: int = 64, seed: int = 0) -> Path:
+    """A small tree in the VOC layout from the procedural world (``wilss.world``): JPEGImages/*.jpg, palette PNG
+    masks in SegmentationClass/, ImageSets/Segmentation/{train,val,trainval}.txt, and classes.txt (the world's
+    10 classes, so a task must fit 9 named ids, e.g. '5-2'). Scenes hold 1-3 objects, so the disjoint setting
+    keeps enough images per step. Refuses a non-empty ``root``."""
+    from PIL import Image
+
+    from wilss import world
+
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(f"{root} exists and is not an empty folder; a VOC tree is only written into a new one")
+    lists_dir = root / LIST_DIRS[0]
+    for folder in (root / IMAGE_DIR, root / MASK_DIRS[0], lists_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    names = {}
+    for split, n, s in zip(("train", "val"), (n_train, n_val), np.random.SeedSequence(seed).generate_state(2)):
+        names[split] = [f"{split}_{i:05d}" for i in range(n)]
+        for name, (image, mask) in zip(names[split], world.generate(n, seed=int(s), size=size, min_objects=1,
+                                                                       max_objects=3)):
+            Image.fromarray(image).save(root / IMAGE_DIR / f"{name}.jpg", quality=95)
+            world.save_palette_mask(root / MASK_DIRS[0] / f"{name}.png", mask)
+    names["trainval"] = names["train"] + names["val"]
+    for split, stems in names.items():
+        (lists_dir / f"{split}.txt").write_text("".join(f"{s}\n" for s in stems))
+    (root / CLASSES_FILE).write_text("".join(f"{c}\n" for c in world.WORLD_CLASSES))
+    return root
