@@ -93,3 +93,13 @@ def test_single_step_run_still_works():
     b.protocol = replace(b.protocol, task=parse_task("7-2", len(WORLD_CLASSES)))
     rows = b.run(methods=("ft",))
     assert [r.method for r in rows] == ["base", "ft"] and rows[0].new == 0.0 and len(rows[1].per_class) == 10
+
+
+def test_single_class_steps_without_negatives_get_automatic_old_tags():
+    b = bench(setting="disjoint")
+    b.protocol = replace(b.protocol, task=parse_task("7-1", len(WORLD_CLASSES)))
+    assert all(8 in b.train.present[i] for i in b.step_indices(1))      # step 1 (crescent): every image shows it
+    assert b.method_config("wilss", 1).auto_old_tags and not b.method_config("ft", 1).auto_old_tags
+    two = bench(setting="disjoint")
+    two.protocol = replace(two.protocol, task=parse_task("7-2", len(WORLD_CLASSES)))
+    assert not two.method_config("wilss", 1).auto_old_tags              # crescent and arrow contrast each other

@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from wilss import cli_bench, cli_reproduce, cli_update, cli_use
+from wilss import cli_bench, cli_reproduce, cli_study, cli_update, cli_use
 from wilss.cli_common import Parser
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_update.register(commands)  # add-class
     cli_use.register(commands)     # evaluate, predict
     cli_reproduce.register(commands)  # reproduce
-    order = ["generate", "pretrain", "add-class", "evaluate", "predict", "benchmark", "reproduce"]
+    cli_study.register(commands)   # study
+    order = ["generate", "pretrain", "add-class", "evaluate", "predict", "benchmark", "reproduce", "study"]
     commands._choices_actions.sort(key=lambda a: order.index(a.dest))  # help lists them in workflow order
     return parser
 

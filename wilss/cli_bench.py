@@ -128,12 +128,11 @@ def goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:
             (f"WILSS all {percent(w.all)} > FT all ({percent(f.all)})", w.all > f.all)]
 
 
-def _benchmark_setup(args: argparse.Namespace):
+def benchmark_setup(args: argparse.Namespace):
+    """(protocol, splits loader, step-0 recipe, weak-step recipe, title) of ``args.dataset`` (world | camvid)."""
     if args.dataset == "world":
         return (recipes.world_protocol(), recipes.world_splits, recipes.WORLD_PRETRAIN, recipes.WORLD_UPDATE,
                 f"world {recipes.WORLD_TASK_SPEC} {recipes.WORLD_SETTING}")
-    if args.base is not None:
-        raise CliError("--base is for the world benchmark only (the CamVid base is trained by the run)")
     root = Path(args.data)
     if not (root / "train.txt").is_file():
         raise DataError(f"CamVid was not found in '{root}' (no train.txt). Give its folder with --data PATH.")
@@ -145,7 +144,9 @@ def _benchmark_setup(args: argparse.Namespace):
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    protocol, splits, pretrain_cfg, update_cfg, title = _benchmark_setup(args)
+    if args.base is not None and args.dataset != "world":
+        raise CliError("--base is for the world benchmark only (the CamVid base is trained by the run)")
+    protocol, splits, pretrain_cfg, update_cfg, title = benchmark_setup(args)
     if args.out is not None:
         check_new_file(args.out, overwrite=args.overwrite)
     base = None

@@ -169,14 +169,21 @@ class Benchmark:
             self.on_progress(name, progress)
         return update.model
 
-    def method_config(self, method: str) -> UpdateConfig:
-        """The weak step's settings of ``method``: 'wilss' as configured; 'ft' (fine-tuning on the localizer's
-        pseudo-labels) without the old model's prior (l_LOC) and targets (Eq. 7)."""
+    def method_config(self, method: str, step: int = 1) -> UpdateConfig:
+        """The weak step's settings of ``method``: 'wilss' as configured, with automatic old-class tags where a
+        class of ``step`` is in every one of its images (single-class steps: no negatives, see
+        ``wilss.data.settle_negatives``); 'ft' (fine-tuning on the localizer's pseudo-labels) without the old
+        model's prior (l_LOC) and targets (Eq. 7), and so without old-class tags from it."""
         if method == "ft":
             return replace(self.update_cfg, old_model_prior=False, old_model_targets=False)
-        if method == "wilss":
-            return self.update_cfg
-        raise ValueError(f"no weak-step settings for method {method!r}; use 'wilss' or 'ft'")
+        if method != "wilss":
+            raise ValueError(f"no weak-step settings for method {method!r}; use 'wilss' or 'ft'")
+        new = self.protocol.task.step(step).new_classes
+        tags = np.array([[c in self.train.present[i] for c in new] for i in self.step_indices(step)], dtype=bool)
+        if len(tags) and tags.all(axis=0).any() and not (self.update_cfg.relaxed or self.update_cfg.auto_old_tags):
+            log.info("step %d: a new class is in every step image (no negatives): automatic old-class tags", step)
+            return replace(self.update_cfg, auto_old_tags=True)
+        return self.update_cfg
 
     def score(self, name: str, model: Segmenter, seconds: float, step: int = 1, *, keep: bool = True) -> Row:
         """The test figures after ``step`` in the paper's columns (``Task.paper_columns``); ``keep``: add the row
@@ -197,7 +204,7 @@ class Benchmark:
         base = base if base is not None else self.train_base()
         self.score("base", base, time.perf_counter() - start)
         runs = {
-            "wilss": lambda: self.weak_step("wilss", base, self.method_config("wilss")),
+            "wilss": lambda: self.weak_step("wilss", base, self.method_config("wilss", 1)),
             "ft": lambda: self.weak_step("ft", base, self.method_config("ft")),
             "joint": lambda: self.pixel_model("joint", self.joint_indices(1), step=1),
         }
