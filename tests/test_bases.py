@@ -173,3 +173,19 @@ def test_step_zero_adds_the_weighted_auxiliary_loss():
     assert model.activation == "softmax" and AUX_WEIGHT == 0.5
     # a fresh 3-class head's cross-entropy is near ln 3: the logged value carries the 0.5 weight
     assert 0.2 < progress[0].losses["aux"] / AUX_WEIGHT < 3.0 and np.isfinite(progress[-1].losses["ce"])
+
+
+def test_the_app_saves_a_base_once_and_reuses_it(cached_weights, tmp_path, monkeypatch):
+    from app.session import base_file
+
+    cached_weights("lraspp_mobilenet_v3_large")
+    with pytest.raises(CheckpointError, match="unknown pretrained base"):
+        base_file("torchvision:nope", tmp_path / "bases")
+    path = base_file("torchvision:lraspp_mobilenet_v3_large", tmp_path / "bases")
+    assert path.name == "torchvision-lraspp_mobilenet_v3_large.pt"
+    ckpt = load_checkpoint(path)
+    assert ckpt.num_classes == 21 and ckpt.history[0]["source"] == "torchvision:lraspp_mobilenet_v3_large"
+    stamp = path.stat().st_mtime_ns
+    monkeypatch.setattr("app.session.pretrained_base", lambda spec: pytest.fail("rebuilt a saved base"))
+    assert base_file("torchvision:lraspp_mobilenet_v3_large", tmp_path / "bases") == path
+    assert path.stat().st_mtime_ns == stamp
