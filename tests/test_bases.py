@@ -189,3 +189,20 @@ def test_the_app_saves_a_base_once_and_reuses_it(cached_weights, tmp_path, monke
     monkeypatch.setattr("app.session.pretrained_base", lambda spec: pytest.fail("rebuilt a saved base"))
     assert base_file("torchvision:lraspp_mobilenet_v3_large", tmp_path / "bases") == path
     assert path.stat().st_mtime_ns == stamp
+
+
+def test_onnx_export_of_a_grown_lraspp(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from app.export import export_onnx
+
+    torch.manual_seed(0)
+    model = build_segmenter(arch="lraspp_mobilenet_v3_large", num_classes=21, activation="softmax").eval()
+    model.grow(1)
+    path = export_onnx(new_checkpoint(model, ["background"] + [f"c{i}" for i in range(1, 22)]), tmp_path / "m.onnx")
+    outputs = onnx.load(path).graph.output
+    assert [o.name for o in outputs] == ["logits"]
+    ort = pytest.importorskip("onnxruntime")
+    x = torch.randn(1, 3, 96, 160)   # another size than the export's 128x128: H and W are dynamic
+    logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model(x).numpy(), atol=1e-4)
