@@ -15,9 +15,10 @@ from wilss.bases import open_model
 from wilss.checkpoint import CheckpointError, load_checkpoint, new_checkpoint, save_checkpoint
 from wilss.cli import main
 from wilss.config import PretrainConfig, UpdateConfig
-from wilss.conventions import voc_palette
+from wilss.conventions import normalize, voc_palette
 from wilss.data import PixelDataset, TagDataset
 from wilss.engine import last
+from wilss.inference import Predictor
 from wilss.trainer import AUX_WEIGHT, WeakUpdate, pretrain
 from wilss.world import generate
 
@@ -106,9 +107,13 @@ def test_torchvision_spec_loads_the_cached_weights(name, cached_weights):
     np.testing.assert_array_equal(ckpt.colours, voc_palette(21))
     assert ckpt.model.activation == "softmax" and ckpt.model.has_aux == (not name.startswith("lraspp"))
     assert ckpt.history[0]["kind"] == "pretrain" and ckpt.history[0]["source"] == f"torchvision:{name}"
-    x = torch.randn(1, 3, 64, 64)
+    image = generate(1, seed=0, size=64)[0][0]
+    x = normalize(image)[None]
     with torch.no_grad():   # the weights in the file, not a fresh initialisation
-        torch.testing.assert_close(ckpt.model(x), net(x)["out"])
+        reference = net(x)["out"]
+        torch.testing.assert_close(ckpt.model(x), reference)
+    # predictions come from the head's own resolution (LR-ASPP: stride 8), as torchvision's
+    np.testing.assert_array_equal(Predictor(ckpt.model, device="cpu").predict(image).mask, reference.argmax(1)[0])
 
 
 def test_cli_predicts_with_a_torchvision_base(cached_weights, tmp_path, capsys):
