@@ -15,7 +15,7 @@ localizer map's resolution, as the weak step needs; ``forward`` upsamples them t
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Union
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +100,7 @@ class MapHead(nn.Sequential):
         return super().forward(maps[self.key])
 
 
-def resized(logits: torch.Tensor, size: Optional[tuple[int, int]]) -> torch.Tensor:
+def resized(logits: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     """``BxKxhxw`` logits bilinearly resized to ``size`` (unchanged when ``size`` is None or already theirs)."""
     if size is None or tuple(logits.shape[-2:]) == tuple(size):
         return logits
@@ -111,8 +111,8 @@ class Segmenter(nn.Module):
     """``encoder -> head -> classifier`` (+ optional auxiliary head) with the localizer's map exposed (see above)."""
 
     def __init__(self, encoder: nn.Module, head: nn.Module, classifier: nn.Module, *, feature_channels: int,
-                 config: dict, feature_key: str = "out", aux_head: Optional[nn.Module] = None,
-                 aux_classifier: Optional[GrowableClassifier] = None) -> None:
+                 config: dict, feature_key: str = "out", aux_head: nn.Module | None = None,
+                 aux_classifier: GrowableClassifier | None = None) -> None:
         super().__init__()
         if (aux_head is None) != (aux_classifier is None):
             raise ValueError("an auxiliary head needs its classifier and the other way round")
@@ -147,12 +147,12 @@ class Segmenter(nn.Module):
         """``Bx3xHxW`` -> the encoder's named feature maps; ``maps[self.feature_key]`` is ``BxCfxhxw``."""
         return as_maps(self.encoder(x))
 
-    def decode(self, maps: Union[FeatureMaps, torch.Tensor], *,
-               size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    def decode(self, maps: FeatureMaps | torch.Tensor, *,
+               size: tuple[int, int] | None = None) -> torch.Tensor:
         """Feature maps (or the encoder's single map) -> ``BxKxhxw`` logits at the head's resolution, or ``size``."""
         return resized(self.classifier(self.head(as_maps(maps))), size)
 
-    def decode_aux(self, maps: FeatureMaps, *, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    def decode_aux(self, maps: FeatureMaps, *, size: tuple[int, int] | None = None) -> torch.Tensor:
         """The auxiliary head's ``BxKxhxw`` logits (for its training loss only)."""
         if self.aux_head is None:
             raise ValueError(f"the {self.config.get('arch', '?')} network has no auxiliary head")
@@ -181,6 +181,6 @@ class Segmenter(nn.Module):
         self.config["num_classes"] = self.num_classes
 
 
-def as_maps(features: Union[FeatureMaps, torch.Tensor]) -> FeatureMaps:
+def as_maps(features: FeatureMaps | torch.Tensor) -> FeatureMaps:
     """An encoder's output as named maps: a single tensor is the 'out' map."""
     return features if isinstance(features, dict) else {"out": features}

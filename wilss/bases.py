@@ -7,8 +7,6 @@ afterwards they load from there.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
-
 from models import TORCHVISION_NETS, pretrained_torchvision
 from wilss.checkpoint import Checkpoint, CheckpointError, history_entry, load_checkpoint, new_checkpoint
 from wilss.conventions import BACKGROUND_NAME
@@ -17,7 +15,7 @@ SPEC_PREFIX = "torchvision:"
 BASE_SPECS = tuple(SPEC_PREFIX + name for name in TORCHVISION_NETS)
 
 
-def is_base_spec(source: Union[str, Path]) -> bool:
+def is_base_spec(source: str | Path) -> bool:
     """Whether ``source`` names a pretrained base ('torchvision:NAME') rather than a checkpoint file."""
     return str(source).startswith(SPEC_PREFIX)
 
@@ -47,6 +45,6 @@ def pretrained_base(spec: str) -> Checkpoint:
     return ckpt
 
 
-def open_model(source: Union[str, Path]) -> Checkpoint:
+def open_model(source: str | Path) -> Checkpoint:
     """A checkpoint file, or a pretrained base spec ``torchvision:NAME``."""
     return pretrained_base(str(source)) if is_base_spec(source) else load_checkpoint(source)
