@@ -1,6 +1,6 @@
 """Start the browser app: ``python launch.py`` opens the shipped base model and the sample images.
 
-    python launch.py [--host 127.0.0.1] [--port 7860] [--auth user:password] [--checkpoint PATH]
+    python launch.py [--host 127.0.0.1] [--port 7860] [--auth user:password] [--checkpoint PATH|torchvision:NAME]
                      [--samples DIR] [--workdir DIR] [--max-upload-mb 200] [--device auto] [--threads N]
 
 Everything the app writes (versions, uploads, exports, gradio's cache) lives under --workdir; only that folder
@@ -25,8 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--auth", metavar="USER:PASSWORD",
                    help="require this login (or set WILSS_APP_AUTH=USER:PASSWORD, which keeps it out of 'ps')")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="the model to start from (default: the shipped base, models/default_base.pt)")
+    p.add_argument("--checkpoint", default=None,
+                   help="the model to start from: a checkpoint file, or torchvision:NAME for a pretrained VOC base "
+                        "(see docs/bases.md) (default: the shipped base, models/default_base.pt)")
     p.add_argument("--samples", type=Path, default=ROOT / "samples",
                    help="tagged images shown at start (default: samples/)")
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "app",
@@ -53,12 +54,13 @@ def main(argv=None) -> int:
 
     import torch
 
-    from app.session import AppConfig, open_checkpoint
+    from app.session import AppConfig, base_file, open_checkpoint
     from models import DEFAULT_CHECKPOINT
+    from wilss.bases import is_base_spec
     from wilss.checkpoint import CheckpointError
     from wilss.engine import resolve_device
 
-    checkpoint = (args.checkpoint or DEFAULT_CHECKPOINT).resolve()
+    checkpoint = Path(args.checkpoint or DEFAULT_CHECKPOINT).resolve()
     auth = args.auth or os.environ.get("WILSS_APP_AUTH")
     if auth is not None and (":" not in auth or not auth.split(":", 1)[0] or not auth.split(":", 1)[1]):
         print("error: --auth must be USER:PASSWORD", file=sys.stderr)
@@ -79,6 +81,12 @@ def main(argv=None) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         print(f"error: --device {args.device}: no CUDA GPU is available here; use --device cpu", file=sys.stderr)
         return 2
+    if args.checkpoint and is_base_spec(args.checkpoint):
+        try:   # saved once in the work folder; every session starts from that file
+            checkpoint = base_file(args.checkpoint, workdir / "bases").resolve()
+        except CheckpointError as err:
+            print(f"error: --checkpoint: {err}", file=sys.stderr)
+            return 2
     if not checkpoint.exists() and checkpoint == DEFAULT_CHECKPOINT.resolve():
         print(f"error: the default base checkpoint {checkpoint} does not exist yet: create it with "
               f"'python -m wilss pretrain --out {checkpoint}', or pass --checkpoint", file=sys.stderr)

@@ -18,7 +18,7 @@ from app import render
 from app.evaluation import bring_eval_set, same_size, score
 from app.export import ExportError, export_onnx
 from app.intake import apply_table, bring_tagged, table_rows, tag_summary
-from app.session import AppConfig, DeviceQueue, Session, SessionStore
+from app.session import AppConfig, DeviceQueue, Session, SessionStore, base_file
 from app.update import free_colours
 from app.views import HISTORY_HEADERS, added_in, architecture_markdown, before_after_rows, history_rows
 from wilss.checkpoint import CheckpointError, load_checkpoint
@@ -138,6 +138,15 @@ class Handlers:
         except CheckpointError as err:   # the server's upload path means nothing to the user: show the file name
             return error(f"{tidy(str(err), {files[0]: repr(files[0].name)})}. The current model is unchanged.")
         return ok(f"loaded {files[0].name} as {version.name} ({len(version.class_names)} classes); it is now current.")
+
+    def load_base(self, request: gr.Request, spec: str) -> str:
+        """Make a pretrained torchvision base (``wilss.bases``) the next version."""
+        s = self.session(request)
+        try:
+            version = s.add_file(base_file(spec or "", self.config.workdir / "bases"), note=f"loaded {spec}")
+        except CheckpointError as err:
+            return error(f"{err}. The current model is unchanged.")
+        return ok(f"loaded {spec} as {version.name} ({len(version.class_names)} classes); it is now current.")
 
     def rollback(self, request: gr.Request, label: str) -> str:
         s = self.session(request)

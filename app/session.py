@@ -4,6 +4,7 @@ update), all under the app's work folder, and one ``DeviceQueue`` per device so 
 Layout of the work folder (``--workdir``, default ``runs/app``)::
 
     <workdir>/cache/                 gradio's uploads and rendered outputs (GRADIO_TEMP_DIR)
+    <workdir>/bases/                 pretrained bases (torchvision:NAME) saved as checkpoints, once
     <workdir>/<session>/v000.pt ...  every version of the model, never overwritten
     <workdir>/<session>/data-NNN/    tagged images brought in (copied / extracted here)
     <workdir>/<session>/uploads/     checkpoints and evaluation sets brought in
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from wilss.bases import pretrained_base
 from wilss.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from wilss.data import TaggedSet
 
@@ -35,6 +37,16 @@ def open_checkpoint(path: Path) -> Checkpoint:
     if Path(path).is_file() and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is not a wilss checkpoint (not a PyTorch archive)")
     return load_checkpoint(path)
+
+
+def base_file(spec: str, folder: Path) -> Path:
+    """The pretrained base ``spec`` ('torchvision:NAME', see ``wilss.bases``) as a checkpoint file in ``folder``,
+    written on first use and reused by every session after it. Raises ``CheckpointError``."""
+    path = Path(folder) / f"{spec.replace(':', '-')}.pt"
+    if not path.is_file():
+        # two sessions may race here: the write is atomic and both write the same content
+        save_checkpoint(pretrained_base(spec), path, overwrite=True)
+    return path
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from app.update_handlers import UpdateHandlers
 from app.render import legend_html
 from app.session import AppConfig
 from app.update import ADVANCED, field_type
+from wilss.bases import BASE_SPECS
 from wilss.conventions import hex_to_rgb
 from wilss.recipes import DEMO_UPDATE
 
@@ -82,6 +83,11 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
                 with gr.Row():
                     ckpt_upload = gr.File(label="Load another checkpoint (.pt)", elem_id="ckpt-upload", height=160)
                     load_status = gr.Markdown(elem_id="load-status")
+                with gr.Row():
+                    base_choice = gr.Dropdown(choices=list(BASE_SPECS), value=BASE_SPECS[-1], elem_id="base-choice",
+                                              label="Or start from a pretrained torchvision base (background + "
+                                                    "the 20 PASCAL VOC classes; weights download once)")
+                    base_btn = gr.Button("Load this base", elem_id="base-btn")
             # ----------------------------------------------------------------------------------- data
             with gr.Tab("Data", id="data"):
                 gr.Markdown("Upload many images at once or a zip. Tags: a CSV (`filename,tags`, tags separated "
@@ -218,6 +224,7 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
         demo.unload(h.close_session)
         # model
         refresh_model(ckpt_upload.upload(h.load_checkpoint, ckpt_upload, load_status, api_name="load_checkpoint"))
+        refresh_model(base_btn.click(h.load_base, base_choice, load_status, api_name="load_base"))
         # data
         bring_btn.click(h.bring_data, [data_files, tags_upload], data_views, api_name="bring_data")
         reset_btn.click(h.reset_data, None, data_views, api_name="reset_data")

@@ -3,8 +3,9 @@ from pathlib import Path
 
 from models.builders import ARCHITECTURES, DEFAULT_ARCH, build_segmenter
 from models.segmenter import GrowableClassifier, Segmenter
+from models.torchvision_nets import TORCHVISION_NETS, pretrained_torchvision
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "default_base.pt"
 
 __all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "DEFAULT_CHECKPOINT", "GrowableClassifier", "Segmenter",
-           "build_segmenter"]
+           "TORCHVISION_NETS", "build_segmenter", "pretrained_torchvision"]

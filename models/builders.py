@@ -7,59 +7,24 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
-from torch import nn
-
-from models.segmenter import GrowableClassifier, Segmenter
+from models.segmenter import GrowableClassifier, MapHead, Segmenter
 from models.tiny import TinyEncoder, tiny_head
+from models.torchvision_nets import TORCHVISION_NETS, torchvision_builder
 
 DEFAULT_ARCH = "tiny"
 ACTIVATIONS = ("sigmoid", "softmax")
 
 
-class TorchvisionBackbone(nn.Module):
-    """Wraps torchvision's ``IntermediateLayerGetter`` (a dict of feature maps) to return the 'out' map."""
-
-    def __init__(self, body: nn.Module) -> None:
-        super().__init__()
-        self.body = body
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)["out"]
-
-
 def _tiny(num_classes: int, *, width: int = 24, head_channels: int = 64, **_: object) -> Segmenter:
     encoder = TinyEncoder(width)
-    return Segmenter(encoder, tiny_head(encoder.out_channels, head_channels),
+    return Segmenter(encoder, MapHead("out", *tiny_head(encoder.out_channels, head_channels)),
                      GrowableClassifier(head_channels, num_classes), feature_channels=encoder.out_channels,
                      config=dict(arch="tiny", num_classes=num_classes, width=width, head_channels=head_channels))
 
 
-def _torchvision_deeplabv3(name: str) -> Callable[..., Segmenter]:
-    def build(num_classes: int, *, pretrained_backbone: bool = False, **_: object) -> Segmenter:
-        from torchvision.models import segmentation
-
-        # Backbone weights download only where the user asks for them (and has internet); never in tests.
-        weights_backbone = "DEFAULT" if pretrained_backbone else None
-        net = getattr(segmentation, name)(weights=None, weights_backbone=weights_backbone,
-                                          num_classes=num_classes, aux_loss=False)
-        last = net.classifier[-1]
-        classifier = GrowableClassifier(last.in_channels, num_classes)
-        classifier.conv = last
-        feature_channels = net.classifier[0].convs[0][0].in_channels
-        head = nn.Sequential(*list(net.classifier.children())[:-1])
-        return Segmenter(TorchvisionBackbone(net.backbone), head, classifier,
-                         feature_channels=feature_channels,
-                         config=dict(arch=name, num_classes=num_classes, pretrained_backbone=False))
-
-    return build
-
-
 ARCHITECTURES: dict[str, Callable[..., Segmenter]] = {
     "tiny": _tiny,
-    "deeplabv3_resnet50": _torchvision_deeplabv3("deeplabv3_resnet50"),
-    "deeplabv3_resnet101": _torchvision_deeplabv3("deeplabv3_resnet101"),
-    "deeplabv3_mobilenet_v3_large": _torchvision_deeplabv3("deeplabv3_mobilenet_v3_large"),
+    **{name: torchvision_builder(name) for name in TORCHVISION_NETS},
 }
 
 

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from models import DEFAULT_CHECKPOINT
 from wilss import recipes
-from wilss.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from wilss.bases import open_model
+from wilss.checkpoint import Checkpoint, CheckpointError
 from wilss.config import UpdateConfig
 from wilss.conventions import hex_to_rgb, voc_palette
 from wilss.engine import Progress
@@ -223,12 +224,13 @@ def check_writable_folder(folder: Path, *, flag: str, target: Optional[Path] = N
 
 
 def open_checkpoint(path: Path) -> Checkpoint:
-    """``load_checkpoint``, with a hint when the shipped default base has not been made yet."""
+    """A checkpoint file, or a pretrained base 'torchvision:NAME' (``wilss.bases``), with a hint when the shipped
+    default base has not been made yet."""
     path = Path(path)
     if not path.exists() and path.resolve() == DEFAULT_CHECKPOINT.resolve():
         raise CheckpointError(f"the default base checkpoint {path} does not exist yet: create it with "
                               f"'python -m wilss pretrain --out {path}', or pass --checkpoint")
-    return load_checkpoint(path)
+    return open_model(path)
 
 
 # ---------------------------------------------------------------------------------------------- colours

@@ -226,11 +226,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
                "  python -m wilss add-class --images samples/ --class arrow=#ff8000 --out arrow.pt\n"
                "  python -m wilss add-class --world world/ --out world_step1.pt\n"
+               "  python -m wilss add-class --checkpoint torchvision:lraspp_mobilenet_v3_large \\\n"
+               "      --images kites/ --class kite --out voc_kite.pt\n"
                "tags: DIR/tags.csv ('filename,tags', tags separated by ';', empty = negative), DIR/tags.json, "
                "or one sub-folder per tag (negatives in 'none/' or at the top).")
     src = p.add_argument_group("what to learn from")
     src.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="IN",
-                     help="the model to extend (default: the shipped base, models/default_base.pt)")
+                     help="the model to extend: a checkpoint file, or torchvision:NAME for a pretrained VOC base "
+                          "(e.g. torchvision:deeplabv3_resnet50; see docs/bases.md) (default: the shipped base, "
+                          "models/default_base.pt)")
     src.add_argument("--images", type=Path, metavar="DIR", help="folder of tagged images")
     src.add_argument("--tags", type=Path, metavar="FILE",
                      help="tags file, .csv or .json (default: DIR/tags.csv or DIR/tags.json, else sub-folders)")

@@ -229,7 +229,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "single-channel or palette PNGs named like their images; world masks are mapped by class "
                     "name (world classes the checkpoint does not know count as background).")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="CKPT",
-                   help="the checkpoint to score (default: the shipped base, models/default_base.pt)")
+                   help="the checkpoint to score, or torchvision:NAME for a pretrained VOC base (see "
+                        "docs/bases.md) (default: the shipped base, models/default_base.pt)")
     p.add_argument("--images", type=Path, metavar="DIR", help="folder of images")
     p.add_argument("--masks", type=Path, metavar="DIR", help="folder of masks NAME.png, one per image NAME.*")
     p.add_argument("--world", type=Path, metavar="DIR", help="a folder written by 'generate --out'")
@@ -244,7 +245,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "pixel value = class id, shown in the class colours) and, with --overlay, "
                     "OUT/<name>_overlay.png. Never overwrites a file.")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="CKPT",
-                   help="the model (default: the shipped base, models/default_base.pt)")
+                   help="a checkpoint file, or torchvision:NAME for a pretrained VOC base (see docs/bases.md) "
+                        "(default: the shipped base, models/default_base.pt)")
     p.add_argument("--input", required=True, type=Path, metavar="FILE_OR_DIR", help="an image or a folder")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (made if absent)")
     p.add_argument("--overlay", action="store_true", help="also write the image blended 50%% with the colours")

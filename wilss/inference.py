@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from models.segmenter import Segmenter
@@ -43,6 +42,5 @@ class Predictor:
     @torch.no_grad()
     def predict(self, image: np.ndarray) -> Prediction:
         x = normalize(image)[None].to(self.device)
-        logits, _ = self.model.forward_features(x)
-        probs = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False).softmax(1)[0]
+        probs = self.model(x).softmax(1)[0]   # logits upsampled from the head's own resolution to the image's
         return Prediction(mask=probs.argmax(0).to(torch.uint8).cpu().numpy(), scores=probs.float().cpu().numpy())

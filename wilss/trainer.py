@@ -27,6 +27,8 @@ from wilss.pamr import balanced_ce, pamr, pamr_pseudo_label
 
 log = logging.getLogger(__name__)
 
+AUX_WEIGHT = 0.5   # weight of an auxiliary head's loss (FCN / DeepLabV3), as in torchvision's reference recipe
+
 
 def pretrain(model: Segmenter, dataset: Dataset, cfg: PretrainConfig = PretrainConfig(),
              *, device: str | torch.device | None = None) -> Iterator[Progress]:
@@ -47,7 +49,11 @@ def pretrain(model: Segmenter, dataset: Dataset, cfg: PretrainConfig = PretrainC
 
     def step(batch: tuple, phase: str) -> dict[str, torch.Tensor]:
         images, masks = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        return {cfg.loss: criterion(model(images), masks)}
+        if not model.has_aux:
+            return {cfg.loss: criterion(model(images), masks)}
+        maps = model.encode(images)
+        return {cfg.loss: criterion(model.decode(maps, size=masks.shape[-2:]), masks),
+                "aux": AUX_WEIGHT * criterion(model.decode_aux(maps, size=masks.shape[-2:]), masks)}
 
     yield from run_loop(loader=loader, epochs=cfg.epochs, step=step, phase_of=lambda epoch: "pretrain",
                         optimizer=optimizer, scheduler=scheduler)
@@ -80,7 +86,7 @@ class WeakUpdate:
 
     def parameter_groups(self) -> list[dict]:
         """Per-group learning rates: backbone 1e-3; head, classifier and localizer 1e-2 (paper defaults)."""
-        head = list(self.model.head.parameters()) + list(self.model.classifier.parameters())
+        head = list(self.model.decoder_parameters())   # every head and classifier, the auxiliary one too
         return [{"params": list(self.model.encoder.parameters()), "lr": self.cfg.lr_backbone, "name": "backbone"},
                 {"params": head, "lr": self.cfg.lr_head, "name": "head"},
                 {"params": list(self.localizer.parameters()), "lr": self.cfg.lr_localizer, "name": "localizer"}]
@@ -92,7 +98,8 @@ class WeakUpdate:
         with torch.no_grad():
             old_logits, old_features = self.old_model.forward_features(images)
             old_probs = self.old_model.probabilities(old_logits)
-        features = self.model.encoder(images)
+        maps = self.model.encode(images)
+        features = maps[self.model.feature_key]
         z = self.localizer(features)  # one encoder pass feeds the localizer and (below) the decoder
         class_logits = L.aggregate_scores(z, gamma=cfg.focal_gamma, lam=cfg.focal_lambda, eps=cfg.gwp_eps)
         if cfg.auto_old_tags:
@@ -111,7 +118,10 @@ class WeakUpdate:
             return out
         target = L.pseudo_label(z.detach(), old_probs if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha)
         weights = L.localized_weights(target, tags_new) if cfg.drop_unlocalized else None
-        out["seg"] = L.segmentation_loss(self.model.decode(features), target, weights)
+        out["seg"] = L.segmentation_loss(self.model.decode(maps, size=z.shape[-2:]), target, weights)
+        if self.model.has_aux:  # the auxiliary head learns the same pseudo-label target
+            out["aux"] = AUX_WEIGHT * L.segmentation_loss(self.model.decode_aux(maps, size=z.shape[-2:]), target,
+                                                          weights)
         if cfg.pamr_self_training:
             out["self"] = self._self_training_loss(images, z, old_logits, targets)
         return out
