@@ -32,6 +32,7 @@ class World:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    distributed: bool = False  # in a process group (torchrun), even one of a single process
 
     @property
     def is_main(self) -> bool:
@@ -48,7 +49,7 @@ def current_world() -> World:
     if not (dist.is_available() and dist.is_initialized()):
         return World()
     return World(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                 local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+                 local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())), distributed=True)
 
 
 def setup_from_env(device: str = "auto", *, timeout_min: float = 30.0) -> tuple[World, torch.device]:

@@ -56,13 +56,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 def make_loader(dataset: Dataset, cfg: OptimConfig, device: torch.device, world: World = World()) -> DataLoader:
     """Shuffled, seeded loader; drops the last partial batch only when there is more than one batch.
 
-    Its sampler can resume part-way through an epoch (``resume_at``). Under several processes (``world``), each
-    loads its share ``cfg.batch_size / world_size`` of every global batch (``DistributedSampler`` order).
+    Its sampler can resume part-way through an epoch (``resume_at``). In a process group (``world``), each process
+    loads its share ``cfg.batch_size / world_size`` of every global batch, in ``DistributedSampler`` order.
     """
     if len(dataset) == 0:
         raise ValueError("cannot train on zero images")
     generator = torch.Generator().manual_seed(cfg.seed)
-    if world.world_size == 1:
+    if not world.distributed:
         sampler, share = ResumableRandomSampler(dataset, generator=generator), len(dataset)
         batch_size = min(cfg.batch_size, share)
     else:
