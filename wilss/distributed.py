@@ -111,10 +111,9 @@ class ResumableRandomSampler(RandomSampler):
         return {"generator": self.generator.get_state() if epoch_done else self.epoch_state}
 
     def __iter__(self) -> Iterator[int]:
-        skip = self._skip
-        for i, index in enumerate(super().__iter__()):
-            if i >= skip:
-                yield index
+        # Drawn eagerly: RandomSampler draws one more (empty) permutation after its last index, which a lazy
+        # iterator would postpone past the epoch-end snapshot; the draws themselves are the same.
+        return iter(list(super().__iter__())[self._skip:])
 
 
 class ResumableDistributedSampler(DistributedSampler):
