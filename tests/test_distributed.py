@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_cli import FAST, NEW, make_checkpoint, write_tagged
 from torch import nn
 
 from models import build_segmenter
@@ -94,3 +95,19 @@ def test_single_process_needs_no_process_group(monkeypatch):
     assert per_process_batch(24, World(world_size=3)) == 8
     with pytest.raises(ValueError, match="multiple of 5"):
         per_process_batch(24, World(world_size=5))
+
+
+def test_torchrun_add_class_writes_exactly_one_checkpoint(tmp_path):
+    base = make_checkpoint(tmp_path / "base.pt")
+    out = tmp_path / "result" / "model.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "wilss", "add-class", "--checkpoint", str(base), "--images", str(write_tagged(tmp_path / "tagged")),
+               "--class", NEW, "--out", str(out), *map(str, FAST)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.pt"]  # no snapshot left, one writer
+    assert done.stdout.count("wrote ") == 1 and done.stdout.count("adding ") == 1  # rank 0 alone prints
+    entry = load_checkpoint(out).history[-1]
+    assert entry["processes"] == 2 and entry["classes"] == [NEW] and entry["num_images"] == 8
+    assert all(np.isfinite(v) for k, v in entry["metrics"].items() if k.startswith("final_loss"))

@@ -1,6 +1,6 @@
 """What ``add-class`` needs for long runs: resumable snapshots (``--resume``, ``--save-every``) and torchrun.
 
-The snapshot of the update writing ``--out OUT.pt`` is ``OUT.resume.pt`` next to it (``wilss.resume``). It is
+The snapshot of the update writing ``--out model.pt`` is ``model.resume.pt`` next to it (``wilss.resume``). It is
 written every ``--save-every`` minutes and at each epoch's end, and removed once ``OUT.pt`` is saved. A run
 without ``--resume`` never replaces an existing snapshot; a restart by torchrun (``--max-restarts``) resumes
 on its own. Under torchrun only rank 0 prints, draws the progress bar, evaluates and writes files.
@@ -29,8 +29,9 @@ SAVE_EVERY_MIN = 5.0
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("long runs (see docs/distributed.md)")
     group.add_argument("--resume", action="store_true",
-                       help="continue the interrupted update that writes --out from its snapshot OUT.resume.pt "
-                            "(next to --out), if there is one; the command must be the same as before")
+                       help="continue the interrupted update that writes --out from its snapshot, if there is "
+                            "one (next to it: --out model.pt saves model.resume.pt); give the same command as "
+                            "before, plus --resume")
     group.add_argument("--save-every", type=non_negative_float, default=SAVE_EVERY_MIN, metavar="MIN",
                        help="minutes between resumable snapshots, besides one at each epoch's end "
                             f"(default: {SAVE_EVERY_MIN:g}; 0: after every iteration)")
