@@ -19,7 +19,8 @@ from models import build_segmenter
 from wilss.checkpoint import load_checkpoint
 from wilss.config import UpdateConfig
 from wilss.data import TagDataset
-from wilss.distributed import World, current_world, per_process_batch, setup_from_env
+from wilss.cli import main
+from wilss.distributed import World, current_world, per_process_batch, setup_from_env, wrap_for_training
 from wilss.trainer import WeakUpdate
 from wilss.world import generate
 
@@ -95,6 +96,16 @@ def test_single_process_needs_no_process_group(monkeypatch):
     assert per_process_batch(24, World(world_size=3)) == 8
     with pytest.raises(ValueError, match="multiple of 5"):
         per_process_batch(24, World(world_size=5))
+    with pytest.raises(ValueError, match="--sync-bn needs CUDA"):
+        wrap_for_training(nn.BatchNorm2d(4), world=World(world_size=2, distributed=True), device=torch.device("cpu"),
+                          sync_bn=True)
+
+
+def test_other_commands_refuse_several_processes(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("RANK", "0"), monkeypatch.setenv("WORLD_SIZE", "2"), monkeypatch.setenv("LOCAL_RANK", "0")
+    assert main(["pretrain", "--out", str(tmp_path / "base.pt")]) == 2
+    assert "only add-class runs on several processes" in capsys.readouterr().err
+    assert not (tmp_path / "base.pt").exists()
 
 
 def test_torchrun_add_class_writes_exactly_one_checkpoint(tmp_path):
