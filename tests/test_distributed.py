@@ -110,9 +110,9 @@ def test_other_commands_refuse_several_processes(monkeypatch, capsys, tmp_path):
 
 def test_torchrun_add_class_writes_exactly_one_checkpoint(tmp_path):
     base = make_checkpoint(tmp_path / "base.pt")
-    out = tmp_path / "result" / "model.pt"
+    images, out = write_tagged(tmp_path / "tagged"), tmp_path / "result" / "model.pt"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "wilss", "add-class", "--checkpoint", str(base), "--images", str(write_tagged(tmp_path / "tagged")),
+               "-m", "wilss", "add-class", "--checkpoint", str(base), "--images", str(images),
                "--class", NEW, "--out", str(out), *map(str, FAST)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
