@@ -1,7 +1,7 @@
 """What ``add-class`` needs for long runs: resumable snapshots (``--resume``, ``--save-every``) and torchrun.
 
 The snapshot of the update writing ``--out model.pt`` is ``model.resume.pt`` next to it (``wilss.resume``). It is
-written every ``--save-every`` minutes and at each epoch's end, and removed once ``OUT.pt`` is saved. A run
+written every ``--save-every`` minutes and at each epoch's end, and removed once ``model.pt`` is saved. A run
 without ``--resume`` never replaces an existing snapshot; a restart by torchrun (``--max-restarts``) resumes
 on its own. Under torchrun only rank 0 prints, draws the progress bar, evaluates and writes files.
 """
@@ -33,7 +33,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
                             "one (next to it: --out model.pt saves model.resume.pt); give the same command as "
                             "before, plus --resume")
     group.add_argument("--save-every", type=non_negative_float, default=SAVE_EVERY_MIN, metavar="MIN",
-                       help="minutes between resumable snapshots, besides one at each epoch's end "
+                       help="minutes between resumable snapshots, besides one at each epoch's end (at most "
+                            "one per 30 s) "
                             f"(default: {SAVE_EVERY_MIN:g}; 0: after every iteration)")
     group.add_argument("--sync-bn", action="store_true",
                        help="under torchrun with GPUs: batch-norm statistics over the global batch (SyncBatchNorm)")

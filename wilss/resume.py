@@ -7,7 +7,7 @@ A snapshot is a ``torch.save`` dict of plain types and tensors, written atomical
      "state": {"model": ..., "localizer": ..., "optimizer": ..., "scheduler": ...},
      "sampler": {...}, "rng": [per process: torch, cuda, numpy, python], "elapsed_s": ..., "resumed_from": [...]}
 
-Saved every ``every_s`` seconds and at the end of every epoch, by rank 0 only (every process's RNG state is
+Saved every ``every_s`` seconds and at the end of every epoch (at most every ``min_gap_s``), by rank 0 only (every process's RNG state is
 gathered first). Resuming restores the loader position too: the sampler skips the part-done epoch's batches
 without loading them, so with ``num_workers=0`` a resumed run repeats the uninterrupted one exactly.
 """
@@ -113,15 +113,17 @@ def read_snapshot(path: Path, fingerprint: dict) -> dict:
 class Resumer:
     """Saves an update's state every ``every_s`` seconds (and ``every_iterations``, when > 0) and at each epoch's
     end, and restores it from ``snapshot`` (a ``read_snapshot`` result, or None to start from the beginning).
+    An epoch's end is skipped when the last snapshot is less than ``min_gap_s`` old: short epochs of a large
+    model would otherwise spend their time writing.
 
     ``due`` and ``save`` are called between iterations by the training loop; ``save`` is collective under
     several processes (every process calls it when any one found a save due), only rank 0 writes.
     """
 
     def __init__(self, path: Path, *, fingerprint: dict, every_s: float = 300.0, every_iterations: int = 0,
-                 snapshot: Optional[dict] = None) -> None:
+                 min_gap_s: float = 30.0, snapshot: Optional[dict] = None) -> None:
         self.path, self.fingerprint = Path(path), fingerprint
-        self.every_s, self.every_iterations = every_s, every_iterations
+        self.every_s, self.every_iterations, self.min_gap_s = every_s, every_iterations, min_gap_s
         self.snapshot = snapshot
         self.previous_s = float(snapshot["elapsed_s"]) if snapshot else 0.0
         self.resumed_from = list(snapshot["resumed_from"]) + [snapshot["iteration"]] if snapshot else []
@@ -148,9 +150,9 @@ class Resumer:
         return int(snap["iteration"])
 
     def due(self, iteration: int, batches_per_epoch: int) -> bool:
-        return (iteration % batches_per_epoch == 0
-                or (self.every_iterations > 0 and iteration % self.every_iterations == 0)
-                or time.monotonic() - self._last_save >= self.every_s)
+        since = time.monotonic() - self._last_save
+        return (since >= self.every_s or (iteration % batches_per_epoch == 0 and since >= self.min_gap_s)
+                or (self.every_iterations > 0 and iteration % self.every_iterations == 0))
 
     def save(self, iteration: int, state: dict[str, Stateful], sampler, *, batches_per_epoch: int,
              batch_size: int) -> None:
