@@ -80,6 +80,13 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, *, protect: tuple[str | 
                "state_dict": {k: v.detach().cpu() for k, v in ckpt.model.state_dict().items()},
                "class_names": list(ckpt.class_names), "colours": np.asarray(ckpt.colours).tolist(),
                "history": list(ckpt.history)}
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(payload: dict, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the target folder, renamed into place: a reader (or a crash) sees
+    the old file or the new one, never half of one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

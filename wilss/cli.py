@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
 from wilss import cli_bench, cli_reproduce, cli_study, cli_update, cli_use
 from wilss.cli_common import Parser
+from wilss.distributed import launched_by_torchrun
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as stop:  # --help (0), or a usage error already printed as 'error: ...' (2)
         return stop.code if isinstance(stop.code, int) else 2
     _configure_logging(args.verbose)
+    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1 and args.command != "add-class":
+        print(f"error: only add-class runs on several processes; run '{args.command}' without torchrun",
+              file=sys.stderr)  # N copies would each train, and race to write the same files
+        return 2
     try:
         return int(args.run(args) or 0)
     except USER_ERRORS as err:

@@ -25,10 +25,13 @@ from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_updat
                               unit_float, update_config)
 from wilss.cli_use import (EvalSet, format_scores, mask_eval_set, nan_to_none, read_world, score, world_eval_set,
                            world_split)
+from wilss.cli_resume import (add_run_flags, history_extras, main_process_output, make_resumer,
+                               snapshot_dir_reusable)
 from wilss.config import UpdateConfig, to_dict
 from wilss.conventions import colorize, voc_palette
 from wilss.data import (TaggedSet, check_new_classes, fitted_image, read_tagged_folder, settle_negatives,
                         tagged_training_set, validate_images)
+from wilss.distributed import World, cleanup, setup_from_env
 from wilss.engine import Snapshot, batches_per_epoch
 from wilss.protocol import select_images
 from wilss.pseudo_labels import export_pseudo_labels
@@ -78,7 +81,7 @@ def _common_checks(args: argparse.Namespace, base_cfg: UpdateConfig) -> tuple[Pa
     cfg = update_config(args, base_cfg)
     if args.snapshot_every is not None and args.snapshot_dir is None:
         raise CliError("--snapshot-every needs --snapshot-dir DIR (where to write the pictures)")
-    if args.snapshot_dir is not None:
+    if args.snapshot_dir is not None and not snapshot_dir_reusable(args):
         check_new_folder(args.snapshot_dir, flag="--snapshot-dir")
     if args.export_pseudo is not None:
         check_new_folder(args.export_pseudo, flag="--export-pseudo")
@@ -154,11 +157,13 @@ def write_snapshots(folder: Path, iteration: int, snapshots: Sequence[Snapshot],
 
 
 # ---------------------------------------------------------------------------------------------- training
-def run_plan(plan: UpdatePlan, args: argparse.Namespace) -> int:
+def run_plan(plan: UpdatePlan, args: argparse.Namespace, world: World = World(), device: str = "auto") -> int:
+    """Train and write the checkpoint. Under torchrun every process trains, rank 0 alone reports and writes."""
     cfg, tagged = plan.cfg, plan.tagged
+    resumer = make_resumer(plan, args, world)
     dataset = tagged_training_set(tagged, plan.columns, cfg)
     snapshot_items = []
-    if plan.snapshot_dir is not None:
+    if plan.snapshot_dir is not None and world.is_main:
         snapshot_items = [(fitted_image(tagged.paths[i], cfg.crop_size), dataset.targets[i])
                           for i in range(min(SNAPSHOT_IMAGES, len(tagged)))]
     if plan.note:
@@ -169,19 +174,21 @@ def run_plan(plan: UpdatePlan, args: argparse.Namespace) -> int:
           f"({len(plan.ckpt.class_names) - 1} classes) from {len(tagged)} images, {without_new} showing none of "
           f"the new classes; {cfg.epochs} epochs ({cfg.warmup_epochs} warm-up)")
     start = time.perf_counter()
-    update = WeakUpdate(plan.ckpt.model, dataset, num_new=len(plan.new_names), cfg=cfg, device=args.device,
-                        snapshot_items=snapshot_items, snapshot_every=plan.snapshot_every)
+    update = WeakUpdate(plan.ckpt.model, dataset, num_new=len(plan.new_names), cfg=cfg, device=device,
+                        snapshot_items=snapshot_items, snapshot_every=plan.snapshot_every, sync_bn=args.sync_bn)
     final = None
     with ProgressBar(quiet=args.quiet) as bar:
-        for final in update.run():
+        for final in update.run(resumer):
             bar.update(final)
             if final.snapshots:
                 write_snapshots(plan.snapshot_dir, final.iteration, final.snapshots, plan.colours, plan.new_names)
+    if not world.is_main:
+        return 0
     train_seconds = time.perf_counter() - start
-    metrics = {"train_seconds": round(train_seconds, 1)}
+    metrics = {"train_seconds": round(resumer.elapsed_s, 1)}
     metrics.update({f"final_loss_{k}": round(v, 4) for k, v in (final.losses if final else {}).items()})
     if plan.eval_set is not None:
-        iou, figures = score(update.model, plan.eval_set, plan.class_names, plan.new_names, device=args.device)
+        iou, figures = score(update.model, plan.eval_set, plan.class_names, plan.new_names, device=device)
         print(f"\nevaluated on {len(plan.eval_set.pairs)} images from {plan.eval_set.source}")
         print(format_scores(iou, figures, plan.class_names, plan.new_names))
         metrics.update({f"eval_mIoU_{k}": nan_to_none(v) for k, v in figures.items()})
@@ -191,8 +198,9 @@ def run_plan(plan: UpdatePlan, args: argparse.Namespace) -> int:
     ckpt.history.append(history_entry(
         "add-class", plan.new_names, num_images=len(tagged), step=len(plan.ckpt.history), settings=to_dict(cfg),
         metrics=metrics, negatives=tagged.num_negatives, source=plan.source, tag_counts=counts,
-        base_checkpoint=str(plan.checkpoint_path)))
+        base_checkpoint=str(plan.checkpoint_path), **history_extras(world, resumer)))
     path = save_checkpoint(ckpt, plan.out, protect=(plan.checkpoint_path,), overwrite=args.overwrite)
+    resumer.remove()
     if args.export_pseudo is not None:
         update.model.to(update.device)   # saving moved it to the CPU
         count = export_pseudo_labels(update, tagged.paths, dataset.targets, args.export_pseudo,
@@ -209,8 +217,13 @@ def run_plan(plan: UpdatePlan, args: argparse.Namespace) -> int:
 def cmd_add_class(args: argparse.Namespace) -> int:
     if args.world is None and args.images is None:
         raise CliError("give the tagged images with --images DIR (or a generated world with --world DIR)")
-    plan = plan_from_world(args) if args.world is not None else plan_from_folder(args)
-    return run_plan(plan, args)
+    world, device = setup_from_env(args.device)  # joins torchrun's process group, if launched by it
+    try:
+        with main_process_output(world, args):
+            plan = plan_from_world(args) if args.world is not None else plan_from_folder(args)
+            return run_plan(plan, args, world, str(device))
+    finally:
+        cleanup()
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -228,6 +241,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                "  python -m wilss add-class --world world/ --out world_step1.pt\n"
                "  python -m wilss add-class --checkpoint torchvision:lraspp_mobilenet_v3_large \\\n"
                "      --images kites/ --class kite --out voc_kite.pt\n"
+               "  torchrun --nproc-per-node 4 -m wilss add-class --world world/ --out world_step1.pt --resume\n"
                "tags: DIR/tags.csv ('filename,tags', tags separated by ';', empty = negative), DIR/tags.json, "
                "or one sub-folder per tag (negatives in 'none/' or at the top).")
     src = p.add_argument_group("what to learn from")
@@ -262,5 +276,6 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="with --export-pseudo: pixels whose pseudo-label target is below C become void (255), "
                           "marking what to check (default: 0, none)")
     add_update_flags(p, (("", recipes.DEMO_UPDATE), ("with --world", world_cfg)))
+    add_run_flags(p)
     add_common_flags(p)
     p.set_defaults(run=cmd_add_class)

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from wilss.config import OptimConfig
+from wilss.distributed import ResumableDistributedSampler, ResumableRandomSampler, World, per_process_batch
 
 
 @dataclass
@@ -38,10 +39,12 @@ class Progress:
     lr: float                           # learning rate of the first parameter group
     elapsed_s: float
     snapshots: list[Snapshot] = field(default_factory=list)
+    first_iteration: int = 0            # iterations done before this run started (a resumed run)
 
     @property
     def eta_s(self) -> float:
-        return self.elapsed_s / max(self.iteration, 1) * (self.total_iterations - self.iteration)
+        done = max(self.iteration - self.first_iteration, 1)
+        return self.elapsed_s / done * (self.total_iterations - self.iteration)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -51,13 +54,23 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
-def make_loader(dataset: Dataset, cfg: OptimConfig, device: torch.device) -> DataLoader:
-    """Shuffled, seeded loader; drops the last partial batch only when there is more than one batch."""
+def make_loader(dataset: Dataset, cfg: OptimConfig, device: torch.device, world: World = World()) -> DataLoader:
+    """Shuffled, seeded loader; drops the last partial batch only when there is more than one batch.
+
+    Its sampler can resume part-way through an epoch (``resume_at``). In a process group (``world``), each process
+    loads its share ``cfg.batch_size / world_size`` of every global batch, in ``DistributedSampler`` order.
+    """
     if len(dataset) == 0:
         raise ValueError("cannot train on zero images")
     generator = torch.Generator().manual_seed(cfg.seed)
-    batch_size = min(cfg.batch_size, len(dataset))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
+    if not world.distributed:
+        sampler, share = ResumableRandomSampler(dataset, generator=generator), len(dataset)
+        batch_size = min(cfg.batch_size, share)
+    else:
+        sampler = ResumableDistributedSampler(dataset, world=world, seed=cfg.seed)
+        share = sampler.num_samples
+        batch_size = min(per_process_batch(cfg.batch_size, world), share)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=share > batch_size,
                       num_workers=cfg.num_workers, generator=generator, pin_memory=device.type == "cuda",
                       persistent_workers=cfg.num_workers > 0)
 
@@ -80,14 +93,18 @@ StepFn = Callable[[tuple, str], dict[str, torch.Tensor]]
 
 def run_loop(*, loader: DataLoader, epochs: int, step: StepFn, phase_of: Callable[[int], str],
              optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-             snapshot: Callable[[int], list[Snapshot]] | None = None) -> Iterator[Progress]:
+             snapshot: Callable[[int], list[Snapshot]] | None = None, start: int = 0) -> Iterator[Progress]:
     """Run ``epochs`` over ``loader``: ``step(batch, phase)`` returns named losses, whose sum is minimised.
 
     ``snapshot(iteration)`` may return snapshots to attach to that iteration's progress (or an empty list).
+    ``start``: iterations already done (a resumed run); the loader's sampler skips the part-done epoch's batches
+    (``resume_at``). Each epoch begins with ``sampler.set_epoch(epoch)`` when the sampler has it.
     """
     total = epochs * len(loader)
-    iteration, start = 0, time.perf_counter()
-    for epoch in range(epochs):
+    iteration, first, start_s = start, start, time.perf_counter()
+    for epoch in range(start // len(loader), epochs):
+        if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler reshuffles per epoch; ours marks the epoch
+            loader.sampler.set_epoch(epoch)
         phase = phase_of(epoch)
         for batch in loader:
             losses = step(batch, phase)
@@ -102,8 +119,8 @@ def run_loop(*, loader: DataLoader, epochs: int, step: StepFn, phase_of: Callabl
             iteration += 1
             yield Progress(iteration=iteration, total_iterations=total, epoch=epoch, phase=phase,
                            losses={k: float(v.detach()) for k, v in losses.items()},
-                           lr=optimizer.param_groups[0]["lr"], elapsed_s=time.perf_counter() - start,
-                           snapshots=snapshot(iteration) if snapshot else [])
+                           lr=optimizer.param_groups[0]["lr"], elapsed_s=time.perf_counter() - start_s,
+                           snapshots=snapshot(iteration) if snapshot else [], first_iteration=first)
 
 
 def last(progress: Iterator[Progress]) -> Progress | None:

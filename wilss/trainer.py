@@ -9,21 +9,24 @@ import contextlib
 import copy
 import logging
 from functools import partial
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import Dataset
 
 from models.segmenter import Segmenter
 from wilss import losses as L
 from wilss.config import PretrainConfig, UpdateConfig
 from wilss.conventions import IGNORE_INDEX, denormalize, normalize
+from wilss.distributed import current_world, reduce_mean, wrap_for_training
 from wilss.engine import (Progress, Snapshot, make_loader, make_sgd, poly_schedule, resolve_device, run_loop,
                           seed_everything)
 from wilss.localizer import Localizer
 from wilss.pamr import balanced_ce, pamr, pamr_pseudo_label
+from wilss.resume import Resumer
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,29 @@ def pretrain(model: Segmenter, dataset: Dataset, cfg: PretrainConfig = PretrainC
                         optimizer=optimizer, scheduler=scheduler)
 
 
+class TrainedPair(nn.Module):
+    """The new model and the localizer as one module, so that one forward feeds every trained loss: under
+    DistributedDataParallel, gradients are synchronised only through the wrapped module's own forward."""
+
+    def __init__(self, model: Segmenter, localizer: Localizer) -> None:
+        super().__init__()
+        self.model, self.localizer = model, localizer
+
+    def forward(self, images: torch.Tensor, decode: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor],
+                                                                  Optional[torch.Tensor]]:
+        """``Bx3xHxW`` -> (the localizer's encoder map ``BxCfxhxw``, localizer scores z ``BxKxhxw``, decoder logits
+        and auxiliary-head logits ``BxKxhxw`` at z's size when ``decode`` (aux: None without that head), else None:
+        the warm-up trains the localizer alone)."""
+        maps = self.model.encode(images)  # one encoder pass feeds the localizer and the decoder
+        features = maps[self.model.feature_key]
+        z = self.localizer(features)
+        if not decode:
+            return features, z, None, None
+        size = z.shape[-2:]
+        aux = self.model.decode_aux(maps, size=size) if self.model.has_aux else None
+        return features, z, self.model.decode(maps, size=size), aux
+
+
 class WeakUpdate:
     """One weakly-supervised step: a frozen old model plus tagged images -> a model with ``num_new`` more classes.
 
@@ -66,11 +92,14 @@ class WeakUpdate:
     index); the last ``num_new`` columns are the new classes, the others are read only in the relaxed setting.
     ``snapshot_items``: (image ``HxWx3`` uint8, targets) pairs rendered every ``snapshot_every`` iterations.
     The input model is never modified: the result is ``self.model``.
+    Under an initialised process group (torchrun) each process trains its share of every global batch through
+    DistributedDataParallel (``sync_bn``: SyncBatchNorm, CUDA only); otherwise it runs in this process alone.
     """
 
     def __init__(self, old_model: Segmenter, dataset: Dataset, *, num_new: int, cfg: UpdateConfig = UpdateConfig(),
                  device: str | torch.device | None = None,
-                 snapshot_items: Sequence[tuple[np.ndarray, np.ndarray]] = (), snapshot_every: int = 0) -> None:
+                 snapshot_items: Sequence[tuple[np.ndarray, np.ndarray]] = (), snapshot_every: int = 0,
+                 sync_bn: bool = False) -> None:
         self.cfg, self.dataset, self.num_new = cfg, dataset, num_new
         self.device = resolve_device(device)
         seed_everything(cfg.seed)  # new classifier rows (without MiB init) and the localizer start from the seed
@@ -83,6 +112,10 @@ class WeakUpdate:
         self.localizer = Localizer(self.model.feature_channels, self.model.num_classes,
                                    hidden=cfg.localizer_channels).to(self.device)
         self.snapshot_items, self.snapshot_every = list(snapshot_items), snapshot_every
+        self.world, self.sync_bn = current_world(), sync_bn
+        self.net: nn.Module = TrainedPair(self.model, self.localizer)  # DDP-wrapped by run() under torchrun
+        if self.world.world_size > 1:  # same initial weights (DDP broadcasts rank 0's), different augmentations
+            seed_everything(cfg.seed + self.world.rank)
 
     def parameter_groups(self) -> list[dict]:
         """Per-group learning rates: backbone 1e-3; head, classifier and localizer 1e-2 (paper defaults)."""
@@ -98,9 +131,7 @@ class WeakUpdate:
         with torch.no_grad():
             old_logits, old_features = self.old_model.forward_features(images)
             old_probs = self.old_model.probabilities(old_logits)
-        maps = self.model.encode(images)
-        features = maps[self.model.feature_key]
-        z = self.localizer(features)  # one encoder pass feeds the localizer and (below) the decoder
+        features, z, seg_logits, aux_logits = self.net(images, decode=phase != "warmup")
         class_logits = L.aggregate_scores(z, gamma=cfg.focal_gamma, lam=cfg.focal_lambda, eps=cfg.gwp_eps)
         if cfg.auto_old_tags:
             old_tags = L.confident_presence(old_probs[:, 1:], threshold=cfg.auto_tag_threshold,
@@ -118,10 +149,9 @@ class WeakUpdate:
             return out
         target = L.pseudo_label(z.detach(), old_probs if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha)
         weights = L.localized_weights(target, tags_new) if cfg.drop_unlocalized else None
-        out["seg"] = L.segmentation_loss(self.model.decode(maps, size=z.shape[-2:]), target, weights)
-        if self.model.has_aux:  # the auxiliary head learns the same pseudo-label target
-            out["aux"] = AUX_WEIGHT * L.segmentation_loss(self.model.decode_aux(maps, size=z.shape[-2:]), target,
-                                                          weights)
+        out["seg"] = L.segmentation_loss(seg_logits, target, weights)
+        if aux_logits is not None:  # the auxiliary head learns the same pseudo-label target
+            out["aux"] = AUX_WEIGHT * L.segmentation_loss(aux_logits, target, weights)
         if cfg.pamr_self_training:
             out["self"] = self._self_training_loss(images, z, old_logits, targets)
         return out
@@ -140,16 +170,25 @@ class WeakUpdate:
             labels, _ = pamr_pseudo_label(pamr(small, masks), tags)
         return balanced_ce(z, labels)
 
-    def run(self) -> Iterator[Progress]:
-        """Train; yields one ``Progress`` per iteration. Stop iterating to cancel (``self.model`` is a copy)."""
+    def run(self, resumer: Resumer | None = None) -> Iterator[Progress]:
+        """Train; yields one ``Progress`` per iteration. Stop iterating to cancel (``self.model`` is a copy).
+
+        ``resumer``: saves resumable snapshots as it goes, and continues from its snapshot when it has one.
+        Under several processes the reported losses are means over all of them.
+        """
         cfg = self.cfg
-        loader = make_loader(self.dataset, cfg, self.device)
+        loader = make_loader(self.dataset, cfg, self.device, self.world)
         optimizer = make_sgd(self.parameter_groups(), cfg)
         warmup_iterations = cfg.warmup_epochs * len(loader)
         scheduler = poly_schedule(optimizer, total=cfg.epochs * len(loader), power=cfg.poly_power,
                                   start=warmup_iterations)
+        # The warm-up leaves the decoder without gradients: DDP must be told to look for unused parameters.
+        self.net = wrap_for_training(TrainedPair(self.model, self.localizer), world=self.world, device=self.device,
+                                     sync_bn=self.sync_bn, find_unused_parameters=cfg.warmup_epochs > 0)
         self.model.train()
         self.localizer.train()
+        state = {"model": self.model, "localizer": self.localizer, "optimizer": optimizer, "scheduler": scheduler}
+        start = resumer.restore(state, loader.sampler) if resumer else 0
 
         def step(batch: tuple, phase: str) -> dict[str, torch.Tensor]:
             images = batch[0].to(self.device, non_blocking=True)
@@ -161,8 +200,14 @@ class WeakUpdate:
 
         total = cfg.epochs * len(loader)
         phase_of = lambda epoch: "warmup" if epoch < cfg.warmup_epochs else "joint"  # noqa: E731
-        yield from run_loop(loader=loader, epochs=cfg.epochs, step=step, phase_of=phase_of,
-                            optimizer=optimizer, scheduler=scheduler, snapshot=snapshot)
+        for progress in run_loop(loader=loader, epochs=cfg.epochs, step=step, phase_of=phase_of,
+                                 optimizer=optimizer, scheduler=scheduler, snapshot=snapshot, start=start):
+            due = resumer is not None and resumer.due(progress.iteration, len(loader))
+            progress.losses, due = reduce_mean(progress.losses, any_flag=due)
+            if due and progress.iteration < total:  # after the last iteration the checkpoint itself is written
+                resumer.save(progress.iteration, state, loader.sampler, batches_per_epoch=len(loader),
+                             batch_size=loader.batch_size)
+            yield progress
         self.model.eval()
 
     @contextlib.contextmanager
