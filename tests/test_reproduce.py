@@ -1,7 +1,6 @@
 """``python -m wilss reproduce voc`` end to end on a generated VOC-layout tree (tiny network, 48 px, 1-2 epochs): the
 paper-layout table, the wall time per step, a checkpoint per step whose history holds every step; and bad input."""
 import pytest
-import torch
 
 from wilss.checkpoint import load_checkpoint
 from wilss.cli import main
@@ -10,12 +9,7 @@ TINY = ["--arch", "tiny", "--epochs-base", "1", "--epochs-step", "2", "--crop-si
         "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(argv, capsys):
