@@ -74,3 +74,11 @@ def test_reproduce_wrong_layout(tmp_path, capsys):
     (tmp_path / "JPEGImages").mkdir()
     code, _, err = run(["reproduce", "voc", "--data", tmp_path, "--task", "5-2", *TINY], capsys)
     assert code == 2 and "neither SegmentationClass/ nor SegmentationClassAug/" in err
+
+
+def test_generate_voc_layout_refuses_test_split_and_used_folder(tree, capsys):
+    code, _, err = run(["generate", "--voc-layout", tree.parent / "other", "--n-test", "3"], capsys)
+    assert code == 2 and "train and val lists only" in err
+    code, _, err = run(["generate", "--voc-layout", tree], capsys)
+    assert code == 2 and "is not empty" in err
+    assert len((tree / "ImageSets" / "Segmentation" / "train.txt").read_text().split()) == 24   # untouched
