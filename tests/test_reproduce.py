@@ -1,7 +1,6 @@
 """``python -m wilss reproduce voc`` end to end on a generated VOC-layout tree (tiny network, 48 px, 1-2 epochs): the
 paper-layout table, the wall time per step, a checkpoint per step whose history holds every step; and bad input."""
 import pytest
-import torch
 
 from wilss.checkpoint import load_checkpoint
 from wilss.cli import main
@@ -10,12 +9,7 @@ TINY = ["--arch", "tiny", "--epochs-base", "1", "--epochs-step", "2", "--crop-si
         "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(argv, capsys):
@@ -80,3 +74,11 @@ def test_reproduce_wrong_layout(tmp_path, capsys):
     (tmp_path / "JPEGImages").mkdir()
     code, _, err = run(["reproduce", "voc", "--data", tmp_path, "--task", "5-2", *TINY], capsys)
     assert code == 2 and "neither SegmentationClass/ nor SegmentationClassAug/" in err
+
+
+def test_generate_voc_layout_refuses_test_split_and_used_folder(tree, capsys):
+    code, _, err = run(["generate", "--voc-layout", tree.parent / "other", "--n-test", "3"], capsys)
+    assert code == 2 and "train and val lists only" in err
+    code, _, err = run(["generate", "--voc-layout", tree], capsys)
+    assert code == 2 and "is not empty" in err
+    assert len((tree / "ImageSets" / "Segmentation" / "train.txt").read_text().split()) == 24   # untouched

@@ -4,7 +4,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from wilss import world
 from wilss.config import PretrainConfig, UpdateConfig
@@ -18,13 +17,7 @@ UPDATE = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=8, crop_size=32, sca
                       localizer_channels=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a shared two-core machine, two spinning threads per process run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bench(images_per_step=None, seed=0, setting="overlap"):
