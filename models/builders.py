@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
+
 from models.segmenter import GrowableClassifier, MapHead, Segmenter
 from models.tiny import TinyEncoder, tiny_head
-from models.torchvision_nets import TORCHVISION_NETS, torchvision_builder
+from models.torchvision_nets import TORCHVISION_NETS, TorchvisionBackbone, torchvision_builder
 
 DEFAULT_ARCH = "tiny"
 ACTIVATIONS = ("sigmoid", "softmax")
