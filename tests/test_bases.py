@@ -25,13 +25,7 @@ from wilss.world import generate
 CHEAP = ("deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on shared busy cores, threads that wait on each other stall these larger networks."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def head_logits(model, maps):

@@ -62,14 +62,7 @@ def write_eval_set(folder: Path, n: int = 3) -> tuple[Path, Path]:
     return folder / "images", folder / "masks"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and threads that wait on each other make a busy machine's
-    run 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture

@@ -1,9 +1,7 @@
 """Beyond the paper, measured: single-class sequences and the few-image curve run at fixed budgets (tiny network,
 32 px world scenes)."""
-from dataclasses import replace
 
 import pytest
-import torch
 
 from wilss import world
 from wilss.checkpoint import new_checkpoint
@@ -19,12 +17,7 @@ UPDATE = UpdateConfig(epochs=10, warmup_epochs=2, batch_size=8, crop_size=32, sc
                       localizer_channels=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_single_class_task_and_fixed_budget():

@@ -14,7 +14,8 @@ import numpy as np
 from wilss import recipes
 from wilss.checkpoint import save_checkpoint
 from wilss.cli_common import (REPO_ROOT, CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
-                              check_new_folder, non_negative_int, open_checkpoint, percent, positive_int)
+                              check_new_folder, non_negative_int, open_checkpoint, percent, positive_int,
+                              write_report)
 from wilss.cli_use import read_world
 from wilss.config import OptimConfig
 from wilss.data import DataError
@@ -174,11 +175,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     text = "\n".join(report)
     print(text)
     print(f"\nwall time {time.perf_counter() - start:.0f} s")
-    if args.out is not None:
-        check_new_file(args.out, overwrite=args.overwrite)  # again: the run is long
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-        print(f"wrote {args.out}")
+    write_report(args.out, text, overwrite=args.overwrite)
     return 1 if failed and not args.quick else 0
 
 

@@ -201,6 +201,16 @@ def check_new_file(path: Path, *, flag: str = "--out", overwrite: bool = False,
     return path
 
 
+def write_report(path: Optional[Path], text: str, *, overwrite: bool = False) -> None:
+    """Write a long run's markdown report to ``path`` (checked again: the run took a while), if one was given."""
+    if path is None:
+        return
+    check_new_file(path, overwrite=overwrite)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text + "\n")
+    print(f"wrote {path}")
+
+
 def check_new_folder(path: Path, *, flag: str) -> Path:
     """``path`` is absent or an empty folder that can be written into."""
     path = Path(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 from wilss.checkpoint import Checkpoint, new_checkpoint, save_checkpoint
 from wilss.cli_bench import DEFAULT_CAMVID, benchmark_setup
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
-                              open_checkpoint, positive_int)
+                              open_checkpoint, positive_int, write_report)
 from wilss.experiments import Benchmark
 from wilss.studies import few_image_curve, format_study, joint_row, multi_vs_single
 
@@ -67,11 +67,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     text = "\n".join(report)
     print(text)
     print(f"wall time {time.perf_counter() - start:.0f} s")
-    if args.out is not None:
-        check_new_file(args.out, overwrite=args.overwrite)  # again: the run is long
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-        print(f"wrote {args.out}")
+    write_report(args.out, text, overwrite=args.overwrite)
     return 0
 
 
