@@ -1,7 +1,8 @@
 """``python -m wilss <command>``: the command-line entry point.
 
 The only place that configures logging and turns bad input into ``error: ...`` (exit status 2). Commands live in
-``cli_bench`` (generate, pretrain, benchmark), ``cli_update`` (add-class) and ``cli_use`` (evaluate, predict);
+``cli_bench`` (generate, pretrain, benchmark), ``cli_update`` (add-class), ``cli_use`` (evaluate, predict) and
+``cli_perf`` (bench, the speed of an update);
 each validates all of its input before it trains or writes anything.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from wilss import cli_bench, cli_update, cli_use
+from wilss import cli_bench, cli_perf, cli_update, cli_use
 from wilss.cli_common import Parser
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_bench.register(commands)   # generate, pretrain, benchmark
     cli_update.register(commands)  # add-class
     cli_use.register(commands)     # evaluate, predict
-    order = ["generate", "pretrain", "add-class", "evaluate", "predict", "benchmark"]
+    cli_perf.register(commands)    # bench
+    order = ["generate", "pretrain", "add-class", "evaluate", "predict", "benchmark", "bench"]
     commands._choices_actions.sort(key=lambda a: order.index(a.dest))  # help lists them in workflow order
     return parser
 

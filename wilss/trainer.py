@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import replace
 from functools import partial
 from typing import Iterator, Sequence
 
@@ -23,6 +24,7 @@ from wilss.engine import (Progress, Snapshot, make_loader, make_sgd, poly_schedu
                           seed_everything)
 from wilss.localizer import Localizer
 from wilss.pamr import balanced_ce, pamr, pamr_pseudo_label
+from wilss.runtime import Precision, RuntimeConfig, maybe_compile, optimised
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +60,18 @@ class WeakUpdate:
     ``dataset`` items are (image ``3xHxW``, targets ``K-1`` multi-hot over the new model's non-background classes,
     index); the last ``num_new`` columns are the new classes, the others are read only in the relaxed setting.
     ``snapshot_items``: (image ``HxWx3`` uint8, targets) pairs rendered every ``snapshot_every`` iterations.
+    ``runtime``: precision, memory format, compilation, workers (``wilss.runtime``); default ``optimised(device)``.
     The input model is never modified: the result is ``self.model``.
     """
 
     def __init__(self, old_model: Segmenter, dataset: Dataset, *, num_new: int, cfg: UpdateConfig = UpdateConfig(),
                  device: str | torch.device | None = None,
-                 snapshot_items: Sequence[tuple[np.ndarray, np.ndarray]] = (), snapshot_every: int = 0) -> None:
+                 snapshot_items: Sequence[tuple[np.ndarray, np.ndarray]] = (), snapshot_every: int = 0,
+                 runtime: RuntimeConfig | None = None) -> None:
         self.cfg, self.dataset, self.num_new = cfg, dataset, num_new
         self.device = resolve_device(device)
+        self.runtime = optimised(self.device) if runtime is None else runtime
+        self.precision = Precision(self.runtime, self.device)
         seed_everything(cfg.seed)  # new classifier rows (without MiB init) and the localizer start from the seed
         self.old_model = copy.deepcopy(old_model).to(self.device).eval().requires_grad_(False)
         self.num_old = old_model.num_classes  # background + old classes
@@ -76,6 +82,9 @@ class WeakUpdate:
         self.localizer = Localizer(self.model.feature_channels, self.model.num_classes,
                                    hidden=cfg.localizer_channels).to(self.device)
         self.snapshot_items, self.snapshot_every = list(snapshot_items), snapshot_every
+        for module in (self.old_model, self.model, self.localizer):
+            self.precision.prepare(module)
+        self._compiled_losses = maybe_compile(self._losses, self.runtime)
 
     def parameter_groups(self) -> list[dict]:
         """Per-group learning rates: backbone 1e-3; head, classifier and localizer 1e-2 (paper defaults)."""
@@ -85,12 +94,16 @@ class WeakUpdate:
                 {"params": list(self.localizer.parameters()), "lr": self.cfg.lr_localizer, "name": "localizer"}]
 
     def losses(self, images: torch.Tensor, targets: torch.Tensor, phase: str) -> dict[str, torch.Tensor]:
-        """The named losses of one iteration on a batch (``phase``: 'warmup' or 'joint')."""
+        """The named losses of one iteration on a batch (``phase``: 'warmup' or 'joint'), in the runtime's precision
+        (autocast; each loss itself is float32)."""
+        with self.precision.autocast():
+            return self._compiled_losses(images, targets, phase)
+
+    def _losses(self, images: torch.Tensor, targets: torch.Tensor, phase: str) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         tags_new = targets[:, -self.num_new:]
-        with torch.no_grad():
-            old_logits, old_features = self.old_model.forward_features(images)
-            old_probs = self.old_model.probabilities(old_logits)
+        old_logits, old_features = self.precision.frozen(self.old_model.forward_features, images)
+        old_probs = self.old_model.probabilities(old_logits)
         features = self.model.encoder(images)
         z = self.localizer(features)  # one encoder pass feeds the localizer and (below) the decoder
         class_logits = L.aggregate_scores(z, gamma=cfg.focal_gamma, lam=cfg.focal_lambda, eps=cfg.gwp_eps)
@@ -128,7 +141,8 @@ class WeakUpdate:
     def run(self) -> Iterator[Progress]:
         """Train; yields one ``Progress`` per iteration. Stop iterating to cancel (``self.model`` is a copy)."""
         cfg = self.cfg
-        loader = make_loader(self.dataset, cfg, self.device)
+        workers = self.runtime.num_workers
+        loader = make_loader(self.dataset, cfg if workers is None else replace(cfg, num_workers=workers), self.device)
         optimizer = make_sgd(self.parameter_groups(), cfg)
         warmup_iterations = cfg.warmup_epochs * len(loader)
         scheduler = poly_schedule(optimizer, total=cfg.epochs * len(loader), power=cfg.poly_power,
@@ -137,7 +151,7 @@ class WeakUpdate:
         self.localizer.train()
 
         def step(batch: tuple, phase: str) -> dict[str, torch.Tensor]:
-            images = batch[0].to(self.device, non_blocking=True)
+            images = self.precision.images(batch[0])
             return self.losses(images, batch[1].to(self.device, non_blocking=True), phase)
 
         def snapshot(iteration: int) -> list[Snapshot]:
@@ -147,8 +161,8 @@ class WeakUpdate:
         total = cfg.epochs * len(loader)
         phase_of = lambda epoch: "warmup" if epoch < cfg.warmup_epochs else "joint"  # noqa: E731
         yield from run_loop(loader=loader, epochs=cfg.epochs, step=step, phase_of=phase_of,
-                            optimizer=optimizer, scheduler=scheduler, snapshot=snapshot)
-        self.model.eval()
+                            optimizer=optimizer, scheduler=scheduler, snapshot=snapshot, precision=self.precision)
+        self.model.eval().to(memory_format=torch.contiguous_format)  # the result is an ordinary model
 
     @torch.no_grad()
     def snapshots(self) -> list[Snapshot]:

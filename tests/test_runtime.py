@@ -1,0 +1,78 @@
+"""The optimised runtime computes the same update as the plain fp32 eager path; the bench reports sane figures."""
+import numpy as np
+import pytest
+import torch
+
+from models import build_segmenter
+from wilss.bench import BenchSetup, measure
+from wilss.cli import main
+from wilss.config import UpdateConfig
+from wilss.data import TagDataset
+from wilss.runtime import PLAIN, Precision, RuntimeConfig, optimised, resolve_dtype
+from wilss.trainer import WeakUpdate
+from wilss.world import generate
+
+CFG = UpdateConfig(epochs=3, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    scenes = generate(8, seed=0, size=32)
+    targets = np.zeros((len(scenes), 3), np.float32)
+    targets[:, 2] = [float(4 in np.unique(m)) for _, m in scenes]
+    return TagDataset([img for img, _ in scenes], targets)
+
+
+def losses_of(dataset, runtime, cfg=CFG):
+    torch.manual_seed(0)
+    base = build_segmenter(arch="tiny", num_classes=3, width=8, head_channels=16).eval()
+    update = WeakUpdate(base, dataset, num_new=1, cfg=cfg, device="cpu", runtime=runtime)
+    return [p.losses for p in update.run()], update
+
+
+def test_optimised_cpu_path_matches_plain_fp32(dataset):
+    plain, plain_update = losses_of(dataset, PLAIN)
+    fast, fast_update = losses_of(dataset, optimised(torch.device("cpu")))
+    assert fast_update.precision.dtype == torch.float32  # CPU: channels-last and inference_mode, no autocast
+    assert [set(p) for p in fast] == [set(p) for p in plain] and len(plain) == 6
+    for a, b in zip(plain, fast):  # six SGD steps: only float summation order differs
+        for name in a:
+            assert b[name] == pytest.approx(a[name], rel=1e-4, abs=1e-5), name
+    for (name, p), q in zip(plain_update.model.state_dict().items(), fast_update.model.state_dict().values()):
+        assert torch.allclose(p.float(), q.float(), rtol=1e-3, atol=1e-4), name
+        assert q.is_contiguous()  # the result is handed back in the ordinary memory format
+
+
+def test_bf16_autocast_path_runs_and_stays_close(dataset):
+    """The CUDA recipe (autocast, old model in reduced precision) exercised on CPU with bf16, for two iterations."""
+    cfg = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8)
+    plain, _ = losses_of(dataset, PLAIN, cfg)
+    half, update = losses_of(dataset, RuntimeConfig(precision="bf16"), cfg)
+    assert update.precision.dtype == torch.bfloat16 and update.precision.scaler is None
+    for name, value in plain[0].items():  # the first iteration, before the paths' weights diverge
+        assert half[0][name] == pytest.approx(value, rel=0.05, abs=0.02), name
+
+
+def test_precision_resolution_and_fp16_scaler():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("fp16", cpu) == torch.float16 and resolve_dtype("fp32", cpu) == torch.float32
+    assert Precision(RuntimeConfig(precision="fp16"), cpu).scaler is not None
+    assert Precision(PLAIN, cpu).memory_format == torch.contiguous_format
+    with pytest.raises(ValueError, match="precision"):
+        RuntimeConfig(precision="int8")
+
+
+def test_measure_counts_flops_and_times(dataset):
+    torch.manual_seed(0)
+    base = build_segmenter(arch="tiny", num_classes=3, width=8, head_channels=16).eval()
+    setup = BenchSetup("t", "tiny", base, dataset, 1, CFG)
+    m = measure(setup, PLAIN, path="plain", iterations=2, warmup=1, device="cpu", count_flops=True)
+    assert len(m.seconds) == 2 and m.images_per_s > 0 and m.peak_bytes > 2**20
+    # one iteration of this 8-image, 32 px setup is a few tens of MFLOP (old + new network, localizer, backward)
+    assert 1e7 < m.flops < 1e9
+
+
+def test_bench_cli_rejects_json_without_path(capsys):
+    assert main(["bench", "--json"]) == 2
+    assert "--path" in capsys.readouterr().err
