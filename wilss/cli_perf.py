@@ -12,7 +12,8 @@ import sys
 from dataclasses import replace
 
 from wilss.bench import CONFIGS, GPU_PEAK_TFLOPS, Measurement, build_setup, measure
-from wilss.cli_common import CliError, add_common_flags, add_device_flag, non_negative_int, positive_float, positive_int
+from wilss.cli_common import (CliError, add_common_flags, device_arg, non_negative_int, positive_float,
+                              positive_int)
 from wilss.engine import resolve_device
 from wilss.runtime import PLAIN, PRECISIONS, RuntimeConfig, optimised
 
@@ -93,10 +94,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     setup = build_setup(args.config, batch_size=args.batch_size, crop_size=args.crop_size)
     runs: dict[str, list[Measurement]] = {path: [] for path in PATHS}
+    failed: dict[str, str] = {}
     for _ in range(args.rounds):  # alternate the paths, so a load change on a shared machine hits both
-        for path in PATHS:
-            runs[path].append(run_in_subprocess(args, path))
-    rows = [pooled(runs[path]) for path in PATHS]
+        for path in (p for p in PATHS if p not in failed):
+            try:
+                runs[path].append(run_in_subprocess(args, path))
+            except RuntimeError as err:  # e.g. the fp32 path out of GPU memory: report it, keep the other
+                failed[path] = str(err).splitlines()[-1]
+    rows = [pooled(runs[path]) for path in PATHS if runs[path]]
+    for path, reason in failed.items():
+        print(f"{path} path failed: {reason}")
+    if not rows:
+        return 1
     cuda = rows[0].device.startswith("cuda")
     peak = args.peak_tflops or (GPU_PEAK_TFLOPS if cuda else None)
     print(format_report(args, setup.description, rows, peak))
@@ -152,7 +161,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "none on CPU)")
     p.add_argument("--path", choices=PATHS, help="measure only this path, in this process")
     p.add_argument("--json", action="store_true", help="with --path: print the figures as one JSON line")
-    add_device_flag(p)
-    p.set_defaults(device=None)
+    p.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: cpu for cpu-default, "
+                                                     "auto = CUDA when available for gpu-r101)")
     add_common_flags(p)
     p.set_defaults(run=cmd_bench)

@@ -28,12 +28,14 @@ class RuntimeConfig:
     bf16 convolutions are ~100x slower on a CPU without AVX-512 bf16, see docs/performance.md), 'fp32', 'bf16' or
     'fp16'. ``channels_last``: NHWC activations (faster convolutions on both GPU and CPU). ``compile``: wrap the loss
     computation in ``torch.compile`` (CUDA; on CPU its compile time exceeds the whole demo). ``num_workers``:
-    DataLoader workers, ``None`` = the ``UpdateConfig``'s own (0: augment in the main process)."""
+    DataLoader workers, ``None`` = the ``UpdateConfig``'s own (0: augment in the main process).
+    ``cudnn_benchmark``: CUDA only, pick the fastest convolution algorithms for the (fixed) crop size."""
 
     precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
     num_workers: int | None = None
+    cudnn_benchmark: bool = True  # fixed crop sizes: let cuDNN time its convolution algorithms once
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -42,7 +44,7 @@ class RuntimeConfig:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
 
-PLAIN = RuntimeConfig(precision="fp32", channels_last=False, compile=False)
+PLAIN = RuntimeConfig(precision="fp32", channels_last=False, compile=False, cudnn_benchmark=False)
 
 
 def optimised(device: torch.device) -> RuntimeConfig:
@@ -60,6 +62,8 @@ class Precision:
         self.dtype = resolve_dtype(runtime.precision, device)
         # fp16 has a narrow exponent: scale the loss so small gradients do not flush to zero. bf16 needs no scaler.
         self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
+        if device.type == "cuda":  # a process-wide switch; it changes speed, not results beyond float noise
+            torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
 
     @property
     def memory_format(self) -> torch.memory_format:
