@@ -1,11 +1,15 @@
 """The optimised runtime computes the same update as the plain fp32 eager path; the bench reports sane figures."""
+import argparse
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from models import build_segmenter
-from wilss.bench import BenchSetup, measure
+from wilss.bench import BenchSetup, Measurement, measure
 from wilss.cli import main
+from wilss.cli_perf import format_report, pooled
 from wilss.config import UpdateConfig
 from wilss.data import TagDataset
 from wilss.runtime import PLAIN, Precision, RuntimeConfig, optimised, resolve_dtype
@@ -78,3 +82,28 @@ def test_measure_counts_flops_and_times(dataset):
 def test_bench_cli_rejects_json_without_path(capsys):
     assert main(["bench", "--json"]) == 2
     assert "--path" in capsys.readouterr().err
+
+
+def test_bench_one_path_as_json_on_the_demo(capsys):
+    """The child process's job (cpu-default, shrunk to 4 images of 32 px): one JSON line with the figures."""
+    assert main(["bench", "--path", "plain", "--json", "--iterations", "2", "--warmup", "0",
+                 "--batch-size", "4", "--crop-size", "32"]) == 0
+    values = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert values["path"] == "plain" and values["device"] == "cpu" and values["dtype"] == "float32"
+    assert len(values["seconds"]) == 2 and values["batch_size"] == 4
+    assert values["runtime"]["channels_last"] is False and values["flops"] > 1e8
+
+
+def test_report_pools_rounds_and_prints_the_ratio():
+    def m(path, seconds, flops=None):
+        return Measurement(path=path, runtime={"precision": "auto", "channels_last": path == "optimised",
+                                               "compile": False, "num_workers": 8}, dtype="bfloat16",
+                           device="cuda:0", batch_size=24, seconds=seconds, peak_bytes=2**30,
+                           peak_kind="GPU max allocated", flops=flops)
+    plain = pooled([m("plain", (0.4, 0.5), 1e14), m("plain", (0.6,))])
+    fast = pooled([m("optimised", (0.2,)), m("optimised", (0.25, 0.3))])
+    assert plain.seconds == (0.4, 0.5, 0.6) and plain.flops == 1e14 and fast.median_s == 0.25
+    args = argparse.Namespace(config="gpu-r101", iterations=1, warmup=0, rounds=2)
+    text = format_report(args, "r101", [fast, plain], 800.0)
+    assert "speed-up of the optimised path (plain ms/iter / optimised ms/iter): 2.00x" in text
+    assert "50.0%" in text  # 1e14 FLOP in 0.25 s = 400 TFLOP/s = 50 % of 800
