@@ -103,7 +103,7 @@ def test_report_pools_rounds_and_prints_the_ratio():
     plain = pooled([m("plain", (0.4, 0.5), 1e14), m("plain", (0.6,))])
     fast = pooled([m("optimised", (0.2,)), m("optimised", (0.25, 0.3))])
     assert plain.seconds == (0.4, 0.5, 0.6) and plain.flops == 1e14 and fast.median_s == 0.25
-    args = argparse.Namespace(config="gpu-r101", iterations=1, warmup=0, rounds=2)
+    args = argparse.Namespace(config="gpu-r101", iterations=1, warmup=0, rounds=2, timing="processes")
     text = format_report(args, "r101", [fast, plain], 800.0)
     assert "speed-up of the optimised path (plain ms/iter / optimised ms/iter): 2.00x" in text
     assert "50.0%" in text  # 1e14 FLOP in 0.25 s = 400 TFLOP/s = 50 % of 800

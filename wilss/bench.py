@@ -116,6 +116,21 @@ def build_setup(name: str, **kwargs) -> BenchSetup:
     return cpu_default_setup(**kwargs) if name == "cpu-default" else gpu_r101_setup(**kwargs)
 
 
+def _update(setup: BenchSetup, runtime: RuntimeConfig, device: torch.device, iterations: int) -> WeakUpdate:
+    """A WeakUpdate of ``setup`` that lasts at least ``iterations``, all in the joint phase."""
+    per_epoch = batches_per_epoch(len(setup.dataset), setup.cfg.batch_size)
+    cfg = replace(setup.cfg, epochs=math.ceil(iterations / per_epoch) + 1, warmup_epochs=0)
+    return WeakUpdate(setup.old_model, setup.dataset, num_new=setup.num_new, cfg=cfg, device=device,
+                      runtime=runtime)
+
+
+def _timed_step(run, device: torch.device) -> float:
+    start = time.perf_counter()
+    next(run)
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def measure(setup: BenchSetup, runtime: RuntimeConfig, *, path: str, iterations: int, warmup: int,
             device: str | torch.device | None = None, count_flops: bool = False) -> Measurement:
     """Time ``iterations`` joint-phase iterations after ``warmup`` untimed ones (compilation, allocator, caches).
@@ -124,21 +139,11 @@ def measure(setup: BenchSetup, runtime: RuntimeConfig, *, path: str, iterations:
     the same on every path).
     """
     device = resolve_device(device)
-    per_epoch = batches_per_epoch(len(setup.dataset), setup.cfg.batch_size)
-    epochs = math.ceil((warmup + iterations + 1) / per_epoch) + 1
-    cfg = replace(setup.cfg, epochs=epochs, warmup_epochs=0)  # joint phase from the first iteration
-    update = WeakUpdate(setup.old_model, setup.dataset, num_new=setup.num_new, cfg=cfg, device=device,
-                        runtime=runtime)
+    update = _update(setup, runtime, device, warmup + iterations + 1)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     run = update.run()
-    seconds = []
-    for i in range(warmup + iterations):
-        start = time.perf_counter()
-        next(run)
-        _sync(device)
-        if i >= warmup:
-            seconds.append(time.perf_counter() - start)
+    seconds = [_timed_step(run, device) for _ in range(warmup + iterations)][warmup:]
     flops = None
     if count_flops:
         with FlopCounterMode(display=False) as counter:
@@ -147,8 +152,25 @@ def measure(setup: BenchSetup, runtime: RuntimeConfig, *, path: str, iterations:
     run.close()
     peak, kind = _peak_memory(device)
     return Measurement(path=path, runtime=asdict(runtime), dtype=str(update.precision.dtype).replace("torch.", ""),
-                       device=str(device), batch_size=cfg.batch_size,
-                       seconds=tuple(seconds), peak_bytes=peak, peak_kind=kind, flops=flops)
+                       device=str(device), batch_size=update.cfg.batch_size, seconds=tuple(seconds),
+                       peak_bytes=peak, peak_kind=kind, flops=flops)
+
+
+def interleaved_seconds(setup: BenchSetup, runtimes: dict[str, RuntimeConfig], *, iterations: int, warmup: int,
+                        device: str | torch.device | None = None) -> dict[str, tuple[float, ...]]:
+    """Per path, the seconds of ``iterations`` timed iterations, the paths' iterations alternating in this process:
+    on a shared machine a change of load then hits every path alike (the ratio is what this is for)."""
+    device = resolve_device(device)
+    runs = {path: _update(setup, rt, device, warmup + iterations).run() for path, rt in runtimes.items()}
+    seconds: dict[str, list[float]] = {path: [] for path in runs}
+    for i in range(warmup + iterations):
+        for path, run in runs.items():
+            elapsed = _timed_step(run, device)
+            if i >= warmup:
+                seconds[path].append(elapsed)
+    for run in runs.values():
+        run.close()
+    return {path: tuple(values) for path, values in seconds.items()}
 
 
 def _sync(device: torch.device) -> None:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
-from wilss.bench import CONFIGS, GPU_PEAK_TFLOPS, Measurement, build_setup, measure
+from wilss.bench import CONFIGS, GPU_PEAK_TFLOPS, Measurement, build_setup, interleaved_seconds, measure
 from wilss.cli_common import (CliError, add_common_flags, device_arg, non_negative_int, positive_float,
                               positive_int)
 from wilss.engine import resolve_device
@@ -38,9 +38,10 @@ def run_one(args: argparse.Namespace, path: str) -> Measurement:
                    device=args.device, count_flops=path == "plain")
 
 
-def run_in_subprocess(args: argparse.Namespace, path: str) -> Measurement:
-    """``python -m wilss bench ... --path PATH --json``, in a fresh process; its last stdout line is the result."""
-    argv = [sys.executable, "-m", "wilss", "bench", "--path", path, "--json", *_child_flags(args)]
+def run_in_subprocess(args: argparse.Namespace, path: str, *, short: bool) -> Measurement:
+    """``python -m wilss bench ... --path PATH --json``, in a fresh process; its last stdout line is the result.
+    ``short``: two iterations, enough for the peak memory and the FLOPs when the timing is taken elsewhere."""
+    argv = [sys.executable, "-m", "wilss", "bench", "--path", path, "--json", *_child_flags(args, short)]
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the {path} path failed (exit {done.returncode}):\n{done.stderr.strip()[-2000:]}")
@@ -57,8 +58,11 @@ def pooled(runs: list[Measurement]) -> Measurement:
 
 def format_report(args: argparse.Namespace, description: str, rows: list[Measurement], peak_tflops: float | None) -> str:
     flops = next((m.flops for m in rows if m.flops), None)
-    lines = [f"bench {args.config}: {description}; joint phase, median of {args.iterations} iterations after "
-             f"{args.warmup} warm-up in each of {args.rounds} round(s), device {rows[0].device}",
+    where = ("the paths' iterations alternating in one process" if args.timing == "interleaved" else
+             f"each path in its own process, {args.rounds} round(s)")
+    lines = [f"bench {args.config}: {description}; device {rows[0].device}",
+             f"timing: joint phase, median of {args.iterations * args.rounds} iterations after {args.warmup} "
+             f"warm-up, {where}",
              f"{'path':<10} {'dtype':<9} {'ch-last':<7} {'compile':<7} {'workers':>7} {'img/s':>8} "
              f"{'ms/iter':>9} {'peak MiB':>9} {'TFLOP/s':>8} {'MFU':>6}"]
     for m in rows:
@@ -92,13 +96,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_one(args, args.path)
         print(json.dumps(result.to_dict()) if args.json else format_report(args, args.config, [result], None))
         return 0
-    setup = build_setup(args.config, batch_size=args.batch_size, crop_size=args.crop_size)
+    interleave = args.timing == "interleaved" or (args.timing is None and resolve_device(args.device).type == "cpu")
     runs: dict[str, list[Measurement]] = {path: [] for path in PATHS}
     failed: dict[str, str] = {}
-    for _ in range(args.rounds):  # alternate the paths, so a load change on a shared machine hits both
+    for _ in range(1 if interleave else args.rounds):  # alternate the paths: a load change hits both
         for path in (p for p in PATHS if p not in failed):
             try:
-                runs[path].append(run_in_subprocess(args, path))
+                runs[path].append(run_in_subprocess(args, path, short=interleave))
             except RuntimeError as err:  # e.g. the fp32 path out of GPU memory: report it, keep the other
                 failed[path] = str(err).splitlines()[-1]
     rows = [pooled(runs[path]) for path in PATHS if runs[path]]
@@ -106,15 +110,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"{path} path failed: {reason}")
     if not rows:
         return 1
+    setup = build_setup(args.config, batch_size=args.batch_size, crop_size=args.crop_size)
+    if interleave and not failed:
+        # plain first: on CUDA the optimised runtime, built last, leaves cudnn.benchmark on for both
+        seconds = interleaved_seconds(setup, {p: runtime_of(args, p) for p in reversed(PATHS)}, device=args.device,
+                                      iterations=args.iterations * args.rounds, warmup=args.warmup)
+        rows = [replace(row, seconds=seconds[row.path]) for row in rows]
+    args.timing = "interleaved" if interleave and not failed else "processes"
     cuda = rows[0].device.startswith("cuda")
     peak = args.peak_tflops or (GPU_PEAK_TFLOPS if cuda else None)
     print(format_report(args, setup.description, rows, peak))
     return 0
 
 
-def _child_flags(args: argparse.Namespace) -> list[str]:
+def _child_flags(args: argparse.Namespace, short: bool) -> list[str]:
     """The flags that define the measurement, for the subprocess of one path."""
-    flags = ["--config", args.config, "--iterations", str(args.iterations), "--warmup", str(args.warmup),
+    iterations, warmup = (1, 1) if short else (args.iterations, args.warmup)
+    flags = ["--config", args.config, "--iterations", str(iterations), "--warmup", str(warmup),
              "--device", args.device, "--precision", args.precision]
     for flag, value in (("--batch-size", args.batch_size), ("--crop-size", args.crop_size),
                         ("--workers", args.workers)):
@@ -145,7 +157,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=non_negative_int, metavar="N",
                    help="untimed iterations first (default: 3 cpu-default, 10 gpu-r101)")
     p.add_argument("--rounds", type=positive_int, default=1, metavar="R",
-                   help="run the two paths alternately R times, pooling their iterations (default: 1)")
+                   help="R times the iterations; with --timing processes, the two paths' processes alternate R "
+                        "times (default: 1)")
+    p.add_argument("--timing", choices=("interleaved", "processes"),
+                   help="interleaved: time both paths in one process, their iterations alternating (robust to a "
+                        "shared machine's load; peak memory still comes from one fresh process per path); "
+                        "processes: time each path in its own process (default: interleaved on CPU, processes "
+                        "on CUDA)")
     p.add_argument("--batch-size", type=positive_int, metavar="N", help="override the configuration's batch")
     p.add_argument("--crop-size", type=positive_int, metavar="PX", help="override the configuration's crop")
     opt = p.add_argument_group("the optimised path")
