@@ -1,7 +1,8 @@
 """``bench``: the speed of one update configuration, optimised path against the plain fp32 eager path.
 
-Each path runs in a fresh subprocess (``--path``) so that peak memory (process RSS on CPU) is comparable; the
-parent prints one table and the ratio. Timings on a shared machine are noisy: compare the ratio within a run.
+Each path runs in a fresh subprocess (``--path``) so that peak memory (process RSS on CPU) and FLOPs are comparable.
+Timing: on CPU (a machine often shared) both paths' iterations alternate in the parent process, so a change of load
+hits both alike; on CUDA each subprocess times its own path. The parent prints one table and the ratio.
 """
 from __future__ import annotations
 
