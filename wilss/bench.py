@@ -95,7 +95,7 @@ def gpu_r101_setup(*, batch_size: int | None = None, crop_size: int | None = Non
     cfg = _resized(UpdateConfig(), batch_size, crop_size)
     model = build_segmenter(arch="deeplabv3_resnet101", num_classes=num_old).eval()
     rng = np.random.default_rng(0)
-    count = 4 * cfg.batch_size
+    count = 8 * cfg.batch_size  # 8 batches an epoch: the workers refill at each epoch start (median ignores it)
     height, width = round(cfg.crop_size * 500 / 512), round(cfg.crop_size * 640 / 512)  # VOC-like shape
     images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
     targets = np.zeros((count, num_old - 1 + num_new), np.float32)

@@ -57,7 +57,9 @@ def pooled(runs: list[Measurement]) -> Measurement:
                    peak_bytes=max(m.peak_bytes for m in runs), flops=flops)
 
 
-def format_report(args: argparse.Namespace, description: str, rows: list[Measurement], peak_tflops: float | None) -> str:
+def format_report(args: argparse.Namespace, description: str, rows: list[Measurement],
+                  peak_tflops: float | None) -> str:
+    """The table of ``rows``, the FLOPs line and, with both paths, the ratio plain / optimised."""
     flops = next((m.flops for m in rows if m.flops), None)
     where = ("the paths' iterations alternating in one process" if args.timing == "interleaved" else
              f"each path in its own process, {args.rounds} round(s)")
