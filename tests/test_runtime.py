@@ -107,3 +107,15 @@ def test_report_pools_rounds_and_prints_the_ratio():
     text = format_report(args, "r101", [fast, plain], 800.0)
     assert "speed-up of the optimised path (plain ms/iter / optimised ms/iter): 2.00x" in text
     assert "50.0%" in text  # 1e14 FLOP in 0.25 s = 400 TFLOP/s = 50 % of 800
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")  # the scaler skipped a step
+def test_fp16_path_scales_the_loss_and_skips_overflowing_steps(dataset):
+    """The fp16 + GradScaler recipe (CUDA without bf16) exercised on CPU: the first step overflows at the initial
+    scale 65536 and is skipped (weights unchanged, so iteration 2's l_CLS repeats iteration 1's); training goes on."""
+    cfg = UpdateConfig(epochs=3, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8)
+    four = TagDataset(dataset.images[:4], dataset.targets[:4])
+    losses, update = losses_of(four, RuntimeConfig(precision="fp16"), cfg)
+    assert update.precision.dtype == torch.float16 and update.precision.scaler.get_scale() < 65536.0
+    assert len(losses) == 3 and all(np.isfinite(v) for p in losses for v in p.values())
+    assert losses[1]["cls"] == losses[0]["cls"] and losses[2]["cls"] != losses[1]["cls"]
