@@ -1,7 +1,7 @@
 """How an update runs on a machine, apart from what it computes: precision, memory format, compilation, loading.
 
 ``RuntimeConfig`` is separate from ``UpdateConfig`` on purpose: it changes speed and memory, not the method. Its
-``optimised`` preset is the default of ``WeakUpdate`` (the CLI's add-class and the app); ``plain`` is the fp32 eager
+``optimised(device)`` preset is the default of ``WeakUpdate`` (add-class and the app); ``PLAIN`` is the fp32 eager
 reference path that ``python -m wilss bench`` compares it with. ``Precision`` is the object the training loop
 receives: it owns the autocast context and the (optional) fp16 gradient scaler.
 """
