@@ -2,7 +2,7 @@
 
 The only place that configures logging and turns bad input into ``error: ...`` (exit status 2). Commands live in
 ``cli_bench`` (generate, pretrain, benchmark), ``cli_update`` (add-class), ``cli_use`` (evaluate, predict) and
-``cli_reproduce`` (reproduce);
+``cli_reproduce`` (reproduce), ``cli_study`` (study) and ``cli_perf`` (bench, the speed of an update);
 each validates all of its input before it trains or writes anything.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from wilss import cli_bench, cli_reproduce, cli_study, cli_update, cli_use
+from wilss import cli_bench, cli_perf, cli_reproduce, cli_study, cli_update, cli_use
 from wilss.cli_common import Parser
 from wilss.distributed import launched_by_torchrun
 
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_use.register(commands)     # evaluate, predict
     cli_reproduce.register(commands)  # reproduce
     cli_study.register(commands)   # study
-    order = ["generate", "pretrain", "add-class", "evaluate", "predict", "benchmark", "reproduce", "study"]
+    cli_perf.register(commands)    # bench
+    order = ["generate", "pretrain", "add-class", "evaluate", "predict", "benchmark", "reproduce", "study", "bench"]
     commands._choices_actions.sort(key=lambda a: order.index(a.dest))  # help lists them in workflow order
     return parser
 

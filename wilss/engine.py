@@ -5,6 +5,7 @@ between iterations by simply not asking for the next one.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wilss.config import OptimConfig
 from wilss.distributed import ResumableDistributedSampler, ResumableRandomSampler, World, per_process_batch
+from wilss.runtime import PLAIN, Precision
 
 
 @dataclass
@@ -93,13 +95,16 @@ StepFn = Callable[[tuple, str], dict[str, torch.Tensor]]
 
 def run_loop(*, loader: DataLoader, epochs: int, step: StepFn, phase_of: Callable[[int], str],
              optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-             snapshot: Callable[[int], list[Snapshot]] | None = None, start: int = 0) -> Iterator[Progress]:
+             snapshot: Callable[[int], list[Snapshot]] | None = None, start: int = 0,
+             precision: Precision | None = None) -> Iterator[Progress]:
     """Run ``epochs`` over ``loader``: ``step(batch, phase)`` returns named losses, whose sum is minimised.
 
     ``snapshot(iteration)`` may return snapshots to attach to that iteration's progress (or an empty list).
     ``start``: iterations already done (a resumed run); the loader's sampler skips the part-done epoch's batches
     (``resume_at``). Each epoch begins with ``sampler.set_epoch(epoch)`` when the sampler has it.
+    ``precision`` (``wilss.runtime``) does the backward pass and the step (gradient scaling in fp16); default plain.
     """
+    precision = precision or Precision(PLAIN, torch.device("cpu"))
     total = epochs * len(loader)
     iteration, first, start_s = start, start, time.perf_counter()
     for epoch in range(start // len(loader), epochs):
@@ -109,16 +114,18 @@ def run_loop(*, loader: DataLoader, epochs: int, step: StepFn, phase_of: Callabl
         for batch in loader:
             losses = step(batch, phase)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at iteration {iteration + 1} "
-                                         f"({ {k: v.item() for k, v in losses.items()} }); lower the learning rates")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            precision.backward(loss)
+            # One device sync per iteration for all loss values, once the backward pass is queued.
+            values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
+            if not math.isfinite(sum(values.values())):
+                raise FloatingPointError(f"loss became {sum(values.values())} at iteration {iteration + 1} "
+                                         f"({values}); lower the learning rates")
+            precision.step(optimizer)
             scheduler.step()
             iteration += 1
             yield Progress(iteration=iteration, total_iterations=total, epoch=epoch, phase=phase,
-                           losses={k: float(v.detach()) for k, v in losses.items()},
+                           losses=values,
                            lr=optimizer.param_groups[0]["lr"], elapsed_s=time.perf_counter() - start_s,
                            snapshots=snapshot(iteration) if snapshot else [], first_iteration=first)
 

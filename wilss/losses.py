@@ -4,7 +4,8 @@ Shapes: ``z`` localizer scores ``BxKxhxw`` over all seen classes [background, ol
 ``old_probs`` the frozen step t-1 model's probabilities ``BxK0xhxw`` (K0 = background + old classes): sigmoid(o) for
 a model trained with BCE as in the paper, softmax(o) for one trained with cross-entropy (see ``Segmenter.probabilities``);
 ``p`` the new model's logits ``BxKxhxw``; ``tags`` multi-hot ``BxN`` over the N new classes.
-All of them live at feature resolution, as in the reference code.
+All of them live at feature resolution, as in the reference code. Under mixed precision the logits arrive in
+bf16/fp16: the losses upcast them to float32 (a no-op in fp32) rather than round the soft targets down to them.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def confident_presence(probs: torch.Tensor, *, threshold: float = 0.7, min_fract
 def localization_loss(z_old: torch.Tensor, old_probs: torch.Tensor) -> torch.Tensor:
     """Eq. 4: per-pixel BCE between sigmoid(z_c) and the old model's probability (sigmoid(o_c)) for the K0 channels
     of step t-1. ``z_old``: the localizer's first K0 channels ``BxK0xhxw``; mean over classes and pixels."""
-    return F.binary_cross_entropy_with_logits(z_old, old_probs.to(z_old.dtype))
+    return F.binary_cross_entropy_with_logits(z_old.float(), old_probs.float())
 
 
 @torch.no_grad()
@@ -80,7 +81,7 @@ def segmentation_loss(p: torch.Tensor, target: torch.Tensor, weights: torch.Tens
 
     ``weights``: optional per-image weights ``B`` (e.g. 0 for images whose pseudo-label misses a tagged class).
     """
-    per_pixel = F.binary_cross_entropy_with_logits(p, target.to(p.dtype), reduction="none").sum(dim=1)
+    per_pixel = F.binary_cross_entropy_with_logits(p.float(), target.float(), reduction="none").sum(dim=1)
     per_image = per_pixel.flatten(1).mean(dim=1)
     if weights is None:
         return per_image.mean()

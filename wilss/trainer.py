@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+from dataclasses import replace
 from functools import partial
 from typing import Iterator, Optional, Sequence
 
@@ -27,6 +28,7 @@ from wilss.engine import (Progress, Snapshot, make_loader, make_sgd, poly_schedu
 from wilss.localizer import Localizer
 from wilss.pamr import balanced_ce, pamr, pamr_pseudo_label
 from wilss.resume import Resumer
+from wilss.runtime import Precision, RuntimeConfig, maybe_compile, optimised
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class WeakUpdate:
     ``dataset`` items are (image ``3xHxW``, targets ``K-1`` multi-hot over the new model's non-background classes,
     index); the last ``num_new`` columns are the new classes, the others are read only in the relaxed setting.
     ``snapshot_items``: (image ``HxWx3`` uint8, targets) pairs rendered every ``snapshot_every`` iterations.
+    ``runtime``: precision, memory format, compilation, workers (``wilss.runtime``); default ``optimised(device)``.
     The input model is never modified: the result is ``self.model``.
     Under an initialised process group (torchrun) each process trains its share of every global batch through
     DistributedDataParallel (``sync_bn``: SyncBatchNorm, CUDA only); otherwise it runs in this process alone.
@@ -99,9 +102,11 @@ class WeakUpdate:
     def __init__(self, old_model: Segmenter, dataset: Dataset, *, num_new: int, cfg: UpdateConfig = UpdateConfig(),
                  device: str | torch.device | None = None,
                  snapshot_items: Sequence[tuple[np.ndarray, np.ndarray]] = (), snapshot_every: int = 0,
-                 sync_bn: bool = False) -> None:
+                 sync_bn: bool = False, runtime: RuntimeConfig | None = None) -> None:
         self.cfg, self.dataset, self.num_new = cfg, dataset, num_new
         self.device = resolve_device(device)
+        self.runtime = optimised(self.device) if runtime is None else runtime
+        self.precision = Precision(self.runtime, self.device)
         seed_everything(cfg.seed)  # new classifier rows (without MiB init) and the localizer start from the seed
         self.old_model = copy.deepcopy(old_model).to(self.device).eval().requires_grad_(False)
         self.num_old = old_model.num_classes  # background + old classes
@@ -116,6 +121,9 @@ class WeakUpdate:
         self.net: nn.Module = TrainedPair(self.model, self.localizer)  # DDP-wrapped by run() under torchrun
         if self.world.world_size > 1:  # same initial weights (DDP broadcasts rank 0's), different augmentations
             seed_everything(cfg.seed + self.world.rank)
+        for module in (self.old_model, self.model, self.localizer):
+            self.precision.prepare(module)
+        self._compiled_losses = maybe_compile(self._losses, self.runtime)
 
     def parameter_groups(self) -> list[dict]:
         """Per-group learning rates: backbone 1e-3; head, classifier and localizer 1e-2 (paper defaults)."""
@@ -125,12 +133,16 @@ class WeakUpdate:
                 {"params": list(self.localizer.parameters()), "lr": self.cfg.lr_localizer, "name": "localizer"}]
 
     def losses(self, images: torch.Tensor, targets: torch.Tensor, phase: str) -> dict[str, torch.Tensor]:
-        """The named losses of one iteration on a batch (``phase``: 'warmup' or 'joint')."""
+        """The named losses of one iteration on a batch (``phase``: 'warmup' or 'joint'), in the runtime's precision
+        (autocast; each loss itself is float32)."""
+        with self.precision.autocast():
+            return self._compiled_losses(images, targets, phase)
+
+    def _losses(self, images: torch.Tensor, targets: torch.Tensor, phase: str) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         tags_new = targets[:, -self.num_new:]
-        with torch.no_grad():
-            old_logits, old_features = self.old_model.forward_features(images)
-            old_probs = self.old_model.probabilities(old_logits)
+        old_logits, old_features = self.precision.frozen(self.old_model.forward_features, images)
+        old_probs = self.old_model.probabilities(old_logits)
         features, z, seg_logits, aux_logits = self.net(images, decode=phase != "warmup")
         class_logits = L.aggregate_scores(z, gamma=cfg.focal_gamma, lam=cfg.focal_lambda, eps=cfg.gwp_eps)
         if cfg.auto_old_tags:
@@ -177,7 +189,9 @@ class WeakUpdate:
         Under several processes the reported losses are means over all of them.
         """
         cfg = self.cfg
-        loader = make_loader(self.dataset, cfg, self.device, self.world)
+        workers = self.runtime.num_workers
+        loader = make_loader(self.dataset, cfg if workers is None else replace(cfg, num_workers=workers), self.device,
+                             self.world)
         optimizer = make_sgd(self.parameter_groups(), cfg)
         warmup_iterations = cfg.warmup_epochs * len(loader)
         scheduler = poly_schedule(optimizer, total=cfg.epochs * len(loader), power=cfg.poly_power,
@@ -188,10 +202,12 @@ class WeakUpdate:
         self.model.train()
         self.localizer.train()
         state = {"model": self.model, "localizer": self.localizer, "optimizer": optimizer, "scheduler": scheduler}
+        if self.precision.scaler is not None:  # fp16: the loss scale resumes too
+            state["scaler"] = self.precision.scaler
         start = resumer.restore(state, loader.sampler) if resumer else 0
 
         def step(batch: tuple, phase: str) -> dict[str, torch.Tensor]:
-            images = batch[0].to(self.device, non_blocking=True)
+            images = self.precision.images(batch[0])
             return self.losses(images, batch[1].to(self.device, non_blocking=True), phase)
 
         def snapshot(iteration: int) -> list[Snapshot]:
@@ -201,14 +217,15 @@ class WeakUpdate:
         total = cfg.epochs * len(loader)
         phase_of = lambda epoch: "warmup" if epoch < cfg.warmup_epochs else "joint"  # noqa: E731
         for progress in run_loop(loader=loader, epochs=cfg.epochs, step=step, phase_of=phase_of,
-                                 optimizer=optimizer, scheduler=scheduler, snapshot=snapshot, start=start):
+                                 optimizer=optimizer, scheduler=scheduler, snapshot=snapshot, start=start,
+                                 precision=self.precision):
             due = resumer is not None and resumer.due(progress.iteration, len(loader))
             progress.losses, due = reduce_mean(progress.losses, any_flag=due)
             if due and progress.iteration < total:  # after the last iteration the checkpoint itself is written
                 resumer.save(progress.iteration, state, loader.sampler, batches_per_epoch=len(loader),
                              batch_size=loader.batch_size)
             yield progress
-        self.model.eval()
+        self.model.eval().to(memory_format=torch.contiguous_format)  # the result is an ordinary model
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
