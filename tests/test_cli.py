@@ -317,3 +317,17 @@ def test_pseudo_label_export_refuses_a_non_empty_folder(ckpt, tmp_path, capsys):
                        capsys)
     assert code == 2 and "--export-pseudo" in err and not (tmp_path / "new.pt").exists()
     assert (tmp_path / "pseudo" / "mine.png").read_bytes() == b"keep"
+
+
+def test_plain_fp32_path_gives_the_same_update(ckpt, tmp_path, capsys):
+    """The optimised path (channels-last on CPU) and --plain-fp32 train the same update, to float tolerance."""
+    images = write_tagged(tmp_path / "images")
+    losses = []
+    for name, extra in (("fast.pt", []), ("plain.pt", ["--plain-fp32"])):
+        code, _, err = run(["add-class", "--checkpoint", ckpt, "--images", images, "--class", NEW,
+                            "--out", tmp_path / name, *FAST, *extra], capsys)
+        assert code == 0, err
+        metrics = load_checkpoint(tmp_path / name).history[-1]["metrics"]
+        losses.append({k: v for k, v in metrics.items() if k.startswith("final_loss_")})
+    assert losses[0].keys() == losses[1].keys() and len(losses[0]) == 3
+    assert all(losses[0][k] == pytest.approx(losses[1][k], rel=1e-3, abs=1e-4) for k in losses[0])

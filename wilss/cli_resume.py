@@ -38,6 +38,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
                             f"(default: {SAVE_EVERY_MIN:g}; 0: after every iteration)")
     group.add_argument("--sync-bn", action="store_true",
                        help="under torchrun with GPUs: batch-norm statistics over the global batch (SyncBatchNorm)")
+    group.add_argument("--plain-fp32", action="store_true",
+                       help="train on the plain fp32 eager path (no mixed precision, no channels-last): slower, for "
+                            "comparison or debugging (docs/performance.md)")
 
 
 def restarted_by_torchrun() -> bool:

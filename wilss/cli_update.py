@@ -37,6 +37,7 @@ from wilss.protocol import select_images
 from wilss.pseudo_labels import export_pseudo_labels
 from wilss.trainer import WeakUpdate
 from wilss.render import cam_overlay
+from wilss.runtime import PLAIN
 from wilss.world import WORLD_CLASSES
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,8 @@ def run_plan(plan: UpdatePlan, args: argparse.Namespace, world: World = World(),
           f"the new classes; {cfg.epochs} epochs ({cfg.warmup_epochs} warm-up)")
     start = time.perf_counter()
     update = WeakUpdate(plan.ckpt.model, dataset, num_new=len(plan.new_names), cfg=cfg, device=device,
-                        snapshot_items=snapshot_items, snapshot_every=plan.snapshot_every, sync_bn=args.sync_bn)
+                        snapshot_items=snapshot_items, snapshot_every=plan.snapshot_every, sync_bn=args.sync_bn,
+                        runtime=PLAIN if args.plain_fp32 else None)
     final = None
     with ProgressBar(quiet=args.quiet) as bar:
         for final in update.run(resumer):
