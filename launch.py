@@ -50,9 +50,6 @@ def main(argv=None) -> int:
     # every file of the app lives in its own folder.
     os.environ["GRADIO_TEMP_DIR"] = str(workdir / "cache")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    # Before torch loads OpenMP: idle threads sleep rather than spin (10x faster updates on a loaded CPU, see
-    # docs/performance.md); an OMP_WAIT_POLICY already in the environment wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     sys.path.insert(0, str(ROOT))
 
     import torch
