@@ -79,10 +79,11 @@ def make_config(values: Mapping[str, object], base: UpdateConfig = DEMO_UPDATE) 
         raise DataError(f"Invalid settings: {err}.") from None
 
 
-def loss_names(cfg: UpdateConfig) -> list[str]:
-    """The losses ``WeakUpdate.losses`` reports under ``cfg`` (the plot's series), and their sum."""
+def loss_names(cfg: UpdateConfig, *, aux: bool = False) -> list[str]:
+    """The losses ``WeakUpdate.losses`` reports under ``cfg`` (the plot's series), and their sum; ``aux``: the model
+    has an auxiliary head (torchvision's FCN / DeepLabV3), trained with its own l_SEG."""
     names = ["cls"] + (["loc"] if cfg.old_model_prior else []) + (["fd"] if cfg.feature_distillation > 0 else [])
-    return names + ["seg"] + (["self"] if cfg.pamr_self_training else []) + ["total"]
+    return names + ["seg"] + (["aux"] if aux else []) + (["self"] if cfg.pamr_self_training else []) + ["total"]
 
 
 def free_colours(used: np.ndarray, count: int) -> list[str]:

@@ -135,6 +135,18 @@ class Segmenter(nn.Module):
         return self.aux_classifier is not None
 
     @property
+    def min_train_batch(self) -> int:
+        """Images a training batch needs: DeepLabV3's image-pooling branch batch-normalises one 1x1 value per
+        image and channel, which cannot train on a single image."""
+        return 2 if str(self.config.get("arch", "")).startswith("deeplabv3") else 1
+
+    def check_train_batch(self, batch_size: int) -> None:
+        """Raise ``ValueError`` (a clear message) for a per-process training batch the network cannot train on."""
+        if batch_size < self.min_train_batch:
+            raise ValueError(f"{self.config.get('arch')} trains on at least {self.min_train_batch} images per batch "
+                             f"(per process), got {batch_size}: give more images or a larger --batch-size")
+
+    @property
     def activation(self) -> str:
         """'sigmoid' (trained with BCE) or 'softmax' (trained with cross-entropy)."""
         return self.config.get("activation", "sigmoid")

@@ -102,6 +102,7 @@ def test_make_config_casts_page_values_and_explains_bad_ones():
     with pytest.raises(DataError, match="whole number"):
         make_config({"epochs": 2.5})
     assert loss_names(cfg) == ["cls", "loc", "seg", "total"]
+    assert loss_names(cfg, aux=True) == ["cls", "loc", "seg", "aux", "total"]
 
 
 @pytest.fixture(scope="module")

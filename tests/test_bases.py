@@ -162,6 +162,16 @@ def test_weak_step_trains_every_head_from_the_last_map(name):
         assert any(p is update.model.aux_classifier.conv.weight for p in heads)
 
 
+def test_deeplabv3_refuses_a_one_image_batch_before_training():
+    base = build_segmenter(arch="deeplabv3_mobilenet_v3_large", num_classes=3, activation="softmax").eval()
+    image, _ = scenes(n=1)[0]
+    cfg = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=64, localizer_channels=8)
+    update = WeakUpdate(base, TagDataset([image], np.array([[0, 0, 1]], np.float32)), num_new=1, cfg=cfg)
+    with pytest.raises(ValueError, match="at least 2 images per batch"):
+        next(update.run())
+    assert build_segmenter(arch="lraspp_mobilenet_v3_large", num_classes=3).min_train_batch == 1
+
+
 def test_step_zero_adds_the_weighted_auxiliary_loss():
     torch.manual_seed(0)
     model = build_segmenter(arch="deeplabv3_mobilenet_v3_large", num_classes=3, aux=True)

@@ -46,6 +46,7 @@ def pretrain(model: Segmenter, dataset: Dataset, cfg: PretrainConfig = PretrainC
     seed_everything(cfg.seed)
     model.to(device).train()
     loader = make_loader(dataset, cfg, device)
+    model.check_train_batch(loader.batch_size)
     optimizer = make_sgd([{"params": list(model.parameters()), "lr": cfg.lr}], cfg)
     scheduler = poly_schedule(optimizer, total=cfg.epochs * len(loader), power=cfg.poly_power)
 
@@ -192,6 +193,7 @@ class WeakUpdate:
         workers = self.runtime.num_workers
         loader = make_loader(self.dataset, cfg if workers is None else replace(cfg, num_workers=workers), self.device,
                              self.world)
+        self.model.check_train_batch(loader.batch_size)
         optimizer = make_sgd(self.parameter_groups(), cfg)
         warmup_iterations = cfg.warmup_epochs * len(loader)
         scheduler = poly_schedule(optimizer, total=cfg.epochs * len(loader), power=cfg.poly_power,
