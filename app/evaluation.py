@@ -10,7 +10,8 @@ from PIL import Image
 
 from app.intake import data_root, gather_uploads
 from wilss.checkpoint import Checkpoint
-from wilss.data import DataError, PixelDataset, check_mask_pairs, read_mask_folder
+from wilss.data import DataError, check_mask_pairs, read_mask_folder
+from wilss.training_data import PixelDataset
 from wilss.inference import evaluate
 from wilss.metrics import summarize
 

@@ -19,7 +19,8 @@ import numpy as np
 from wilss.checkpoint import Checkpoint, history_entry
 from wilss.config import UpdateConfig, to_dict
 from wilss.conventions import hex_to_rgb, voc_palette
-from wilss.data import DataError, TaggedSet, check_new_classes, fitted_image, settle_negatives, tagged_training_set
+from wilss.data import DataError, TaggedSet, check_new_classes, settle_negatives
+from wilss.training_data import fitted_image, tagged_training_set
 from wilss.engine import Progress, Snapshot, resolve_device
 from wilss.recipes import DEMO_UPDATE
 from wilss.trainer import WeakUpdate

@@ -126,7 +126,8 @@ class UpdateHandlers:
         return "Cancelling: the update stops before its next iteration and the model stays as it was."
 
     def loss_frame(self, job: UpdateJob) -> pd.DataFrame:
-        return pd.DataFrame(render.loss_rows(job.losses, series=loss_names(job.plan.cfg, aux=job.plan.base.model.has_aux)))
+        series = loss_names(job.plan.cfg, aux=job.plan.base.model.has_aux)
+        return pd.DataFrame(render.loss_rows(job.losses, series=series))
 
     def live_gallery(self, job: UpdateJob, snapshots) -> gr.Gallery:
         plan = job.plan

@@ -16,7 +16,7 @@ from wilss.checkpoint import CheckpointError, load_checkpoint, new_checkpoint, s
 from wilss.cli import main
 from wilss.config import PretrainConfig, UpdateConfig
 from wilss.conventions import normalize, voc_palette
-from wilss.data import PixelDataset, TagDataset
+from wilss.training_data import PixelDataset, TagDataset
 from wilss.engine import last
 from wilss.inference import Predictor
 from wilss.trainer import AUX_WEIGHT, WeakUpdate, pretrain

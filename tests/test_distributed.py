@@ -18,7 +18,7 @@ from torch import nn
 from models import build_segmenter
 from wilss.checkpoint import load_checkpoint
 from wilss.config import UpdateConfig
-from wilss.data import TagDataset
+from wilss.training_data import TagDataset
 from wilss.cli import main
 from wilss.distributed import World, current_world, per_process_batch, setup_from_env, wrap_for_training
 from wilss.trainer import WeakUpdate

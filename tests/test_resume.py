@@ -16,7 +16,7 @@ from models import build_segmenter
 from wilss.checkpoint import load_checkpoint
 from wilss.cli import main
 from wilss.config import UpdateConfig, to_dict
-from wilss.data import TagDataset
+from wilss.training_data import TagDataset
 from wilss.resume import ResumeError, Resumer, read_snapshot, resume_path
 from wilss.trainer import WeakUpdate
 from wilss.transforms import train_transform

@@ -11,7 +11,7 @@ from wilss.bench import BenchSetup, Measurement, measure
 from wilss.cli import main
 from wilss.cli_perf import format_report, pooled
 from wilss.config import UpdateConfig
-from wilss.data import TagDataset
+from wilss.training_data import TagDataset
 from wilss.runtime import PLAIN, Precision, RuntimeConfig, optimised, resolve_dtype
 from wilss.trainer import WeakUpdate
 from wilss.world import generate

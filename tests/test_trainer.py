@@ -6,7 +6,7 @@ import torch
 from models import build_segmenter
 from wilss import losses as L
 from wilss.config import PretrainConfig, UpdateConfig
-from wilss.data import PixelDataset, TagDataset
+from wilss.training_data import PixelDataset, TagDataset
 from wilss.engine import last
 from wilss.trainer import WeakUpdate, pretrain
 from wilss.world import generate

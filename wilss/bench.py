@@ -74,7 +74,8 @@ def cpu_default_setup(*, batch_size: int | None = None, crop_size: int | None = 
     from models import DEFAULT_CHECKPOINT
     from wilss import recipes
     from wilss.checkpoint import load_checkpoint
-    from wilss.data import read_tagged_folder, tagged_training_set
+    from wilss.data import read_tagged_folder
+    from wilss.training_data import tagged_training_set
 
     cfg = _resized(recipes.DEMO_UPDATE, batch_size, crop_size)
     ckpt = load_checkpoint(DEFAULT_CHECKPOINT)
@@ -89,7 +90,7 @@ def gpu_r101_setup(*, batch_size: int | None = None, crop_size: int | None = Non
     """The paper's VOC 15-5 step: DeepLabV3-ResNet-101 (random weights: speed does not depend on them), 512 px
     crops, batch 24, localizer 256 channels, on synthetic 500x640 noise images with random tags."""
     from models import build_segmenter
-    from wilss.data import TagDataset
+    from wilss.training_data import TagDataset
     from wilss.transforms import train_transform
 
     cfg = _resized(UpdateConfig(), batch_size, crop_size)

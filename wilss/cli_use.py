@@ -18,8 +18,8 @@ from models.segmenter import Segmenter
 from wilss.cli_common import (CliError, add_common_flags, add_device_flag, check_writable_folder, open_checkpoint,
                               percent)
 from wilss.conventions import BACKGROUND, IGNORE_INDEX, rgb_to_hex
-from wilss.data import (DataError, PixelDataset, check_mask_pairs, list_images, load_image, read_mask_folder,
-                        validate_images)
+from wilss.data import DataError, check_mask_pairs, list_images, load_image, read_mask_folder, validate_images
+from wilss.training_data import PixelDataset
 from wilss.inference import Predictor, evaluate
 from wilss.render import mask_overlay
 from wilss.metrics import per_class_table, summarize

@@ -19,7 +19,8 @@ import numpy as np
 from models import build_segmenter
 from models.segmenter import Segmenter
 from wilss.config import OptimConfig, PretrainConfig, UpdateConfig
-from wilss.data import PixelDataset, TagDataset, load_mask, read_camvid
+from wilss.data import load_mask, read_camvid
+from wilss.training_data import PixelDataset, TagDataset
 from wilss.engine import Progress, seed_everything
 from wilss.inference import evaluate
 from wilss.metrics import summarize

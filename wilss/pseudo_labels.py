@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from wilss.conventions import IGNORE_INDEX
-from wilss.data import DataError, fitted_image, load_image
+from wilss.data import DataError, load_image
+from wilss.training_data import fitted_image
 from wilss.trainer import WeakUpdate
 
 log = logging.getLogger(__name__)
