@@ -13,17 +13,12 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence
 
-from wilss.data import (IMAGE_SUFFIXES, TAG_FILES, DataError, TaggedSet, read_tagged_folder,
+from wilss.data import (IMAGE_SUFFIXES, TAG_FILES, DataError, TaggedSet, listing, read_tagged_folder,
                         validate_images)
 
 TAG_SUFFIXES = (".csv", ".json")
 MAX_ZIP_MEMBERS = 50_000
 TABLE_FILE = "tags_table.csv"
-
-
-def _listing(names: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(f"'{n}'" for n in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 # ----------------------------------------------------------------------------------------------- uploads
@@ -75,12 +70,13 @@ def gather_uploads(files: Sequence[Path], dest: Path, *, max_bytes: int) -> None
     others = [f.name for f in files if f.suffix.lower() not in IMAGE_SUFFIXES | {".zip"}]
     if others:
         raise DataError(f"{len(others)} uploaded file(s) are neither images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
-                        f"nor zips: {_listing(others)}. Upload tags files (.csv/.json) in the 'tags file' box.")
+                        f"nor zips: {listing(others, quoted=True)}. Upload tags files (.csv/.json) in the 'tags file' "
+                        "box.")
     names = [f.name for f in files if f.suffix.lower() != ".zip"]
     twins = sorted({n for n in names if names.count(n) > 1})
     if twins:
-        raise DataError(f"Several uploaded images share a name ({_listing(twins)}); tags are given per file name, "
-                        "so rename them or put them in a zip with folders.")
+        raise DataError(f"Several uploaded images share a name ({listing(twins, quoted=True)}); tags are given per "
+                        "file name, so rename them or put them in a zip with folders.")
     for f in files:
         if f.suffix.lower() == ".zip":
             safe_extract(f, dest, max_bytes=max_bytes)

@@ -7,6 +7,7 @@ afterwards they load from there.
 from __future__ import annotations
 
 from pathlib import Path
+
 from models import TORCHVISION_NETS, pretrained_torchvision
 from wilss.checkpoint import Checkpoint, CheckpointError, history_entry, load_checkpoint, new_checkpoint
 from wilss.conventions import BACKGROUND_NAME

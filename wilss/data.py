@@ -41,8 +41,9 @@ class DataError(ValueError):
     """A problem with the user's data, explained for a non-expert (which file, what to do)."""
 
 
-def _listing(names: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(str(n) for n in names[:limit])
+def listing(names: Sequence[object], limit: int = 5, *, quoted: bool = False) -> str:
+    """The first ``limit`` names, comma-separated (in quotes when ``quoted``), and how many more there are."""
+    shown = ", ".join(f"'{n}'" if quoted else str(n) for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
@@ -117,7 +118,7 @@ def validate_images(paths: Iterable[PathLike], *, full: bool = False) -> None:
         except Exception as err:  # see _decode
             bad.append(f"'{path.name}'" if isinstance(err, DataError) else f"'{path.name}' ({err})")
     if bad:
-        raise DataError(f"{len(bad)} image file(s) could not be opened: {_listing(bad)}. They are damaged "
+        raise DataError(f"{len(bad)} image file(s) could not be opened: {listing(bad)}. They are damaged "
                         "or not images (e.g. a text file renamed to .jpg). Replace or delete them and retry.")
 
 
@@ -227,12 +228,12 @@ def _from_tags_file(folder: Path, tags_file: Path) -> TaggedSet:
     missing = [str(p.relative_to(folder)) for p in paths if not p.is_file()]
     if missing:
         raise DataError(f"The tags file '{tags_file}' names {len(missing)} file(s) that are not in "
-                        f"'{folder}': {_listing(missing)}. Add the images or remove those lines.")
+                        f"'{folder}': {listing(missing)}. Add the images or remove those lines.")
     listed = {p.resolve() for p in paths}
     unlisted = [p.relative_to(folder).as_posix() for p in list_images(folder) if p.resolve() not in listed]
     if unlisted:
         logger.warning("%d image(s) in '%s' are not in '%s' and are ignored: %s", len(unlisted), folder,
-                       tags_file.name, _listing(unlisted))
+                       tags_file.name, listing(unlisted))
     return TaggedSet(tuple(paths), tuple(tags))
 
 
@@ -348,7 +349,7 @@ def read_mask_folder(images_dir: PathLike, masks_dir: PathLike) -> list[tuple[Pa
     missing = [p.name for p in images if p.stem not in masks]
     if missing:
         raise DataError(f"{len(missing)} image(s) in '{images_dir}' have no mask in '{masks_dir}': "
-                        f"{_listing(missing)}. Each image NAME.jpg needs a mask NAME.png.")
+                        f"{listing(missing)}. Each image NAME.jpg needs a mask NAME.png.")
     return [(p, masks[p.stem]) for p in images]
 
 
@@ -395,5 +396,5 @@ def read_camvid(root: PathLike, split: str) -> list[tuple[Path, Path]]:
         pairs.append((root / parts[0], root / parts[1]))
     missing = [str(p.relative_to(root)) for pair in pairs for p in pair if not p.is_file()]
     if missing:
-        raise DataError(f"'{list_file}' names {len(missing)} missing file(s): {_listing(missing)}.")
+        raise DataError(f"'{list_file}' names {len(missing)} missing file(s): {listing(missing)}.")
     return pairs

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from wilss.data import DataError, PathLike, _listing, read_mask_folder
+from wilss.data import DataError, PathLike, listing, read_mask_folder
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def read_voc(root: PathLike, split: str) -> list[tuple[Path, Path]]:
             hint = (f" The masks of train_aug are in {MASK_DIRS[1]}/ (SBD-augmented VOC)."
                     if kind == "mask" and split == "train_aug" else "")
             raise DataError(f"'{lists[split]}' names {len(missing)} {kind}(s) that do not exist: "
-                            f"{_listing(missing)}.{hint} Fix the list or add the files.")
+                            f"{listing(missing)}.{hint} Fix the list or add the files.")
     log.info("VOC %s: %d images, masks from %s", split, len(pairs), mask_dir.name)
     return pairs
 

@@ -22,8 +22,8 @@ from PIL import Image
 
 from wilss.conventions import IGNORE_INDEX
 from wilss.data import DataError, load_image
-from wilss.training_data import fitted_image
 from wilss.trainer import WeakUpdate
+from wilss.transforms import fit_longer_side
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +68,21 @@ def export_pseudo_labels(update: WeakUpdate, paths: Sequence[Path], targets: np.
     masks = folder / "SegmentationClass"
     masks.mkdir(parents=True, exist_ok=True)
     (folder / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
-    stems = []
+    stems: list[str] = []
+    taken: set[str] = set()
     for index, (path, row) in enumerate(zip(paths, targets)):
+        original = load_image(path)   # decoded once: fitted for the network, its size for the mask
         with update.evaluating():
-            snap = update.snapshot_of(index, fitted_image(path, side), row)
+            snap = update.snapshot_of(index, fit_longer_side(original, side), row)
         labels = np.where(snap.pseudo_confidence >= min_confidence, snap.pseudo_label, IGNORE_INDEX)
-        height, width = load_image(path).shape[:2]
+        height, width = original.shape[:2]
         image = palette_png(labels, colours).resize((width, height), Image.NEAREST)
         stem = Path(path).stem
-        if stem in stems:   # two files with one stem (a.png, a.jpg) would share a mask name
+        if stem in taken:   # two files with one stem (a.png, a.jpg) would share a mask name
             stem = f"{stem}_{index}"
         image.save(masks / f"{stem}.png")
         stems.append(stem)
+        taken.add(stem)
     (folder / "ImageSets" / "Segmentation" / "default.txt").write_text("\n".join(stems) + "\n")
     write_label_map(folder, class_names, colours)
     log.info("wrote %d pseudo-label masks to %s", len(stems), folder)
