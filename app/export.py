@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import torch
 
 from wilss.checkpoint import Checkpoint
 from wilss.conventions import MEAN, STD
+from wilss.files import atomic_write
 
 OPSET = 17
 
@@ -37,32 +36,26 @@ def export_onnx(ckpt: Checkpoint, path: Path, *, size: int = 128) -> Path:
     import onnx
 
     model = copy.deepcopy(ckpt.model).cpu().eval()   # never move or retrain the session's model
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    meta = {"class_names": json.dumps(list(ckpt.class_names)),
+            "colours": json.dumps([[int(v) for v in c] for c in ckpt.colours]),
+            "input": "image: 1x3xHxW float32, RGB in [0,1] normalised with mean/std",
+            "mean": json.dumps(list(MEAN)), "std": json.dumps(list(STD)),
+            "output": "logits: 1xKxHxW, argmax over K = class id", "format": "wilss-onnx"}
+
+    def write(tmp: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # the TorchScript exporter is deprecated but needs no onnxscript
-            torch.onnx.export(model, torch.zeros(1, 3, size, size), tmp, input_names=["image"],
+            torch.onnx.export(model, torch.zeros(1, 3, size, size), str(tmp), input_names=["image"],
                               output_names=["logits"], opset_version=OPSET, dynamo=False,
                               dynamic_axes={"image": {2: "height", 3: "width"}, "logits": {2: "height", 3: "width"}})
-        proto = onnx.load(tmp)
-        meta = {"class_names": json.dumps(list(ckpt.class_names)),
-                "colours": json.dumps([[int(v) for v in c] for c in ckpt.colours]),
-                "input": "image: 1x3xHxW float32, RGB in [0,1] normalised with mean/std",
-                "mean": json.dumps(list(MEAN)), "std": json.dumps(list(STD)),
-                "output": "logits: 1xKxHxW, argmax over K = class id", "format": "wilss-onnx"}
+        proto = onnx.load(str(tmp))
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    except ExportError:
-        raise
+        onnx.save(proto, str(tmp))
+
+    try:
+        return atomic_write(path, write)
     except Exception as err:
         raise ExportError(f"ONNX export failed ({type(err).__name__}: {err})") from err
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path

@@ -13,9 +13,7 @@ Writing goes to a temporary file in the target folder and is renamed into place 
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 from models import build_segmenter
 from models.segmenter import Segmenter
 from wilss.conventions import BACKGROUND_NAME, voc_palette
+from wilss.files import atomic_write
 
 FORMAT, VERSION = "wilss-checkpoint", 1
 
@@ -84,22 +83,8 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, *, protect: tuple[str | 
 
 
 def atomic_torch_save(payload: dict, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the target folder, renamed into place: a reader (or a crash) sees
-    the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` through ``wilss.files.atomic_write``: a reader (or a crash) sees the old file or the new one."""
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:

@@ -12,12 +12,13 @@ Needs numpy and OpenCV only. Layout written by :func:`write_split` / :func:`writ
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
+
+from wilss.files import atomic_write
 
 Scene = tuple[np.ndarray, np.ndarray]  # (image HxWx3 uint8 RGB, mask HxW uint8 class ids)
 Polys = list[tuple[np.ndarray, int]]  # (Nx2 polygon in unit-radius coordinates, 1 = fill / 0 = cut a hole)
@@ -284,16 +285,6 @@ def _check_empty(folder: Path) -> None:
         raise FileExistsError(f"{folder} already exists and is not empty; refusing to overwrite a split")
 
 
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a hidden sibling (same suffix) then ``os.replace``: no reader sees a half-written file."""
-    tmp = path.with_name(f".{os.getpid()}.{path.name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _read_meta(json_path: Path) -> dict:
     meta = json.loads(json_path.read_text()) if json_path.exists() else {"classes": list(WORLD_CLASSES)}
     if meta.get("classes") != list(WORLD_CLASSES):
@@ -309,7 +300,7 @@ def save_palette_mask(path: Path, mask: np.ndarray) -> None:
 
     png = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))
     png.putpalette(voc_palette().flatten().tolist())  # 'L' -> 'P'
-    _atomic(Path(path), png.save)
+    atomic_write(Path(path), png.save)
 
 
 def write_split(root: Path, split: str, samples: Iterable[Scene]) -> None:
@@ -329,12 +320,12 @@ def write_split(root: Path, split: str, samples: Iterable[Scene]) -> None:
     tags: dict[str, list[int]] = {}
     for i, (image, mask) in enumerate(samples):
         stem = f"{i:05d}"
-        _atomic(folder / "images" / f"{stem}.png", Image.fromarray(image).save)
+        atomic_write(folder / "images" / f"{stem}.png", Image.fromarray(image).save)
         save_palette_mask(folder / "masks" / f"{stem}.png", mask)
         tags[stem] = [int(c) for c in np.unique(mask) if c != 0]
     meta = _read_meta(root / "world.json")  # re-read: another split may have been written meanwhile
     meta.setdefault("splits", {})[split] = tags
-    _atomic(root / "world.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
+    atomic_write(root / "world.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
 
 
 def write_world(root: Path, *, seed: int = 0, size: int = 128, n_train: int = 600, n_val: int = 100,
