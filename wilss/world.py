@@ -237,10 +237,14 @@ def _draw_scene(rng: np.random.Generator, classes: Sequence[int], size: int):
         mask[ys, xs], inst[ys, xs] = cls, k
         areas.append(len(ys))
         layers.append((int(cls), shape))
-    # camera: a slight blur softens edges in the image only (the mask stays exact), plus sensor noise
+    return camera(rng, image), mask, layers
+
+
+def camera(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """A slight blur that softens edges in the image only (masks stay exact), plus sensor noise: uint8 out."""
     image = cv2.GaussianBlur(image, (3, 3), 0.6).astype(np.float32)
     image += 3.0 * rng.standard_normal(image.shape, dtype=np.float32)
-    return np.clip(image, 0, 255, out=image).astype(np.uint8), mask, layers
+    return np.clip(image, 0, 255, out=image).astype(np.uint8)
 
 
 # ---- public API --------------------------------------------------------------------------------------------
