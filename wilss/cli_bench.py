@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from models import DEFAULT_ENCODER
 from wilss import recipes
 from wilss.checkpoint import save_checkpoint
 from wilss.cli_common import (REPO_ROOT, CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
@@ -24,6 +25,7 @@ from wilss.datasets import write_voc_tree
 from wilss.protocol import parse_task
 from wilss.world import write_world
 
+ENCODER_DEFAULT = object()  # --encoder not given: see encoder_path
 DEFAULT_CAMVID = REPO_ROOT.parent / "shared" / "datasets" / "camvid"
 # From the dataset's README (ids 0-10; 11 = unlabelled), used when camvid_meta.json is absent.
 CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
@@ -81,17 +83,65 @@ def _generate_voc_tree(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- pretrain
+def encoder_arg(text: str) -> Path | None:
+    """``--encoder``: a pretext checkpoint, or 'none' for networks from scratch."""
+    return None if text.strip().lower() == "none" else Path(text)
+
+
+def encoder_path(args: argparse.Namespace) -> Path | None:
+    """The pretext checkpoint ``--encoder`` names: by default the shipped one on the world, none on CamVid (real
+    photographs: its recipe trains from scratch unless an encoder is given)."""
+    if args.encoder is not ENCODER_DEFAULT:
+        return args.encoder
+    return DEFAULT_ENCODER if getattr(args, "dataset", "world") == "world" else None
+
+
+def world_encoder(args: argparse.Namespace):
+    """``Benchmark.init_model`` from ``--encoder`` (None: from scratch), the file checked up front."""
+    path = encoder_path(args)
+    if path is None:
+        return None
+    if not path.is_file():
+        raise CliError(f"--encoder {path} does not exist; create it with `python -m wilss pretrain --pretext --out "
+                       f"{path}`, or give --encoder none to train from scratch")
+    open_checkpoint(path)  # a clear error for a file that is not a checkpoint
+    return recipes.encoder_init(path)
+
+
+def add_encoder_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--encoder", type=encoder_arg, default=ENCODER_DEFAULT, metavar="CKPT|none",
+                        help=f"start {what} from the encoder of this pretext checkpoint ('none': from scratch; "
+                             f"default: the shipped models/{DEFAULT_ENCODER.name} for the world)")
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     out = check_new_file(args.out, overwrite=args.overwrite)
     start = time.perf_counter()
+    if args.pretext:
+        return _pretrain_pretext(args, out, start)
+    world_encoder(args)  # checks the file before training
     with ProgressBar(quiet=args.quiet) as bar:
-        ckpt, row = recipes.train_default_base(epochs=args.epochs, device=args.device, on_progress=lambda n, p:
-                                               bar.update(p, n))
+        ckpt, row = recipes.train_default_base(epochs=args.epochs, device=args.device, encoder=encoder_path(args),
+                                               on_progress=lambda n, p: bar.update(p, n))
     # From the per-class IoU: at step 0 the task calls the base classes "new", so row.old is NaN.
     base_miou = float(np.nanmean(row.per_class[1:])) if not np.all(np.isnan(row.per_class[1:])) else math.nan
     print(f"base model: {', '.join(ckpt.class_names[1:])}")
     print(f"test mIoU: base classes {percent(base_miou)} | all (with background) {percent(row.all)}")
     print("per class IoU %: " + ", ".join(f"{n} {percent(v)}" for n, v in zip(ckpt.class_names, row.per_class)))
+    path = save_checkpoint(ckpt, out, overwrite=args.overwrite)
+    print(f"wall time {time.perf_counter() - start:.1f} s")
+    print(f"wrote {path}")
+    return 0
+
+
+def _pretrain_pretext(args: argparse.Namespace, out: Path, start: float) -> int:
+    if args.encoder is not ENCODER_DEFAULT:
+        raise CliError("--encoder is for the base model; the pretext network starts from scratch")
+    with ProgressBar(quiet=args.quiet) as bar:
+        ckpt, miou = recipes.train_pretext_encoder(epochs=args.epochs, device=args.device,
+                                                   on_progress=lambda n, p: bar.update(p, n))
+    print(f"pretext network: {len(ckpt.class_names) - 1} texture families; test mIoU (with background) "
+          f"{percent(miou)}")
     path = save_checkpoint(ckpt, out, overwrite=args.overwrite)
     print(f"wall time {time.perf_counter() - start:.1f} s")
     print(f"wrote {path}")
@@ -148,6 +198,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.base is not None and args.dataset != "world":
         raise CliError("--base is for the world benchmark only (the CamVid base is trained by the run)")
     protocol, splits, pretrain_cfg, update_cfg, title = benchmark_setup(args)
+    init = world_encoder(args)  # the base (when trained) and joint start from it
     if args.out is not None:
         check_new_file(args.out, overwrite=args.overwrite)
     base = None
@@ -163,7 +214,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with ProgressBar(quiet=args.quiet) as bar:
         bench = Benchmark(protocol, train, test, pretrain_cfg=pretrain_cfg, update_cfg=update_cfg,
-                          device=args.device, on_progress=lambda name, p: bar.update(p, name))
+                          device=args.device, on_progress=lambda name, p: bar.update(p, name), init_model=init)
         rows = bench.run(base=base)
     report = [format_table(rows, title), "", format_per_class(rows, protocol.model_class_names(1))]
     failed = False
@@ -204,14 +255,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_generate)
 
     p = commands.add_parser(
-        "pretrain", help="train the shipped default base model by the world recipe (step 0, pixel labels)",
+        "pretrain", help="train the shipped default base model by the world recipe (step 0, pixel labels), or "
+                         "the pretext network its encoder starts from",
         description="Train the base model of the world recipe (classes disc..hexagon, pixel labels) on the "
-                    "recipe's in-memory world, print its test figures and save it. "
-                    "'pretrain --out models/default_base.pt' reproduces the shipped default.")
+                    "recipe's in-memory world, its encoder started from the pretext network (--encoder), print its "
+                    "test figures and save it. 'pretrain --out models/default_base.pt' reproduces the shipped "
+                    "default. With --pretext, train that pretext network instead (per-pixel texture families of "
+                    "generic shapes, our stand-in for ImageNet pretraining).")
     p.add_argument("--out", required=True, type=Path, metavar="CKPT", help="checkpoint file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--epochs", type=positive_int, metavar="N",
-                   help=f"training epochs (default: the recipe's {recipes.WORLD_PRETRAIN.epochs})")
+                   help=f"training epochs (default: the recipe's {recipes.WORLD_PRETRAIN.epochs}; "
+                        f"{recipes.WORLD_PRETEXT.epochs} with --pretext)")
+    p.add_argument("--pretext", action="store_true",
+                   help="train the pretext network instead (texture families of generic shapes, our stand-in for "
+                        "ImageNet: docs/method.md); 'pretrain --pretext --out models/pretext_tiny.pt' reproduces "
+                        "the shipped encoder")
+    add_encoder_flag(p, "the base model")
     add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(run=cmd_pretrain)
@@ -227,6 +287,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_CAMVID, metavar="PATH",
                    help="CamVid folder (default: ../shared/datasets/camvid next to the repository)")
     p.add_argument("--base", type=Path, metavar="CKPT", help="world only: reuse this base instead of training one")
+    add_encoder_flag(p, "the base (when trained) and the joint model")
     p.add_argument("--out", type=Path, metavar="FILE", help="also write the tables as markdown")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_device_flag(p)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from wilss.checkpoint import Checkpoint, new_checkpoint, save_checkpoint
-from wilss.cli_bench import DEFAULT_CAMVID, benchmark_setup
+from wilss.cli_bench import DEFAULT_CAMVID, add_encoder_flag, benchmark_setup, world_encoder
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
                               open_checkpoint, positive_int, write_report)
 from wilss.experiments import Benchmark
@@ -48,12 +48,13 @@ def cmd_study(args: argparse.Namespace) -> int:
         if path is not None:
             check_new_file(path, overwrite=args.overwrite)
     protocol, splits, pretrain_cfg, update_cfg, title = benchmark_setup(args)
+    init = world_encoder(args)  # the base (when trained) and joint start from it
     train, test = splits()
     start = time.perf_counter()
     report = []
     with ProgressBar(quiet=args.quiet) as bar:
         bench = Benchmark(protocol, train, test, pretrain_cfg=pretrain_cfg, update_cfg=update_cfg,
-                          device=args.device, on_progress=lambda name, p: bar.update(p, name))
+                          device=args.device, on_progress=lambda name, p: bar.update(p, name), init_model=init)
         base = _base(args, bench)
         joint = [joint_row(bench)] if args.joint else []
         if not args.no_sequence:
@@ -85,6 +86,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--base", type=Path, metavar="CKPT",
                    help="the step-0 model (default: trained by the run; the world's shipped base is "
                         "models/default_base.pt)")
+    add_encoder_flag(p, "the base (when trained) and the joint model")
     p.add_argument("--save-base", type=Path, metavar="CKPT", help="save the base the run trains, to reuse it")
     p.add_argument("--iterations", type=positive_int, default=300, metavar="N",
                    help="training iterations of each weak-step run (default: 300)")

@@ -78,7 +78,8 @@ def multi_vs_single(bench: Benchmark, base: Checkpoint, *, iterations: int) -> l
     rows.append(_scored(bench, "WILSS, one multi-class step", multi, time.perf_counter() - start, images, done))
     single = Benchmark(replace(bench.protocol, task=single_class_task(bench.protocol.task)), bench.train, bench.test,
                        pretrain_cfg=bench.pretrain_cfg, update_cfg=bench.update_cfg, arch=bench.arch,
-                       device=bench.device, on_progress=bench.on_progress, arch_options=bench.arch_options)
+                       device=bench.device, on_progress=bench.on_progress, arch_options=bench.arch_options,
+                       init_model=bench.init_model)
     steps = single.protocol.task.num_steps - 1
     start = time.perf_counter()
     last, images, done = _weak_steps(single, base, math.ceil(iterations / steps))
