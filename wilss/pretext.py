@@ -149,20 +149,20 @@ PRETEXT_CLASSES: tuple[str, ...] = ("background", *TEXTURES)
 def sample_scene(rng: np.random.Generator, *, size: int = 128, min_objects: int = 2,
                  max_objects: int = 6) -> world.Scene:
     """One pretext scene: ``(image HxWx3 uint8, labels HxW uint8)``, labels = texture family ids (0 = none)."""
-    image = world._background(rng, size)
+    image = world.cluttered_background(rng, size)
     labels = np.zeros((size, size), np.uint8)
     inst = np.full((size, size), -1, np.int64)
     areas: list[int] = []
     families = list(TEXTURES.values())
-    for k in range(int(rng.integers(min_objects, max_objects + 1))):
+    for _ in range(int(rng.integers(min_objects, max_objects + 1))):
         family = int(rng.integers(len(families)))
-        placed = world._place(rng, _shape, size, inst, areas)
+        placed = world.place_shape(rng, _shape, size, inst, areas)
         if placed is None:
             continue
         shape, frame = placed
         ys, xs = np.nonzero(shape)
-        image[ys, xs] = world._paint(rng, families[family], shape, ys, xs, frame)
-        labels[ys, xs], inst[ys, xs] = family + 1, k
+        image[ys, xs] = world.paint_texture(rng, families[family], shape, ys, xs, frame)
+        labels[ys, xs], inst[ys, xs] = family + 1, len(areas)  # instance ids count placed shapes
         areas.append(len(ys))
     return world.camera(rng, image), labels
 

@@ -147,7 +147,7 @@ def _two_colours(rng) -> tuple[np.ndarray, np.ndarray]:
     return cand[0], cand[1 + (far[0] if len(far) else int(dist.argmax()))]
 
 
-def _background(rng, size: int) -> np.ndarray:
+def cluttered_background(rng, size: int) -> np.ndarray:
     """``size x size x 3`` uint8: smooth random-colour noise, finer noise, then clutter."""
     k, fine_k = int(rng.integers(3, 8)), int(rng.integers(12, 32))
     base = cv2.resize(rng.uniform(0, 255, (k, k, 3)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
@@ -193,7 +193,7 @@ def _rasterise(polys: Polys, frame, size: int) -> np.ndarray:
     return out.astype(bool)
 
 
-def _place(rng, shape_fn: Callable, size: int, inst: np.ndarray, areas: list[int]):
+def place_shape(rng, shape_fn: Callable, size: int, inst: np.ndarray, areas: list[int]):
     """Sample a frame whose shape leaves every earlier object >= MIN_VISIBLE visible (else the best try)."""
     visible = np.bincount(inst[inst >= 0], minlength=len(areas))
     best, best_score = None, -np.inf
@@ -209,7 +209,7 @@ def _place(rng, shape_fn: Callable, size: int, inst: np.ndarray, areas: list[int
     return best
 
 
-def _paint(rng, texture_fn: Callable, shape: np.ndarray, ys: np.ndarray, xs: np.ndarray, frame) -> np.ndarray:
+def paint_texture(rng, texture_fn: Callable, shape: np.ndarray, ys: np.ndarray, xs: np.ndarray, frame) -> np.ndarray:
     """RGB colours (``N x 3`` uint8) for the object's pixels ``(ys, xs)``: its texture in two random colours."""
     cx, cy, r, a = frame[:4]
     dx, dy = xs - cx, ys - cy
@@ -225,15 +225,15 @@ def _draw_scene(rng: np.random.Generator, classes: Sequence[int], size: int):
     ids = [int(c) for c in classes]
     if any(not 1 <= c < len(WORLD_CLASSES) for c in ids):
         raise ValueError(f"object class ids must be in 1..{len(WORLD_CLASSES) - 1}, got {ids}")
-    image = _background(rng, size)
+    image = cluttered_background(rng, size)
     mask = np.zeros((size, size), np.uint8)
     inst = np.full((size, size), -1, np.int64)
     areas, layers = [], []
     for k, cls in enumerate(rng.permutation(ids) if ids else []):
         shape_fn, texture_fn = CATEGORIES[WORLD_CLASSES[cls]]
-        shape, frame = _place(rng, shape_fn, size, inst, areas)
+        shape, frame = place_shape(rng, shape_fn, size, inst, areas)
         ys, xs = np.nonzero(shape)
-        image[ys, xs] = _paint(rng, texture_fn, shape, ys, xs, frame)
+        image[ys, xs] = paint_texture(rng, texture_fn, shape, ys, xs, frame)
         mask[ys, xs], inst[ys, xs] = cls, k
         areas.append(len(ys))
         layers.append((int(cls), shape))
