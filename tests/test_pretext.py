@@ -47,7 +47,7 @@ def test_encoder_init_copies_the_encoder_and_only_the_encoder(pretext_checkpoint
     torch.manual_seed(1)
     model = build_segmenter(arch="tiny", num_classes=8, width=8)
     head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
-    recipes.encoder_init(pretext_checkpoint)(model)
+    recipes.encoder_init(source)(model)
     for key, value in source.encoder.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[key], value), key
     assert all(torch.equal(model.head.state_dict()[k], v) for k, v in head_before.items())
@@ -56,7 +56,8 @@ def test_encoder_init_copies_the_encoder_and_only_the_encoder(pretext_checkpoint
 
 def test_encoder_init_refuses_another_architecture(pretext_checkpoint):
     with pytest.raises(ValueError, match="width"):
-        recipes.encoder_init(pretext_checkpoint)(build_segmenter(arch="tiny", num_classes=8, width=16))
+        recipes.encoder_init(load_checkpoint(pretext_checkpoint).model)(
+            build_segmenter(arch="tiny", num_classes=8, width=16))
 
 
 def test_cli_refuses_a_missing_or_unreadable_encoder(tmp_path, capsys):

@@ -96,16 +96,22 @@ def encoder_path(args: argparse.Namespace) -> Path | None:
     return DEFAULT_ENCODER if getattr(args, "dataset", "world") == "world" else None
 
 
-def world_encoder(args: argparse.Namespace):
-    """``Benchmark.init_model`` from ``--encoder`` (None: from scratch), the file checked up front."""
+def encoder_network(args: argparse.Namespace):
+    """The pretext network ``--encoder`` names, loaded once (a clear error for a missing or unreadable file), and
+    its path; (None, None) for networks from scratch."""
     path = encoder_path(args)
     if path is None:
-        return None
+        return None, None
     if not path.is_file():
         raise CliError(f"--encoder {path} does not exist; create it with `python -m wilss pretrain --pretext --out "
                        f"{path}`, or give --encoder none to train from scratch")
-    open_checkpoint(path)  # a clear error for a file that is not a checkpoint
-    return recipes.encoder_init(path)
+    return open_checkpoint(path).model, path
+
+
+def world_encoder(args: argparse.Namespace):
+    """``Benchmark.init_model`` from ``--encoder`` (None: from scratch), the file read up front."""
+    source, path = encoder_network(args)
+    return recipes.encoder_init(source, origin=str(path))
 
 
 def add_encoder_flag(parser: argparse.ArgumentParser, what: str) -> None:
@@ -119,9 +125,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.pretext:
         return _pretrain_pretext(args, out, start)
-    world_encoder(args)  # checks the file before training
+    encoder, path = encoder_network(args)  # read before training
     with ProgressBar(quiet=args.quiet) as bar:
-        ckpt, row = recipes.train_default_base(epochs=args.epochs, device=args.device, encoder=encoder_path(args),
+        ckpt, row = recipes.train_default_base(epochs=args.epochs, device=args.device, encoder=encoder,
+                                               encoder_name=None if path is None else path.name,
                                                on_progress=lambda n, p: bar.update(p, n))
     # From the per-class IoU: at step 0 the task calls the base classes "new", so row.old is NaN.
     base_miou = float(np.nanmean(row.per_class[1:])) if not np.all(np.isnan(row.per_class[1:])) else math.nan

@@ -6,9 +6,7 @@ The paper's defaults live in ``wilss.config``; a recipe changes only what the da
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from models import DEFAULT_ENCODER
 from wilss.config import PretrainConfig, UpdateConfig
 from wilss.protocol import Task, parse_task
 from wilss.world import WORLD_CLASSES
@@ -153,28 +151,27 @@ def train_pretext_encoder(*, epochs: int | None = None, device=None, on_progress
     return ckpt, miou
 
 
-def encoder_init(path):
-    """``Benchmark.init_model`` that starts a fresh network's encoder from the checkpoint at ``path`` (the pretext
-    network, ``models/pretext_tiny.pt``); None for ``path`` None (from scratch). Reads the file once, up front."""
-    if path is None:
+def encoder_init(source, *, origin: str = "the pretext network"):
+    """``Benchmark.init_model`` that starts a fresh network's encoder from ``source``, a loaded network (the pretext
+    network of ``models/pretext_tiny.pt``); None for ``source`` None (from scratch). ``origin`` names it in errors."""
+    if source is None:
         return None
-    from wilss.checkpoint import load_checkpoint
-
-    source = load_checkpoint(path).model
     config = {k: source.config.get(k) for k in ("arch", "width")}
 
     def init(model) -> None:
         mine = {k: model.config.get(k) for k in config}
         if mine != config:
-            raise ValueError(f"the encoder in {path} is {config}, the network to start from it is {mine}")
+            raise ValueError(f"the encoder of {origin} is {config}, the network to start from it is {mine}")
         model.encoder.load_state_dict(source.encoder.state_dict())
 
     return init
 
 
-def train_default_base(*, epochs: int | None = None, device=None, on_progress=None, encoder=DEFAULT_ENCODER):
-    """Train the shipped base model by the world recipe, its encoder started from ``encoder`` (a pretext
-    checkpoint; None: from scratch); returns (checkpoint, base figures on the test split)."""
+def train_default_base(*, epochs: int | None = None, device=None, on_progress=None, encoder=None,
+                       encoder_name: str | None = None):
+    """Train the shipped base model by the world recipe, its encoder started from ``encoder`` (the loaded pretext
+    network, recorded in the history as ``encoder_name``; None: from scratch); returns (checkpoint, base figures on
+    the test split)."""
     from dataclasses import replace
 
     from wilss.checkpoint import history_entry, new_checkpoint
@@ -185,7 +182,7 @@ def train_default_base(*, epochs: int | None = None, device=None, on_progress=No
     protocol = world_protocol()
     train, test = world_splits()
     bench = Benchmark(protocol, train, test, pretrain_cfg=cfg, update_cfg=WORLD_UPDATE, device=device,
-                      on_progress=on_progress, init_model=encoder_init(encoder))
+                      on_progress=on_progress, init_model=encoder_init(encoder, origin=str(encoder_name)))
     model = bench.train_base()
     row = bench.score("base", model, 0.0, step=0)
     names = protocol.model_class_names(0)
@@ -193,6 +190,6 @@ def train_default_base(*, epochs: int | None = None, device=None, on_progress=No
     ckpt.history.append(history_entry(
         "pretrain", names[1:], num_images=len(bench.base_indices()), step=0,
         settings={"recipe": "world", "task": WORLD_TASK_SPEC, "setting": WORLD_SETTING,
-                  "encoder": None if encoder is None else Path(encoder).name, **to_dict(cfg)},
+                  "encoder": encoder_name, **to_dict(cfg)},
         metrics={"test_mIoU_base_classes": round(row.new, 2), "test_mIoU_all": round(row.all, 2)}))
     return ckpt, row
