@@ -21,6 +21,7 @@ def _tiny(num_classes: int, *, width: int = 24, head_channels: int = 64, **_: ob
     encoder = TinyEncoder(width)
     return Segmenter(encoder, MapHead("out", *tiny_head(encoder.out_channels, head_channels)),
                      GrowableClassifier(head_channels, num_classes), feature_channels=encoder.out_channels,
+                     detail_key="detail", detail_channels=encoder.detail_channels,
                      config=dict(arch="tiny", num_classes=num_classes, width=width, head_channels=head_channels))
 
 

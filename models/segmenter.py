@@ -4,6 +4,7 @@ A ``Segmenter`` is ``encoder -> head -> classifier``, optionally with an auxilia
 
 - ``encoder(x)``: ``Bx3xHxW`` -> named feature maps ``{name: BxCxhxw}`` (a bare tensor counts as ``{'out': it}``);
   ``maps[feature_key]`` is the backbone's last map, the one WILSON's localizer reads ('out', or 'high' for LR-ASPP);
+  ``maps[detail_key]``, where the network names one, is a higher-resolution map a localizer may read as well;
 - ``head(maps)``: the maps -> what the classifier reads (a ``BxChxhxw`` tensor, or a tuple for summed classifiers);
 - ``classifier(h)``: 1x1 convolutions to ``K`` logits that can grow by new rows (one per new class);
 - ``aux_head`` / ``aux_classifier`` (FCN / DeepLabV3's auxiliary loss head on an earlier map): the same, trained
@@ -112,7 +113,8 @@ class Segmenter(nn.Module):
 
     def __init__(self, encoder: nn.Module, head: nn.Module, classifier: nn.Module, *, feature_channels: int,
                  config: dict, feature_key: str = "out", aux_head: nn.Module | None = None,
-                 aux_classifier: GrowableClassifier | None = None) -> None:
+                 aux_classifier: GrowableClassifier | None = None, detail_key: str | None = None,
+                 detail_channels: int = 0) -> None:
         super().__init__()
         if (aux_head is None) != (aux_classifier is None):
             raise ValueError("an auxiliary head needs its classifier and the other way round")
@@ -123,6 +125,7 @@ class Segmenter(nn.Module):
         self.aux_classifier = aux_classifier
         self.feature_channels = feature_channels
         self.feature_key = feature_key
+        self.detail_key, self.detail_channels = detail_key, detail_channels
         # The builder arguments; `num_classes` is kept current by `grow` so checkpoints can rebuild the net.
         self.config = dict(config)
 

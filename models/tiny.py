@@ -34,7 +34,10 @@ class BasicBlock(nn.Module):
 
 
 class TinyEncoder(nn.Sequential):
-    """``Bx3xHxW`` -> ``Bx(4*width)x(H/8)x(W/8)``."""
+    """``Bx3xHxW`` -> ``{'out': Bx(4*width)x(H/8)x(W/8), 'detail': Bx(2*width)x(H/4)x(W/4)}``: the last map and the
+    stride-4 map of its second stage (what a localizer may read for sharper maps, as DeepLabV3+'s decoder does)."""
+
+    DETAIL_STAGE = 1   # index of the stage whose output is the 'detail' map
 
     def __init__(self, width: int = 24) -> None:
         w = width
@@ -46,6 +49,15 @@ class TinyEncoder(nn.Sequential):
             BasicBlock(w * 4, w * 4, dilation=4),
         )
         self.out_channels = w * 4
+        self.detail_channels = w * 2
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        detail = None
+        for index, stage in enumerate(self):
+            x = stage(x)
+            if index == self.DETAIL_STAGE:
+                detail = x
+        return {"out": x, "detail": detail}
 
 
 class TinyASPP(nn.Module):

@@ -17,6 +17,9 @@ def test_build_shapes_and_growth_keeps_old_predictions(arch):
     assert features.shape[:2] == (2, model.feature_channels)
     assert logits.shape[-2:] == features.shape[-2:]
     assert full.shape == (2, 4, 64, 64) and torch.isfinite(full).all()
+    if model.detail_key is not None:   # a higher-resolution map for the localizer, as its docstring says
+        detail = model.encode(x)[model.detail_key]
+        assert detail.shape[1] == model.detail_channels and detail.shape[-1] > features.shape[-1]
 
     model.grow(2, mib_init=True)
     with torch.no_grad():

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from wilss.conventions import IGNORE_INDEX
-from wilss.pamr import balanced_ce, pamr, pamr_pseudo_label
+from wilss.pamr import balanced_ce, pamr, pamr_pseudo_label, refine_target
 
 
 def _boundary(row: torch.Tensor) -> int:
@@ -22,6 +22,21 @@ def test_pamr_moves_mask_boundary_to_image_edge():
     before = abs(_boundary(fg[0, 0, 16]) - 16)
     after = abs(_boundary(refined[0, 1, 16]) - 16)
     assert before == 4 and after <= before / 2
+
+
+def test_refine_target_upsamples_a_coarse_target_onto_the_image_edge():
+    image = torch.zeros(1, 3, 64, 64)
+    image[..., 26:] = 1.0                       # true edge at column 26, inside a coarse cell (cells of 8 px)
+    fg = torch.zeros(1, 1, 8, 8)
+    fg[..., 3:] = 0.9                           # a stride-8 target whose boundary is at column 24
+    target = torch.cat([1 - fg, fg, torch.zeros_like(fg)], 1)   # third class: absent from the image's tags
+    refined = refine_target(image, target, stride=2)
+    assert refined.shape == (1, 3, 32, 32)
+    assert 0.0 <= refined.min() and refined.max() <= 1.0 and refined[:, 2].abs().max() == 0.0
+    coarse = F.interpolate(target, size=(32, 32), mode="bilinear", align_corners=False)
+    before = abs(_boundary(coarse[0, 1, 16]) - 13)   # the edge is at column 13 at stride 2
+    after = abs(_boundary(refined[0, 1, 16]) - 13)
+    assert before >= 1 and after < before
 
 
 def test_pamr_keeps_distributions_and_shape():

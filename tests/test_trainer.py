@@ -105,9 +105,31 @@ def test_automatic_old_tags_give_l_cls_negatives_from_the_old_model(scenes):
         got = update.losses(images, targets, "warmup")["cls"]
         old_probs = update.old_model.probabilities(update.old_model.forward_features(images)[0])
         old_tags = (old_probs[:, 1:] > 0.5).flatten(2).amax(-1).float()
-        z = update.localizer(update.model.encoder(images))
+        z = update.localizer(update.model.encode(images)["out"])
         logits = L.aggregate_scores(z, gamma=cfg.focal_gamma, lam=cfg.focal_lambda, eps=cfg.gwp_eps)[:, 1:]
         want = L.classification_loss(logits, torch.cat([old_tags, targets[:, -1:]], 1))
     assert 0 < old_tags.sum() < old_tags.numel()  # the old model tags some old classes, not all
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     assert np.isfinite(last(update.run()).losses["cls"])
+
+
+def test_detail_localizer_and_pamr_refined_targets(scenes):
+    cfg = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8,
+                       localizer_detail=True, pamr_refine_stride=2)
+    items = [(scenes[0][0], np.array([0, 0, 1], np.float32))]
+    update = WeakUpdate(small_model(), tag_dataset(scenes), num_new=1, cfg=cfg, snapshot_items=items,
+                        snapshot_every=1)
+    images = torch.stack([update.dataset[i][0] for i in range(4)])
+    with torch.no_grad():
+        z = update.localizer(*(update.model.encode(images)[k] for k in ("out", "detail")))
+    assert z.shape == (4, 4, 8, 8)   # 32 px at stride 4 (the plain localizer: stride 8, 4x4)
+    final = last(update.run())
+    assert set(final.losses) == {"cls", "loc", "seg"} and all(np.isfinite(v) for v in final.losses.values())
+    assert final.snapshots[0].pseudo_label.shape == (32, 32)   # the PAMR-refined target, at stride 2
+    with pytest.raises(ValueError, match="reads a detail map"):
+        update.localizer(update.model.encode(images)["out"])
+
+    no_detail = small_model()
+    no_detail.detail_key = None   # as torchvision's networks, which name no detail map
+    with pytest.raises(ValueError, match="no detail map"):
+        WeakUpdate(no_detail, tag_dataset(scenes), num_new=1, cfg=cfg)

@@ -134,6 +134,9 @@ UPDATE_VALUE_FLAGS = (
     ("--localizer-channels", "localizer_channels", positive_int, "C", "hidden channels of the localizer"),
     ("--feature-distillation", "feature_distillation", non_negative_float, "W",
      "weight of the feature distillation loss MSE(e_t(x), e_t-1(x)); the reference code uses 1"),
+    ("--pamr-refine-stride", "pamr_refine_stride", non_negative_int, "S",
+     "refine the pseudo-labels by PAMR on the image at 1/S of its resolution and train l_SEG there (beyond the "
+     "paper; 0: off)"),
     ("--seed", "seed", int, "S", "random seed of initialisation, shuffling and augmentation"),
 )
 # (flag, field, value stored): switches that flip a default.
@@ -147,6 +150,8 @@ UPDATE_SWITCHES = (
     ("--no-mib-init", "mib_init", False, "initialise the new classifier rows randomly instead of MiB's init"),
     ("--pamr-self-training", "pamr_self_training", True,
      "reference-code extra: self-train the localizer on PAMR-refined masks after the warm-up"),
+    ("--localizer-detail", "localizer_detail", True,
+     "the localizer also reads the encoder's stride-4 map (tiny network): sharper CAMs, beyond the paper"),
     ("--drop-unlocalized", "drop_unlocalized", True,
      "give weight 0 in l_SEG to images whose pseudo-label misses a tagged class"),
 )

@@ -46,6 +46,9 @@ class UpdateConfig(OptimConfig):
     lr_head: float = 1e-2              # ASPP head and classifier
     lr_localizer: float = 1e-2
     localizer_channels: int = 256
+    # Beyond the paper: the localizer also reads the encoder's higher-resolution detail map, where the network has
+    # one (the tiny network's stride-4 map): CAMs, pseudo-labels and l_SEG at that resolution (wilss.localizer).
+    localizer_detail: bool = False
     # Eq. 1-2: aggregation
     focal_gamma: float = 3.0
     focal_lambda: float = 0.01
@@ -65,10 +68,15 @@ class UpdateConfig(OptimConfig):
     # Reference-code extras, off by default
     feature_distillation: float = 0.0  # weight of MSE(e_t(x), e_t-1(x)); the reference uses 1
     pamr_self_training: bool = False   # localizer self-training from PAMR-refined masks after the warm-up
+    # Beyond the paper: refine the Eq. 5-7 target by PAMR on the image at 1/pamr_refine_stride of the input
+    # resolution and compute l_SEG there (wilss.pamr.refine_target); 0 = off, l_SEG at the localizer's resolution.
+    pamr_refine_stride: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs}")
+        if self.pamr_refine_stride < 0:
+            raise ValueError(f"pamr_refine_stride must be 0 (off) or a positive stride, got {self.pamr_refine_stride}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if not 0.0 < self.auto_tag_threshold < 1.0 or not 0.0 <= self.auto_tag_min_fraction <= 1.0:

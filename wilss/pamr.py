@@ -73,6 +73,20 @@ def pamr(image: torch.Tensor, masks: torch.Tensor, *, dilations: Sequence[int] =
 
 
 @torch.no_grad()
+def refine_target(images: torch.Tensor, target: torch.Tensor, *, stride: int,
+                  dilations: Sequence[int] = (1, 2, 4, 8), iterations: int = 10) -> torch.Tensor:
+    """A weak step's soft target ``BxKxhxw`` (Eq. 5-7) bilinearly upsampled to ``1/stride`` of the images'
+    resolution and refined there by PAMR along the edges of ``images`` (``Bx3xHxW`` in [0, 1]).
+
+    Each refined value is a convex combination of target values, so targets stay in [0, 1] and classes the
+    image's tags exclude stay 0. Returns ``BxKx(H/stride)x(W/stride)``.
+    """
+    size = (images.shape[-2] // stride, images.shape[-1] // stride)
+    target = F.interpolate(target.float(), size=size, mode="bilinear", align_corners=False)
+    return pamr(images, target, dilations=dilations, iterations=iterations)
+
+
+@torch.no_grad()
 def pamr_pseudo_label(masks_refined: torch.Tensor, tags: torch.Tensor, *, cutoff_bkg: float = 0.7,
                       cutoff_fg: float = 0.6, cutoff_low: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
     """Self-training target from PAMR-refined scores (``BxCxHxW``, channel 0 = background).

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from models.segmenter import Segmenter
+from models.segmenter import Segmenter, resized
 from wilss import losses as L
 from wilss.config import PretrainConfig, UpdateConfig
 from wilss.conventions import IGNORE_INDEX, denormalize, normalize
@@ -26,7 +26,7 @@ from wilss.distributed import current_world, reduce_mean, wrap_for_training
 from wilss.engine import (Progress, Snapshot, make_loader, make_sgd, poly_schedule, resolve_device, run_loop,
                           seed_everything)
 from wilss.localizer import Localizer
-from wilss.pamr import balanced_ce, pamr, pamr_pseudo_label
+from wilss.pamr import balanced_ce, pamr, pamr_pseudo_label, refine_target
 from wilss.resume import Resumer
 from wilss.runtime import Precision, RuntimeConfig, maybe_compile, optimised
 
@@ -65,6 +65,15 @@ def pretrain(model: Segmenter, dataset: Dataset, cfg: PretrainConfig = PretrainC
                         optimizer=optimizer, scheduler=scheduler)
 
 
+def localize(model: Segmenter, localizer: Localizer,
+             maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model``'s encoder maps -> (the localizer's encoder map ``BxCfxhxw``, scores z ``BxKxh'xw'``: at the detail
+    map's resolution when the localizer reads one)."""
+    features = maps[model.feature_key]
+    detail = maps[model.detail_key] if localizer.detail is not None else None
+    return features, localizer(features, detail)
+
+
 class TrainedPair(nn.Module):
     """The new model and the localizer as one module, so that one forward feeds every trained loss: under
     DistributedDataParallel, gradients are synchronised only through the wrapped module's own forward."""
@@ -79,8 +88,7 @@ class TrainedPair(nn.Module):
         and auxiliary-head logits ``BxKxhxw`` at z's size when ``decode`` (aux: None without that head), else None:
         the warm-up trains the localizer alone)."""
         maps = self.model.encode(images)  # one encoder pass feeds the localizer and the decoder
-        features = maps[self.model.feature_key]
-        z = self.localizer(features)
+        features, z = localize(self.model, self.localizer, maps)
         if not decode:
             return features, z, None, None
         size = z.shape[-2:]
@@ -115,8 +123,13 @@ class WeakUpdate:
         self.model.grow(num_new, mib_init=cfg.mib_init)
         self.model.config["activation"] = "sigmoid"  # l_SEG (Eq. 8) trains every output as a sigmoid
         self.model.to(self.device)
+        if cfg.localizer_detail and self.model.detail_key is None:
+            raise ValueError(f"the {self.model.config.get('arch')} network has no detail map for the localizer: "
+                             "leave localizer_detail off")
         self.localizer = Localizer(self.model.feature_channels, self.model.num_classes,
-                                   hidden=cfg.localizer_channels).to(self.device)
+                                   hidden=cfg.localizer_channels,
+                                   detail_channels=self.model.detail_channels if cfg.localizer_detail else 0
+                                   ).to(self.device)
         self.snapshot_items, self.snapshot_every = list(snapshot_items), snapshot_every
         self.world, self.sync_bn = current_world(), sync_bn
         self.net: nn.Module = TrainedPair(self.model, self.localizer)  # DDP-wrapped by run() under torchrun
@@ -143,8 +156,8 @@ class WeakUpdate:
         cfg = self.cfg
         tags_new = targets[:, -self.num_new:]
         old_logits, old_features = self.precision.frozen(self.old_model.forward_features, images)
-        old_probs = self.old_model.probabilities(old_logits)
         features, z, seg_logits, aux_logits = self.net(images, decode=phase != "warmup")
+        old_probs = self.old_model.probabilities(resized(old_logits, z.shape[-2:]))  # at z's resolution
         class_logits = L.aggregate_scores(z, gamma=cfg.focal_gamma, lam=cfg.focal_lambda, eps=cfg.gwp_eps)
         if cfg.auto_old_tags:
             old_tags = L.confident_presence(old_probs[:, 1:], threshold=cfg.auto_tag_threshold,
@@ -161,6 +174,10 @@ class WeakUpdate:
         if phase == "warmup":
             return out
         target = L.pseudo_label(z.detach(), old_probs if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha)
+        if cfg.pamr_refine_stride:  # beyond the paper: a sharper target at a higher resolution, l_SEG there
+            target = refine_target(denormalize(images), target, stride=cfg.pamr_refine_stride)
+            seg_logits = resized(seg_logits, target.shape[-2:])
+            aux_logits = None if aux_logits is None else resized(aux_logits, target.shape[-2:])
         weights = L.localized_weights(target, tags_new) if cfg.drop_unlocalized else None
         out["seg"] = L.segmentation_loss(seg_logits, target, weights)
         if aux_logits is not None:  # the auxiliary head learns the same pseudo-label target
@@ -252,11 +269,14 @@ class WeakUpdate:
         """What the update thinks of one image ``HxWx3`` uint8 with targets ``K-1`` (use inside ``evaluating``)."""
         x = normalize(image)[None].to(self.device)
         size = image.shape[:2]
-        logits, features = self.model.forward_features(x)
-        z = self.localizer(features)
-        old_probs = self.old_model.probabilities(self.old_model.forward_features(x)[0])
+        maps = self.model.encode(x)
+        _, z = localize(self.model, self.localizer, maps)
+        logits = self.model.decode(maps)
+        old_probs = self.old_model.probabilities(resized(self.old_model.forward_features(x)[0], z.shape[-2:]))
         tags_new = torch.as_tensor(np.asarray(targets), dtype=torch.float32, device=self.device)[None, -self.num_new:]
         target = L.pseudo_label(z, old_probs if self.cfg.old_model_targets else None, tags_new, alpha=self.cfg.alpha)
+        if self.cfg.pamr_refine_stride:
+            target = refine_target(denormalize(x), target, stride=self.cfg.pamr_refine_stride)
         cams = F.interpolate(z.softmax(1)[:, -self.num_new:], size=size, mode="bilinear", align_corners=False)
         best, winner = target.max(1, keepdim=True)
         pseudo = F.interpolate(torch.cat([winner.float(), best.float()], 1), size=size, mode="nearest")
