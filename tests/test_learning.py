@@ -1,10 +1,11 @@
 """The update learns: on a small generated world, from the shipped base model (trained by `wilss pretrain` from the
 shipped pretext encoder).
 
-New classes (crescent, arrow) are learnt from image tags only, on 287 step images for 12 epochs (~220 iterations).
-Measured with this schedule on the project's CPU machine (2026-11-26, one thread): base old 74.3 / new 0.0; WILSS
-old 70.3 / new 25.4; FT old 2.6 / new 5.9. The floors below keep a margin under those figures; the full-schedule
-figures are in docs/results.md.
+New classes (crescent, arrow) are learnt from image tags only, on 287 step images for 12 epochs (~220 iterations),
+with the world recipe's PAMR-refined pseudo-labels at the paper's learning rates: at the recipe's raised rates a
+schedule this short forgets more (measured old 65.6 / new 25.7). Measured with this schedule on the project's CPU
+machine (2026-11-26, one thread): base old 74.3 / new 0.0; WILSS old 71.5 / new 18.8; FT old 1.0 / new 5.7. The
+floors below keep a margin under those figures; the full-schedule figures are in docs/results.md.
 """
 from dataclasses import replace
 
@@ -16,10 +17,10 @@ from wilss import recipes, world
 from wilss.checkpoint import load_checkpoint
 from wilss.experiments import Benchmark, LabelledSplit
 
-# A short schedule of the world recipe (a few minutes on two CPU cores).
-UPDATE = replace(recipes.WORLD_UPDATE, epochs=12, warmup_epochs=2)
-NEW_FLOOR = 15.0         # new-class mIoU (%) the update must exceed; the base model scores 0 (measured 25.4)
-OLD_DROP_CEILING = 10.0  # at most this many mIoU points lost on the old classes (measured 4.0)
+# A short schedule of the world recipe at the paper's learning rates (a few minutes on two CPU cores).
+UPDATE = replace(recipes.WORLD_UPDATE, epochs=12, warmup_epochs=2, lr_backbone=1e-3, lr_head=1e-2)
+NEW_FLOOR = 15.0         # new-class mIoU (%) the update must exceed; the base model scores 0 (measured 18.8)
+OLD_DROP_CEILING = 10.0  # at most this many mIoU points lost on the old classes (measured 2.8)
 
 
 @pytest.fixture(scope="module")
@@ -44,5 +45,5 @@ def test_wilss_keeps_the_old_classes(rows):
 
 
 def test_wilss_beats_fine_tuning_on_old_classes(rows):
-    # Without the old model's prior and targets, fine-tuning on pseudo-labels forgets the old classes (measured 2.6)
+    # Without the old model's prior and targets, fine-tuning on pseudo-labels forgets the old classes (measured 1.0)
     assert rows["wilss"].old > 2 * rows["ft"].old, rows

@@ -51,6 +51,14 @@ def localization_loss(z_old: torch.Tensor, old_probs: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
+def hard_soft_mix(scores: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Eq. 5-6: ``alpha`` * one-hot argmax of ``scores`` ``BxKxhxw`` + (1 - ``alpha``) * ``scores``; a pixel whose
+    scores are all 0 stays 0."""
+    hard = F.one_hot(scores.argmax(dim=1), scores.shape[1]).permute(0, 3, 1, 2).to(scores.dtype)
+    return alpha * hard * (scores > 0) + (1.0 - alpha) * scores
+
+
+@torch.no_grad()
 def pseudo_label(z: torch.Tensor, old_probs: torch.Tensor | None, tags: torch.Tensor,
                  *, alpha: float = 0.5) -> torch.Tensor:
     """Soft pseudo-label targets ``BxKxhxw`` in [0, 1] for l_SEG (Eq. 5-7).
@@ -61,9 +69,7 @@ def pseudo_label(z: torch.Tensor, old_probs: torch.Tensor | None, tags: torch.Te
     ``old_probs``: the old model's probabilities (sigmoid(o) in the paper). With ``None`` (the FT baseline) every
     channel's target is q itself.
     """
-    m = z.float().softmax(dim=1)
-    q_hard = F.one_hot(m.argmax(dim=1), m.shape[1]).permute(0, 3, 1, 2).to(m.dtype)
-    q = alpha * q_hard + (1.0 - alpha) * m
+    q = hard_soft_mix(z.float().softmax(dim=1), alpha)
     num_new = tags.shape[1]
     q[:, -num_new:] *= tags.to(q.dtype)[:, :, None, None]
     if old_probs is None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from wilss.conventions import BACKGROUND, IGNORE_INDEX
+from wilss.losses import hard_soft_mix
 
 
 def _neighbours(x: torch.Tensor, dilations: Sequence[int]) -> Iterator[torch.Tensor]:
@@ -73,17 +74,18 @@ def pamr(image: torch.Tensor, masks: torch.Tensor, *, dilations: Sequence[int] =
 
 
 @torch.no_grad()
-def refine_target(images: torch.Tensor, target: torch.Tensor, *, stride: int,
+def refine_target(images: torch.Tensor, target: torch.Tensor, *, stride: int, alpha: float = 0.0,
                   dilations: Sequence[int] = (1, 2, 4, 8), iterations: int = 10) -> torch.Tensor:
     """A weak step's soft target ``BxKxhxw`` (Eq. 5-7) bilinearly upsampled to ``1/stride`` of the images'
-    resolution and refined there by PAMR along the edges of ``images`` (``Bx3xHxW`` in [0, 1]).
+    resolution, refined there by PAMR along the edges of ``images`` (``Bx3xHxW`` in [0, 1]), then sharpened again
+    by Eq. 6's mix with its one-hot argmax (weight ``alpha``; PAMR's averaging softens it).
 
     Each refined value is a convex combination of target values, so targets stay in [0, 1] and classes the
     image's tags exclude stay 0. Returns ``BxKx(H/stride)x(W/stride)``.
     """
     size = (images.shape[-2] // stride, images.shape[-1] // stride)
     target = F.interpolate(target.float(), size=size, mode="bilinear", align_corners=False)
-    return pamr(images, target, dilations=dilations, iterations=iterations)
+    return hard_soft_mix(pamr(images, target, dilations=dilations, iterations=iterations), alpha)
 
 
 @torch.no_grad()
