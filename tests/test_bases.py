@@ -151,7 +151,8 @@ def test_weak_step_trains_every_head_from_the_last_map(name):
     targets = np.array([[0, 0, float(4 in np.unique(m))] for _, m in items], dtype=np.float32)
     cfg = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=2, crop_size=64, localizer_channels=8)
     update = WeakUpdate(base, TagDataset([img for img, _ in items], targets), num_new=1, cfg=cfg)
-    assert update.localizer[0].in_channels == base.feature_channels == 960   # the 'out' / 'high' map
+    assert update.localizer.body[0].in_channels == base.feature_channels == 960   # the 'out' / 'high' map
+    assert update.localizer.detail is None   # torchvision's networks name no detail map
     final = last(update.run())
     assert set(final.losses) == {"cls", "loc", "seg"} | ({"aux"} if aux else set())
     assert all(np.isfinite(v) for v in final.losses.values())
