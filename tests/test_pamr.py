@@ -37,6 +37,9 @@ def test_refine_target_upsamples_a_coarse_target_onto_the_image_edge():
     before = abs(_boundary(coarse[0, 1, 16]) - 13)   # the edge is at column 13 at stride 2
     after = abs(_boundary(refined[0, 1, 16]) - 13)
     assert before >= 1 and after < before
+    # more iterations spread each region's value further along it: the new class fades on the far side of the edge
+    longer = refine_target(image, target, stride=2, iterations=30)
+    assert longer[0, 1, 16, :13].max() < refined[0, 1, 16, :13].max() < coarse[0, 1, 16, :13].max()
     # alpha mixes the refined target with its one-hot argmax again (Eq. 6): the winner of each pixel gains
     sharp = refine_target(image, target, stride=2, alpha=0.5)
     torch.testing.assert_close(sharp.amax(1), 0.5 + 0.5 * refined.amax(1))

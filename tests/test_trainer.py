@@ -115,7 +115,7 @@ def test_automatic_old_tags_give_l_cls_negatives_from_the_old_model(scenes):
 
 def test_detail_localizer_and_pamr_refined_targets(scenes):
     cfg = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8,
-                       localizer_detail=True, pamr_refine_stride=2)
+                       localizer_detail=True, pamr_refine_stride=2, pamr_refine_iterations=3)
     items = [(scenes[0][0], np.array([0, 0, 1], np.float32))]
     update = WeakUpdate(small_model(), tag_dataset(scenes), num_new=1, cfg=cfg, snapshot_items=items,
                         snapshot_every=1)
@@ -133,3 +133,11 @@ def test_detail_localizer_and_pamr_refined_targets(scenes):
     no_detail.detail_key = None   # as torchvision's networks, which name no detail map
     with pytest.raises(ValueError, match="no detail map"):
         WeakUpdate(no_detail, tag_dataset(scenes), num_new=1, cfg=cfg)
+
+
+@pytest.mark.parametrize("field, value, message", [("pamr_refine_stride", -1, "pamr_refine_stride"),
+                                                   ("pamr_refine_iterations", 0, "pamr_refine_iterations"),
+                                                   ("alpha", 1.5, "alpha")])
+def test_update_config_refuses_out_of_range_settings(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        UpdateConfig(**{field: value})

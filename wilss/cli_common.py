@@ -137,6 +137,8 @@ UPDATE_VALUE_FLAGS = (
     ("--pamr-refine-stride", "pamr_refine_stride", non_negative_int, "S",
      "refine the pseudo-labels by PAMR on the image at 1/S of its resolution and train l_SEG there (beyond the "
      "paper; 0: off)"),
+    ("--pamr-refine-iterations", "pamr_refine_iterations", positive_int, "N",
+     "PAMR iterations of that refinement"),
     ("--seed", "seed", int, "S", "random seed of initialisation, shuffling and augmentation"),
 )
 # (flag, field, value stored): switches that flip a default.

@@ -71,12 +71,15 @@ class UpdateConfig(OptimConfig):
     # Beyond the paper: refine the Eq. 5-7 target by PAMR on the image at 1/pamr_refine_stride of the input
     # resolution and compute l_SEG there (wilss.pamr.refine_target); 0 = off, l_SEG at the localizer's resolution.
     pamr_refine_stride: int = 0
+    pamr_refine_iterations: int = 10   # PAMR's iterations there (more: the labels follow the image's edges further)
 
     def __post_init__(self) -> None:
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs}")
         if self.pamr_refine_stride < 0:
             raise ValueError(f"pamr_refine_stride must be 0 (off) or a positive stride, got {self.pamr_refine_stride}")
+        if self.pamr_refine_iterations < 1:
+            raise ValueError(f"pamr_refine_iterations must be at least 1, got {self.pamr_refine_iterations}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if not 0.0 < self.auto_tag_threshold < 1.0 or not 0.0 <= self.auto_tag_min_fraction <= 1.0:

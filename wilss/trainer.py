@@ -175,7 +175,8 @@ class WeakUpdate:
             return out
         target = L.pseudo_label(z.detach(), old_probs if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha)
         if cfg.pamr_refine_stride:  # beyond the paper: a sharper target at a higher resolution, l_SEG there
-            target = refine_target(denormalize(images), target, stride=cfg.pamr_refine_stride, alpha=cfg.alpha)
+            target = refine_target(denormalize(images), target, stride=cfg.pamr_refine_stride, alpha=cfg.alpha,
+                                   iterations=cfg.pamr_refine_iterations)
             seg_logits = resized(seg_logits, target.shape[-2:])
             aux_logits = None if aux_logits is None else resized(aux_logits, target.shape[-2:])
         weights = L.localized_weights(target, tags_new) if cfg.drop_unlocalized else None
@@ -277,7 +278,7 @@ class WeakUpdate:
         target = L.pseudo_label(z, old_probs if self.cfg.old_model_targets else None, tags_new, alpha=self.cfg.alpha)
         if self.cfg.pamr_refine_stride:
             target = refine_target(denormalize(x), target, stride=self.cfg.pamr_refine_stride,
-                                   alpha=self.cfg.alpha)
+                                   alpha=self.cfg.alpha, iterations=self.cfg.pamr_refine_iterations)
         cams = F.interpolate(z.softmax(1)[:, -self.num_new:], size=size, mode="bilinear", align_corners=False)
         best, winner = target.max(1, keepdim=True)
         pseudo = F.interpolate(torch.cat([winner.float(), best.float()], 1), size=size, mode="nearest")
