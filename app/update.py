@@ -46,6 +46,9 @@ ADVANCED = (
     ("relaxed", "relaxed setting", "l_CLS over all classes, reading tags of classes the model knows"),
     ("drop_unlocalized", "drop unlocalized images", "weight 0 in l_SEG for images whose pseudo-label misses a tag"),
     ("pamr_self_training", "PAMR self-training", "reference-code extra: self-train the localizer on PAMR masks"),
+    ("pamr_refine_stride", "PAMR-refined pseudo-labels: stride",
+     "beyond the paper: refine the pseudo-labels along the image's edges at 1/S of its size; 0 = off"),
+    ("pamr_refine_iterations", "PAMR-refined pseudo-labels: iterations", "PAMR iterations of that refinement"),
 )
 _FIELD_TYPES = {f.name: type(getattr(DEMO_UPDATE, f.name)) for f in fields(UpdateConfig)}
 
