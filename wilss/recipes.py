@@ -26,8 +26,8 @@ WORLD_PRETEXT = PretrainConfig(epochs=10, lr=0.05, batch_size=16, crop_size=WORL
 
 # Step 0 from the pretext encoder: a higher learning rate than the paper's 1e-2 fine-tuning value.
 WORLD_PRETRAIN = PretrainConfig(epochs=30, lr=0.05, batch_size=16, crop_size=WORLD_SIZE, scale_range=(0.75, 1.25))
-# About 1150 step images: 20 epochs (4 of warm-up, the paper's 1/8 share) ~ 1460 iterations, about 6 minutes on two
-# CPU cores; the paper's 256-channel localizer. No scale jitter: a tag describes the whole image, and a crop of an
+# About 1150 step images: 20 epochs (4 of warm-up, the paper's 1/8 share) = 1420 iterations, about 11 minutes on
+# two CPU cores; the paper's 256-channel localizer. No scale jitter: a tag describes the whole image, and a crop of an
 # upscaled image can cut the tagged object out (and crops never need padding, which tags cannot mark void).
 # Beyond the paper: the pseudo-labels are refined by PAMR at stride 2, 30 iterations (the localizer's 16x16 CAMs
 # spill past the world's small objects); the network underfits those sharper targets at the paper's learning rates,

@@ -175,8 +175,7 @@ class WeakUpdate:
             return out
         target = L.pseudo_label(z.detach(), old_probs if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha)
         if cfg.pamr_refine_stride:  # beyond the paper: a sharper target at a higher resolution, l_SEG there
-            target = refine_target(denormalize(images), target, stride=cfg.pamr_refine_stride, alpha=cfg.alpha,
-                                   iterations=cfg.pamr_refine_iterations)
+            target = self._refined(images, target)
             seg_logits = resized(seg_logits, target.shape[-2:])
             aux_logits = None if aux_logits is None else resized(aux_logits, target.shape[-2:])
         weights = L.localized_weights(target, tags_new) if cfg.drop_unlocalized else None
@@ -186,6 +185,12 @@ class WeakUpdate:
         if cfg.pamr_self_training:
             out["self"] = self._self_training_loss(images, z, old_logits, targets)
         return out
+
+    def _refined(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The Eq. 5-7 target refined by PAMR on the (normalised) ``images`` at ``cfg.pamr_refine_stride``."""
+        cfg = self.cfg
+        return refine_target(denormalize(images), target, stride=cfg.pamr_refine_stride, alpha=cfg.alpha,
+                             iterations=cfg.pamr_refine_iterations)
 
     def _self_training_loss(self, images: torch.Tensor, z: torch.Tensor, old_logits: torch.Tensor,
                             targets: torch.Tensor) -> torch.Tensor:
@@ -277,8 +282,7 @@ class WeakUpdate:
         tags_new = torch.as_tensor(np.asarray(targets), dtype=torch.float32, device=self.device)[None, -self.num_new:]
         target = L.pseudo_label(z, old_probs if self.cfg.old_model_targets else None, tags_new, alpha=self.cfg.alpha)
         if self.cfg.pamr_refine_stride:
-            target = refine_target(denormalize(x), target, stride=self.cfg.pamr_refine_stride,
-                                   alpha=self.cfg.alpha, iterations=self.cfg.pamr_refine_iterations)
+            target = self._refined(x, target)
         cams = F.interpolate(z.softmax(1)[:, -self.num_new:], size=size, mode="bilinear", align_corners=False)
         best, winner = target.max(1, keepdim=True)
         pseudo = F.interpolate(torch.cat([winner.float(), best.float()], 1), size=size, mode="nearest")
