@@ -174,10 +174,9 @@ class WeakUpdate:
         if phase == "warmup":
             return out
         target = L.pseudo_label(z.detach(), old_probs if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha)
-        if cfg.pamr_refine_stride:  # beyond the paper: a sharper target at a higher resolution, l_SEG there
-            target = self._refined(images, target)
-            seg_logits = resized(seg_logits, target.shape[-2:])
-            aux_logits = None if aux_logits is None else resized(aux_logits, target.shape[-2:])
+        target = self._refined(images, target)   # l_SEG at the target's resolution (z's, unless refined)
+        seg_logits = resized(seg_logits, target.shape[-2:])
+        aux_logits = None if aux_logits is None else resized(aux_logits, target.shape[-2:])
         weights = L.localized_weights(target, tags_new) if cfg.drop_unlocalized else None
         out["seg"] = L.segmentation_loss(seg_logits, target, weights)
         if aux_logits is not None:  # the auxiliary head learns the same pseudo-label target
@@ -187,8 +186,11 @@ class WeakUpdate:
         return out
 
     def _refined(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The Eq. 5-7 target refined by PAMR on the (normalised) ``images`` at ``cfg.pamr_refine_stride``."""
+        """The Eq. 5-7 target refined by PAMR on the (normalised) ``images`` at ``cfg.pamr_refine_stride`` (beyond
+        the paper: a sharper target at a higher resolution); unchanged when that is 0 (off)."""
         cfg = self.cfg
+        if not cfg.pamr_refine_stride:
+            return target
         return refine_target(denormalize(images), target, stride=cfg.pamr_refine_stride, alpha=cfg.alpha,
                              iterations=cfg.pamr_refine_iterations)
 
@@ -281,8 +283,7 @@ class WeakUpdate:
         old_probs = self.old_model.probabilities(resized(self.old_model.forward_features(x)[0], z.shape[-2:]))
         tags_new = torch.as_tensor(np.asarray(targets), dtype=torch.float32, device=self.device)[None, -self.num_new:]
         target = L.pseudo_label(z, old_probs if self.cfg.old_model_targets else None, tags_new, alpha=self.cfg.alpha)
-        if self.cfg.pamr_refine_stride:
-            target = self._refined(x, target)
+        target = self._refined(x, target)
         cams = F.interpolate(z.softmax(1)[:, -self.num_new:], size=size, mode="bilinear", align_corners=False)
         best, winner = target.max(1, keepdim=True)
         pseudo = F.interpolate(torch.cat([winner.float(), best.float()], 1), size=size, mode="nearest")
