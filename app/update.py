@@ -49,6 +49,8 @@ ADVANCED = (
     ("pamr_refine_stride", "PAMR-refined pseudo-labels: stride",
      "beyond the paper: refine the pseudo-labels along the image's edges at 1/S of its size; 0 = off"),
     ("pamr_refine_iterations", "PAMR-refined pseudo-labels: iterations", "PAMR iterations of that refinement"),
+    ("pamr_refine_fine_iterations", "PAMR-refined pseudo-labels: full-resolution iterations",
+     "coarse to fine: then this many iterations at the image's full size, and l_SEG there; 0 = off"),
 )
 _FIELD_TYPES = {f.name: type(getattr(DEMO_UPDATE, f.name)) for f in fields(UpdateConfig)}
 

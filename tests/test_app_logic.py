@@ -101,8 +101,10 @@ def test_make_config_casts_page_values_and_explains_bad_ones():
         make_config({"batch_size": 0})
     with pytest.raises(DataError, match="whole number"):
         make_config({"epochs": 2.5})
-    refined = make_config({"pamr_refine_stride": 2, "pamr_refine_iterations": "30"})
-    assert (refined.pamr_refine_stride, refined.pamr_refine_iterations) == (2, 30)
+    refined = make_config({"pamr_refine_stride": 2, "pamr_refine_iterations": "30",
+                           "pamr_refine_fine_iterations": 10})
+    assert (refined.pamr_refine_stride, refined.pamr_refine_iterations,
+            refined.pamr_refine_fine_iterations) == (2, 30, 10)
     with pytest.raises(DataError, match="pamr_refine_iterations must be at least 1"):
         make_config({"pamr_refine_iterations": 0})
     assert loss_names(cfg) == ["cls", "loc", "seg", "total"]

@@ -46,6 +46,24 @@ def test_refine_target_upsamples_a_coarse_target_onto_the_image_edge():
     assert sharp[:, 2].abs().max() == 0.0
 
 
+def test_refine_target_coarse_to_fine_traces_a_thin_part_at_full_resolution():
+    image = torch.zeros(1, 3, 64, 64)
+    image[..., 30:32] = 1.0                     # a 2-px line: one pixel wide at stride 2
+    fg = torch.zeros(1, 1, 8, 8)
+    fg[..., 3] = 0.9                            # the stride-8 cell over it
+    target = torch.cat([1 - fg, fg], 1)
+    coarse = refine_target(image, target, stride=2)
+    fine = refine_target(image, target, stride=2, fine_iterations=10)
+    assert fine.shape == (1, 2, 64, 64)
+    upsampled = F.interpolate(coarse, size=(64, 64), mode="bilinear", align_corners=False)[0, 1, 32]
+    row = fine[0, 1, 32]
+    # the stride-2 result, upsampled, spills onto the pixels beside the line; full-resolution iterations take it back
+    beside = [29, 32]
+    assert upsampled[beside].min() > 0.2 and row[beside].max() < 0.11
+    torch.testing.assert_close(row[30:32], upsampled[30:32], atol=0.02, rtol=0)
+    torch.testing.assert_close(fine.sum(1), torch.ones(1, 64, 64))
+
+
 def test_pamr_keeps_distributions_and_shape():
     torch.manual_seed(0)
     image = torch.rand(2, 3, 64, 64)

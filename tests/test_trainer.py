@@ -135,8 +135,21 @@ def test_detail_localizer_and_pamr_refined_targets(scenes):
         WeakUpdate(no_detail, tag_dataset(scenes), num_new=1, cfg=cfg)
 
 
+def test_coarse_to_fine_refined_targets_train_at_full_resolution(scenes):
+    cfg = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8,
+                       pamr_refine_stride=2, pamr_refine_iterations=3, pamr_refine_fine_iterations=2)
+    update = WeakUpdate(small_model(), tag_dataset(scenes), num_new=1, cfg=cfg)
+    images = torch.stack([update.dataset[i][0] for i in range(4)])
+    target = torch.full((4, 4, 4, 4), 0.25)
+    assert update._refined(images, target).shape == (4, 4, 32, 32)   # l_SEG's target at the crop's 32 px
+    final = last(update.run())
+    assert set(final.losses) == {"cls", "loc", "seg"} and all(np.isfinite(v) for v in final.losses.values())
+
+
 @pytest.mark.parametrize("field, value, message", [("pamr_refine_stride", -1, "pamr_refine_stride"),
                                                    ("pamr_refine_iterations", 0, "pamr_refine_iterations"),
+                                                   ("pamr_refine_fine_iterations", -1, "pamr_refine_fine_iterations"),
+                                                   ("pamr_refine_fine_iterations", 5, "needs the refinement on"),
                                                    ("alpha", 1.5, "alpha")])
 def test_update_config_refuses_out_of_range_settings(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -139,6 +139,8 @@ UPDATE_VALUE_FLAGS = (
      "paper; 0: off)"),
     ("--pamr-refine-iterations", "pamr_refine_iterations", positive_int, "N",
      "PAMR iterations of that refinement"),
+    ("--pamr-refine-fine-iterations", "pamr_refine_fine_iterations", non_negative_int, "N",
+     "then N more PAMR iterations at the image's full resolution, and l_SEG there (coarse to fine; 0: off)"),
     ("--seed", "seed", int, "S", "random seed of initialisation, shuffling and augmentation"),
 )
 # (flag, field, value stored): switches that flip a default.

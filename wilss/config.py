@@ -72,6 +72,9 @@ class UpdateConfig(OptimConfig):
     # resolution and compute l_SEG there (wilss.pamr.refine_target); 0 = off, l_SEG at the localizer's resolution.
     pamr_refine_stride: int = 0
     pamr_refine_iterations: int = 10   # PAMR's iterations there (more: the labels follow the image's edges further)
+    # Coarse to fine: after those, this many more iterations at the input's full resolution, and l_SEG there
+    # (0 = off). Traces thin parts that 1/pamr_refine_stride blurs; needs pamr_refine_stride > 0.
+    pamr_refine_fine_iterations: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.warmup_epochs < self.epochs:
@@ -80,6 +83,11 @@ class UpdateConfig(OptimConfig):
             raise ValueError(f"pamr_refine_stride must be 0 (off) or a positive stride, got {self.pamr_refine_stride}")
         if self.pamr_refine_iterations < 1:
             raise ValueError(f"pamr_refine_iterations must be at least 1, got {self.pamr_refine_iterations}")
+        if self.pamr_refine_fine_iterations < 0:
+            raise ValueError("pamr_refine_fine_iterations must be 0 (off) or positive, "
+                             f"got {self.pamr_refine_fine_iterations}")
+        if self.pamr_refine_fine_iterations and not self.pamr_refine_stride:
+            raise ValueError("pamr_refine_fine_iterations needs the refinement on (pamr_refine_stride > 0)")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if not 0.0 < self.auto_tag_threshold < 1.0 or not 0.0 <= self.auto_tag_min_fraction <= 1.0:

@@ -75,17 +75,26 @@ def pamr(image: torch.Tensor, masks: torch.Tensor, *, dilations: Sequence[int] =
 
 @torch.no_grad()
 def refine_target(images: torch.Tensor, target: torch.Tensor, *, stride: int, alpha: float = 0.0,
-                  dilations: Sequence[int] = (1, 2, 4, 8), iterations: int = 10) -> torch.Tensor:
+                  dilations: Sequence[int] = (1, 2, 4, 8), iterations: int = 10,
+                  fine_iterations: int = 0) -> torch.Tensor:
     """A weak step's soft target ``BxKxhxw`` (Eq. 5-7) bilinearly upsampled to ``1/stride`` of the images'
     resolution, refined there by PAMR along the edges of ``images`` (``Bx3xHxW`` in [0, 1]), then sharpened again
     by Eq. 6's mix with its one-hot argmax (weight ``alpha``; PAMR's averaging softens it).
 
+    With ``fine_iterations > 0`` (coarse to fine) the refined scores are then upsampled to the images' full
+    resolution and refined there by that many more iterations before the mix: the long-range spread is done at
+    ``1/stride``, where it is cheap, and thin parts are traced at full resolution. The result is then ``BxKxHxW``.
+
     Each refined value is a convex combination of target values, so targets stay in [0, 1] and classes the
-    image's tags exclude stay 0. Returns ``BxKx(H/stride)x(W/stride)``.
+    image's tags exclude stay 0. Returns ``BxKx(H/stride)x(W/stride)`` (``BxKxHxW`` with ``fine_iterations``).
     """
     size = (images.shape[-2] // stride, images.shape[-1] // stride)
     target = F.interpolate(target.float(), size=size, mode="bilinear", align_corners=False)
-    return hard_soft_mix(pamr(images, target, dilations=dilations, iterations=iterations), alpha)
+    refined = pamr(images, target, dilations=dilations, iterations=iterations)
+    if fine_iterations:
+        refined = F.interpolate(refined, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        refined = pamr(images, refined, dilations=dilations, iterations=fine_iterations)
+    return hard_soft_mix(refined, alpha)
 
 
 @torch.no_grad()

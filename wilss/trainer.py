@@ -192,7 +192,8 @@ class WeakUpdate:
         if not cfg.pamr_refine_stride:
             return target
         return refine_target(denormalize(images), target, stride=cfg.pamr_refine_stride, alpha=cfg.alpha,
-                             iterations=cfg.pamr_refine_iterations)
+                             iterations=cfg.pamr_refine_iterations,
+                             fine_iterations=cfg.pamr_refine_fine_iterations)
 
     def _self_training_loss(self, images: torch.Tensor, z: torch.Tensor, old_logits: torch.Tensor,
                             targets: torch.Tensor) -> torch.Tensor:
