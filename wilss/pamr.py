@@ -89,6 +89,8 @@ def refine_target(images: torch.Tensor, target: torch.Tensor, *, stride: int, al
     image's tags exclude stay 0. Returns ``BxKx(H/stride)x(W/stride)`` (``BxKxHxW`` with ``fine_iterations``).
     """
     size = (images.shape[-2] // stride, images.shape[-1] // stride)
+    if size == tuple(images.shape[-2:]):   # already at full resolution: one run of every iteration, one affinity
+        iterations, fine_iterations = iterations + fine_iterations, 0
     target = F.interpolate(target.float(), size=size, mode="bilinear", align_corners=False)
     refined = pamr(images, target, dilations=dilations, iterations=iterations)
     if fine_iterations:
