@@ -44,8 +44,6 @@ ADVANCED = (
     ("seed", "seed", "random seed of initialisation, shuffling and augmentation"),
     ("mib_init", "MiB initialisation", "new classifier rows start from the background row"),
     ("relaxed", "relaxed setting", "l_CLS over all classes, reading tags of classes the model knows"),
-    ("cap_old_targets", "cap old-class targets",
-     "beyond the paper: old-class targets capped like the background's where the localizer finds a new class"),
     ("drop_unlocalized", "drop unlocalized images", "weight 0 in l_SEG for images whose pseudo-label misses a tag"),
     ("pamr_self_training", "PAMR self-training", "reference-code extra: self-train the localizer on PAMR masks"),
     ("pamr_refine_stride", "PAMR-refined pseudo-labels: stride",

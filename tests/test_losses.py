@@ -56,23 +56,14 @@ def test_pseudo_label_eq5_to_eq7_by_hand():
     m = torch.tensor([0.2, 0.3, 0.5])
     z = m.log().view(1, 3, 1, 1)
     old = torch.sigmoid(torch.tensor([0.0, 1.0]).view(1, 2, 1, 1))  # 0.5, 0.7311
-    q = L.localizer_target(z, torch.tensor([[1.0]]), alpha=0.5)
-    want_q = 0.5 * torch.tensor([0.0, 0.0, 1.0]) + 0.5 * m  # Eq. 6: (0.1, 0.15, 0.75)
-    assert q[0, :, 0, 0].tolist() == pytest.approx(want_q.tolist())
-    target = L.old_model_target(q, old)
-    assert target[0, :, 0, 0].tolist() == pytest.approx([min(0.5, 0.1), 1 / (1 + math.exp(-1)), 0.75])
+    target = L.pseudo_label(z, old, torch.tensor([[1.0]]), alpha=0.5)
+    q = 0.5 * torch.tensor([0.0, 0.0, 1.0]) + 0.5 * m  # Eq. 6: (0.1, 0.15, 0.75)
+    assert target[0, :, 0, 0].tolist() == pytest.approx([min(0.5, q[0].item()), 1 / (1 + math.exp(-1)), 0.75])
     # untagged new class gets 0; background still the min with the old model
-    untagged = L.old_model_target(L.localizer_target(z, torch.tensor([[0.0]]), alpha=0.5), old)
-    assert untagged[0, :, 0, 0].tolist() == pytest.approx([0.1, 1 / (1 + math.exp(-1)), 0.0])
-
-
-def test_capped_old_targets_leave_the_old_classes_what_the_new_ones_do_not_take():
-    # background, two old classes, two new ones; q's new classes take 0.75 and 0.05 of the pixel
-    q = torch.tensor([0.1, 0.05, 0.05, 0.75, 0.05]).view(1, 5, 1, 1)
-    old = torch.tensor([0.5, 0.9, 0.2]).view(1, 3, 1, 1)
-    capped = L.old_model_target(q, old, cap_old=True)[0, :, 0, 0]
-    assert capped.tolist() == pytest.approx([0.1, 0.25, 0.2, 0.75, 0.05])   # 0.9 -> 1 - 0.75; 0.2 stays
-    assert L.old_model_target(q, old)[0, 1, 0, 0].item() == pytest.approx(0.9)   # Eq. 7 alone: not capped
+    untagged = L.pseudo_label(z, old, torch.tensor([[0.0]]), alpha=0.5)
+    assert untagged[0, 2, 0, 0].item() == 0.0
+    # FT: no old model -> q itself
+    assert L.pseudo_label(z, None, torch.tensor([[1.0]]))[0, :, 0, 0].tolist() == pytest.approx(q.tolist())
 
 
 def test_segmentation_loss_eq8_sum_over_classes_mean_over_pixels():

@@ -1,12 +1,9 @@
 """Mechanics of the update loop on a tiny model: phases, learning rates, snapshots, cancel, input untouched."""
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
 
 from models import build_segmenter
-from models.segmenter import resized
 from wilss import losses as L
 from wilss.config import PretrainConfig, UpdateConfig
 from wilss.training_data import PixelDataset, TagDataset
@@ -143,33 +140,10 @@ def test_coarse_to_fine_refined_targets_train_at_full_resolution(scenes):
                        pamr_refine_stride=2, pamr_refine_iterations=3, pamr_refine_fine_iterations=2)
     update = WeakUpdate(small_model(), tag_dataset(scenes), num_new=1, cfg=cfg)
     images = torch.stack([update.dataset[i][0] for i in range(4)])
-    with torch.no_grad():
-        z = update.localizer(update.model.encode(images)["out"])
-        target = update._target(images, z, update.old_model.forward_features(images)[0], torch.ones(4, 1))
-    assert target.shape == (4, 4, 32, 32)   # l_SEG's target at the crop's 32 px
+    target = torch.full((4, 4, 4, 4), 0.25)
+    assert update._refined(images, target).shape == (4, 4, 32, 32)   # l_SEG's target at the crop's 32 px
     final = last(update.run())
     assert set(final.losses) == {"cls", "loc", "seg"} and all(np.isfinite(v) for v in final.losses.values())
-
-
-def test_refined_targets_read_the_old_model_at_their_own_size(scenes):
-    cfg = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8, alpha=0.0,
-                       pamr_refine_stride=2, pamr_refine_iterations=3)
-    update = WeakUpdate(small_model(), tag_dataset(scenes), num_new=1, cfg=cfg)
-    images = torch.stack([update.dataset[i][0] for i in range(4)])
-    with torch.no_grad():
-        z = update.localizer(update.model.encode(images)["out"])
-        old_logits = update.old_model.forward_features(images)[0]
-        target = update._target(images, z, old_logits, torch.ones(4, 1))
-        old_probs = update.old_model.probabilities(resized(old_logits, (16, 16)))
-    assert target.shape == (4, 4, 16, 16) and old_logits.shape[-1] < 16   # the old model's logits, upsampled
-    # Eq. 7 at the refined size: the old classes' targets are the old model's own probabilities there
-    assert torch.allclose(target[:, 1:3], old_probs[:, 1:], atol=1e-6)
-    assert torch.all(target[:, 0] <= old_probs[:, 0] + 1e-6)   # background: at most the old model's
-    update.cfg = replace(cfg, cap_old_targets=True)
-    with torch.no_grad():
-        capped = update._target(images, z, old_logits, torch.ones(4, 1))
-    assert torch.allclose(capped[:, 1:3], torch.minimum(old_probs[:, 1:], 1 - capped[:, 3:]), atol=1e-6)
-    assert torch.equal(capped[:, 3], target[:, 3])   # the new class's target is q either way
 
 
 @pytest.mark.parametrize("field, value, message", [("pamr_refine_stride", -1, "pamr_refine_stride"),

@@ -156,9 +156,6 @@ UPDATE_SWITCHES = (
      "reference-code extra: self-train the localizer on PAMR-refined masks after the warm-up"),
     ("--localizer-detail", "localizer_detail", True,
      "the localizer also reads the encoder's stride-4 map (tiny network): sharper CAMs, beyond the paper"),
-    ("--cap-old-targets", "cap_old_targets", True,
-     "cap Eq. 7's old-class targets as the background's, by 1 - the localizer's new-class score (beyond the "
-     "paper: where the old model calls a new object one of its classes)"),
     ("--drop-unlocalized", "drop_unlocalized", True,
      "give weight 0 in l_SEG to images whose pseudo-label misses a tagged class"),
 )

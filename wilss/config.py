@@ -64,9 +64,6 @@ class UpdateConfig(OptimConfig):
     mib_init: bool = True
     old_model_prior: bool = True       # l_LOC (Eq. 4); off together with old_model_targets = the FT baseline
     old_model_targets: bool = True     # Eq. 7 targets from the old model
-    # Beyond the paper: Eq. 7's old-class targets capped as the background's, min(sigmoid(o_old), 1 - max q_new)
-    # (wilss.losses.old_model_target): where the old model calls a new object one of its classes.
-    cap_old_targets: bool = False
     drop_unlocalized: bool = False     # weight 0 for images whose pseudo-label misses a tagged class
     # Reference-code extras, off by default
     feature_distillation: float = 0.0  # weight of MSE(e_t(x), e_t-1(x)); the reference uses 1

@@ -59,32 +59,26 @@ def hard_soft_mix(scores: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def localizer_target(z: torch.Tensor, tags: torch.Tensor, *, alpha: float = 0.5) -> torch.Tensor:
-    """Eq. 5-6: q = ``alpha`` * one-hot argmax of m = softmax(z) + (1 - ``alpha``) * m, ``BxKxhxw``, with the channels
-    of new classes absent from an image's ``tags`` (``BxN``, the last N channels) set to 0."""
-    q = hard_soft_mix(z.float().softmax(dim=1), alpha)
-    q[:, -tags.shape[1]:] *= tags.to(q.dtype)[:, :, None, None]
-    return q
+def pseudo_label(z: torch.Tensor, old_probs: torch.Tensor | None, tags: torch.Tensor,
+                 *, alpha: float = 0.5) -> torch.Tensor:
+    """Soft pseudo-label targets ``BxKxhxw`` in [0, 1] for l_SEG (Eq. 5-7).
 
-
-@torch.no_grad()
-def old_model_target(q: torch.Tensor, old_probs: torch.Tensor, *, cap_old: bool = False) -> torch.Tensor:
-    """Eq. 7: the l_SEG target from the localizer's ``q`` (``BxKxhxw``, Eq. 5-6) and the old model's probabilities
-    ``old_probs`` (``BxK0xhxw``, sigmoid(o) over background and the old classes) at the same size:
-    target_bg = min(sigmoid(o_bg), q_bg); target_old = sigmoid(o_old); target_new = q_new.
-
-    ``cap_old`` (beyond the paper): the old classes' targets are capped as the background's is, by what the
-    localizer leaves to them, target_old = min(sigmoid(o_old), 1 - max_new q_new). Where the old model calls a new
-    object one of its classes, Eq. 7 alone asks for both that class and the new one.
+    Eq. 5: q_hard = one-hot argmax of m = softmax(z);  Eq. 6: q = alpha * q_hard + (1 - alpha) * m, with the
+    channels of new classes absent from an image's tags set to 0.
+    Eq. 7: target_bg = min(sigmoid(o_bg), q_bg); target_old = sigmoid(o_old); target_new = q_new.
+    ``old_probs``: the old model's probabilities (sigmoid(o) in the paper). With ``None`` (the FT baseline) every
+    channel's target is q itself.
     """
+    q = hard_soft_mix(z.float().softmax(dim=1), alpha)
+    num_new = tags.shape[1]
+    q[:, -num_new:] *= tags.to(q.dtype)[:, :, None, None]
+    if old_probs is None:
+        return q
     target = q.clone()
     old_prob = old_probs.float()
     num_old = old_prob.shape[1]
     target[:, 0] = torch.minimum(old_prob[:, 0], q[:, 0])  # Eq. 7: background is the min of old model and q
     target[:, 1:num_old] = old_prob[:, 1:]
-    if cap_old:
-        free = 1.0 - q[:, num_old:].amax(dim=1, keepdim=True)
-        target[:, 1:num_old] = torch.minimum(target[:, 1:num_old], free)
     return target
 
 

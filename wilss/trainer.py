@@ -173,7 +173,8 @@ class WeakUpdate:
             out["fd"] = cfg.feature_distillation * L.feature_distillation(features, old_features)
         if phase == "warmup":
             return out
-        target = self._target(images, z.detach(), old_logits, tags_new)  # at z's resolution, unless refined
+        target = L.pseudo_label(z.detach(), old_probs if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha)
+        target = self._refined(images, target)   # l_SEG at the target's resolution (z's, unless refined)
         seg_logits = resized(seg_logits, target.shape[-2:])
         aux_logits = None if aux_logits is None else resized(aux_logits, target.shape[-2:])
         weights = L.localized_weights(target, tags_new) if cfg.drop_unlocalized else None
@@ -184,27 +185,15 @@ class WeakUpdate:
             out["self"] = self._self_training_loss(images, z, old_logits, targets)
         return out
 
-    def _target(self, images: torch.Tensor, z: torch.Tensor, old_logits: torch.Tensor,
-                tags_new: torch.Tensor) -> torch.Tensor:
-        """l_SEG's target ``BxKxhxw`` (Eq. 5-7) for normalised ``images``, localizer scores ``z`` and the old model's
-        logits, at z's resolution (the paper).
-
-        With ``cfg.pamr_refine_stride`` (beyond the paper) the localizer's q is refined by PAMR on the image at
-        that stride (and then at full resolution with ``cfg.pamr_refine_fine_iterations``); the old model is read
-        at the refined size, so Eq. 7's old-class and background targets keep its own sharpness rather than its
-        z-sized probabilities smeared by PAMR, and the assembled target is sharpened by Eq. 6's mix again.
-        """
+    def _refined(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The Eq. 5-7 target refined by PAMR on the (normalised) ``images`` at ``cfg.pamr_refine_stride`` (beyond
+        the paper: a sharper target at a higher resolution); unchanged when that is 0 (off)."""
         cfg = self.cfg
-        q = L.localizer_target(z, tags_new, alpha=cfg.alpha)   # Eq. 5-6
-        if cfg.pamr_refine_stride:
-            q = refine_target(denormalize(images), q, stride=cfg.pamr_refine_stride, alpha=cfg.alpha,
-                              iterations=cfg.pamr_refine_iterations,
-                              fine_iterations=cfg.pamr_refine_fine_iterations)
-        if not cfg.old_model_targets:   # the FT baseline: q itself
-            return q
-        old_probs = self.old_model.probabilities(resized(old_logits, q.shape[-2:]))
-        target = L.old_model_target(q, old_probs, cap_old=cfg.cap_old_targets)   # Eq. 7
-        return L.hard_soft_mix(target, cfg.alpha) if cfg.pamr_refine_stride else target
+        if not cfg.pamr_refine_stride:
+            return target
+        return refine_target(denormalize(images), target, stride=cfg.pamr_refine_stride, alpha=cfg.alpha,
+                             iterations=cfg.pamr_refine_iterations,
+                             fine_iterations=cfg.pamr_refine_fine_iterations)
 
     def _self_training_loss(self, images: torch.Tensor, z: torch.Tensor, old_logits: torch.Tensor,
                             targets: torch.Tensor) -> torch.Tensor:
@@ -292,8 +281,10 @@ class WeakUpdate:
         maps = self.model.encode(x)
         _, z = localize(self.model, self.localizer, maps)
         logits = self.model.decode(maps)
+        old_probs = self.old_model.probabilities(resized(self.old_model.forward_features(x)[0], z.shape[-2:]))
         tags_new = torch.as_tensor(np.asarray(targets), dtype=torch.float32, device=self.device)[None, -self.num_new:]
-        target = self._target(x, z, self.old_model.forward_features(x)[0], tags_new)
+        target = L.pseudo_label(z, old_probs if self.cfg.old_model_targets else None, tags_new, alpha=self.cfg.alpha)
+        target = self._refined(x, target)
         cams = F.interpolate(z.softmax(1)[:, -self.num_new:], size=size, mode="bilinear", align_corners=False)
         best, winner = target.max(1, keepdim=True)
         pseudo = F.interpolate(torch.cat([winner.float(), best.float()], 1), size=size, mode="nearest")
