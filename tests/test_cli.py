@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from models import build_segmenter
-from wilss import world
+from wilss import recipes, world
 from wilss.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
-from wilss.cli import main
+from wilss.cli import build_parser, main
 from wilss.cli_bench import quick
-from wilss.cli_common import extend_colours
+from wilss.cli_common import extend_colours, update_config
 from wilss.cli_update import cam_overlay
 from wilss.config import UpdateConfig
 from wilss.conventions import voc_palette
@@ -130,6 +130,17 @@ def test_existing_out_is_refused(ckpt, tmp_path, capsys):
                         "--class", NEW, "--out", out, *FAST], capsys)
     assert code == 2 and err.startswith("error: ") and "already exists" in err
     assert out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("argv, base, expected", [
+    ([], recipes.WORLD_UPDATE, True),                          # the world recipe reads the stride-4 map
+    (["--no-localizer-detail"], recipes.WORLD_UPDATE, False),  # ... unless told not to (networks without one)
+    ([], recipes.DEMO_UPDATE, False),
+    (["--localizer-detail"], recipes.DEMO_UPDATE, True),
+])
+def test_localizer_detail_switches_both_ways(argv, base, expected, tmp_path):
+    args = build_parser().parse_args(["add-class", "--out", str(tmp_path / "new.pt"), *argv])
+    assert update_config(args, base).localizer_detail is expected
 
 
 @pytest.mark.parametrize("argv, words", [

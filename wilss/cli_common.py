@@ -155,7 +155,10 @@ UPDATE_SWITCHES = (
     ("--pamr-self-training", "pamr_self_training", True,
      "reference-code extra: self-train the localizer on PAMR-refined masks after the warm-up"),
     ("--localizer-detail", "localizer_detail", True,
-     "the localizer also reads the encoder's stride-4 map (tiny network): sharper CAMs, beyond the paper"),
+     "the localizer also reads the encoder's stride-4 map (tiny network): sharper CAMs, beyond the paper (on in "
+     "the world recipe)"),
+    ("--no-localizer-detail", "localizer_detail", False,
+     "the localizer reads the encoder's last map only, as in the paper"),
     ("--drop-unlocalized", "drop_unlocalized", True,
      "give weight 0 in l_SEG to images whose pseudo-label misses a tagged class"),
 )

@@ -125,7 +125,7 @@ class WeakUpdate:
         self.model.to(self.device)
         if cfg.localizer_detail and self.model.detail_key is None:
             raise ValueError(f"the {self.model.config.get('arch')} network has no detail map for the localizer: "
-                             "leave localizer_detail off")
+                             "leave localizer_detail off (command line: --no-localizer-detail)")
         self.localizer = Localizer(self.model.feature_channels, self.model.num_classes,
                                    hidden=cfg.localizer_channels,
                                    detail_channels=self.model.detail_channels if cfg.localizer_detail else 0
