@@ -26,7 +26,7 @@ WORLD_PRETEXT = PretrainConfig(epochs=10, lr=0.05, batch_size=16, crop_size=WORL
 
 # Step 0 from the pretext encoder: a higher learning rate than the paper's 1e-2 fine-tuning value.
 WORLD_PRETRAIN = PretrainConfig(epochs=30, lr=0.05, batch_size=16, crop_size=WORLD_SIZE, scale_range=(0.75, 1.25))
-# About 1150 step images: 40 epochs (8 of warm-up), the paper's count, = 2840 iterations, about 42 minutes on two CPU
+# About 1150 step images: 40 epochs (8 of warm-up), the paper's count, = 2840 iterations, about 40 minutes on two CPU
 # cores with the stride-4 localizer below (about four on a GPU); the paper's 256-channel localizer. No scale jitter:
 # a tag describes the whole image, and a crop of an upscaled image can cut the tagged object out (and crops never
 # need padding, which tags cannot mark void).
