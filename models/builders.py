@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from models.segmenter import GrowableClassifier, MapHead, Segmenter
+from models.imagenet import BUILDERS as IMAGENET_BUILDERS
 from models.tiny import TinyEncoder, tiny_head
 from models.torchvision_nets import TORCHVISION_NETS, TorchvisionBackbone, torchvision_builder
 
@@ -27,6 +28,7 @@ def _tiny(num_classes: int, *, width: int = 24, head_channels: int = 64, **_: ob
 
 ARCHITECTURES: dict[str, Callable[..., Segmenter]] = {
     "tiny": _tiny,
+    **IMAGENET_BUILDERS,
     **{name: torchvision_builder(name) for name in TORCHVISION_NETS},
 }
 
