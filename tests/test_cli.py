@@ -272,8 +272,32 @@ def test_world_flags_conflict_with_a_tags_folder(ckpt, tmp_path, capsys):
 def test_benchmark_input_errors(tmp_path, capsys):
     code, _, err = run(["benchmark", "camvid", "--data", tmp_path / "nowhere"], capsys)
     assert code == 2 and "CamVid was not found" in err
-    code, _, err = run(["benchmark", "camvid", "--base", tmp_path / "b.pt"], capsys)
-    assert code == 2 and "world benchmark only" in err
+    camvid = ["benchmark", "camvid", "--data", tmp_path / "nowhere"]
+    code, _, err = run(["benchmark", "world", "--arch", "tiny"], capsys)
+    assert code == 2 and "for the CamVid benchmark" in err
+    code, _, err = run(["benchmark", "world", "--methods", "wilss,mib"], capsys)
+    assert code == 2 and "subset of wilss,ft,joint" in err
+    code, _, err = run([*camvid, "--base", tmp_path / "b.pt", "--save-base", tmp_path / "c.pt"], capsys)
+    assert code == 2 and "with --base none is trained" in err
+
+
+def test_pretrain_from_own_pixel_labels_writes_a_base_of_the_datasets_classes(tmp_path, capsys):
+    from wilss.checkpoint import load_checkpoint
+
+    assert run(["generate", "--voc-layout", tmp_path / "voc", "--n-train", "8", "--n-val", "4", "--size", "48"],
+               capsys)[0] == 0
+    flags = ["pretrain", "--data", tmp_path / "voc", "--out", tmp_path / "base.pt", "--epochs", "1",
+             "--crop-size", "48", "--batch-size", "4"]
+    code, _, err = run([*flags, "--arch", "tiny", "--encoder", "imagenet"], capsys)
+    assert code == 2 and "no installed ImageNet weights" in err and not (tmp_path / "base.pt").exists()
+    code, out, _ = run([*flags, "--arch", "tiny", "--encoder", "none"], capsys)
+    assert code == 0 and "test mIoU over the 9 classes" in out
+    ckpt = load_checkpoint(tmp_path / "base.pt")
+    assert ckpt.class_names == ["background", "disc", "square", "triangle", "star", "ring", "cross", "hexagon",
+                                "crescent", "arrow"]
+    assert ckpt.history[-1]["kind"] == "pretrain" and ckpt.history[-1]["settings"]["encoder"] == "none"
+    code, _, err = run(["pretrain", "--data", tmp_path / "nowhere", "--out", tmp_path / "b2.pt"], capsys)
+    assert code == 2 and "none of the layouts" in err
 
 
 def test_usage_errors_end_in_one_error_line(capsys):

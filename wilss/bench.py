@@ -27,7 +27,7 @@ from wilss.trainer import WeakUpdate
 
 log = logging.getLogger(__name__)
 
-CONFIGS = ("cpu-default", "gpu-r101")
+CONFIGS = ("cpu-default", "gpu-r101", "cpu-camvid", "cpu-camvid-tiny")
 GPU_PEAK_TFLOPS = 800.0  # H100 / H200 dense bf16, the reference for MFU (set with --peak-tflops)
 
 
@@ -89,22 +89,40 @@ def gpu_r101_setup(*, batch_size: int | None = None, crop_size: int | None = Non
                    num_old: int = 16, num_new: int = 5) -> BenchSetup:
     """The paper's VOC 15-5 step: DeepLabV3-ResNet-101 (random weights: speed does not depend on them), 512 px
     crops, batch 24, localizer 256 channels, on synthetic 500x640 noise images with random tags."""
+    cfg = _resized(UpdateConfig(), batch_size, crop_size)
+    size = round(cfg.crop_size * 500 / 512), round(cfg.crop_size * 640 / 512)  # VOC-like shape
+    return synthetic_setup("gpu-r101", "DeepLabV3-ResNet-101", "deeplabv3_resnet101", cfg, size, num_old, num_new)
+
+
+def camvid_setup(arch: str, *, batch_size: int | None = None, crop_size: int | None = None) -> BenchSetup:
+    """The CamVid weak step (``recipes.camvid_recipe(arch)``: 9 old + 2 new classes, 240x180 images, crops 176,
+    batch 8) on synthetic images: 'cpu-camvid' with the ImageNet encoder's network, 'cpu-camvid-tiny' with tiny."""
+    from wilss import recipes
+
+    recipe = recipes.camvid_recipe(arch)
+    cfg = _resized(recipe.update, batch_size, crop_size)
+    name = "cpu-camvid" if arch != "tiny" else "cpu-camvid-tiny"
+    return synthetic_setup(name, arch, arch, cfg, recipe.resize, 10, 2)
+
+
+def synthetic_setup(name: str, what: str, arch: str, cfg: UpdateConfig, size: tuple[int, int], num_old: int,
+                    num_new: int) -> BenchSetup:
+    """``arch`` with random weights and ``num_old`` outputs, learning ``num_new`` classes from synthetic ``size``
+    noise images with random tags (30% positive), 8 batches an epoch."""
     from models import build_segmenter
     from wilss.training_data import TagDataset
     from wilss.transforms import train_transform
 
-    cfg = _resized(UpdateConfig(), batch_size, crop_size)
-    model = build_segmenter(arch="deeplabv3_resnet101", num_classes=num_old).eval()
+    model = build_segmenter(arch=arch, num_classes=num_old).eval()
     rng = np.random.default_rng(0)
     count = 8 * cfg.batch_size  # 8 batches an epoch: the workers refill at each epoch start (median ignores it)
-    height, width = round(cfg.crop_size * 500 / 512), round(cfg.crop_size * 640 / 512)  # VOC-like shape
-    images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
+    images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(count)]
     targets = np.zeros((count, num_old - 1 + num_new), np.float32)
     targets[:, -num_new:] = rng.random((count, num_new)) < 0.3
     augment = train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip)
     dataset = TagDataset(images, targets, transform=augment)
-    return BenchSetup("gpu-r101", f"DeepLabV3-ResNet-101, {num_old - 1} old + {num_new} new classes, synthetic "
-                      f"images, crops {cfg.crop_size}, batch {cfg.batch_size}", model, dataset, num_new, cfg)
+    return BenchSetup(name, f"{what}, {num_old - 1} old + {num_new} new classes, synthetic images, crops "
+                      f"{cfg.crop_size}, batch {cfg.batch_size}", model, dataset, num_new, cfg)
 
 
 def _resized(cfg: UpdateConfig, batch_size: int | None, crop_size: int | None) -> UpdateConfig:
@@ -114,6 +132,8 @@ def _resized(cfg: UpdateConfig, batch_size: int | None, crop_size: int | None) -
 def build_setup(name: str, **kwargs) -> BenchSetup:
     if name not in CONFIGS:
         raise ValueError(f"unknown bench config {name!r}; choose one of {', '.join(CONFIGS)}")
+    if name.startswith("cpu-camvid"):
+        return camvid_setup("tiny" if name.endswith("tiny") else "efficientnet_lite0", **kwargs)
     return cpu_default_setup(**kwargs) if name == "cpu-default" else gpu_r101_setup(**kwargs)
 
 

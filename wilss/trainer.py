@@ -47,7 +47,9 @@ def pretrain(model: Segmenter, dataset: Dataset, cfg: PretrainConfig = PretrainC
     model.to(device).train()
     loader = make_loader(dataset, cfg, device)
     model.check_train_batch(loader.batch_size)
-    optimizer = make_sgd([{"params": list(model.parameters()), "lr": cfg.lr}], cfg)
+    encoder_lr = cfg.lr if cfg.encoder_lr is None else cfg.encoder_lr
+    optimizer = make_sgd([{"params": list(model.decoder_parameters()), "lr": cfg.lr},
+                          {"params": list(model.encoder.parameters()), "lr": encoder_lr}], cfg)
     scheduler = poly_schedule(optimizer, total=cfg.epochs * len(loader), power=cfg.poly_power)
 
     model.config["activation"] = "sigmoid" if cfg.loss == "bce" else "softmax"
