@@ -104,3 +104,15 @@ def test_confident_presence_reads_old_tags_by_hand():
     assert L.confident_presence(probs, threshold=0.7, min_fraction=0.1).tolist() == [[1.0, 0.0]]
     assert L.confident_presence(probs, threshold=0.7, min_fraction=0.11).tolist() == [[0.0, 0.0]]
     assert L.confident_presence(probs, threshold=0.6, min_fraction=0.0).tolist() == [[1.0, 1.0]]
+
+
+def test_new_targets_capped_by_the_old_background_where_asked():
+    # one pixel, background + 1 old + 1 new class; the localizer is sure of the new class (q_new = 1)
+    z = torch.tensor([0.0, 0.0, 10.0]).view(1, 3, 1, 1)
+    old_probs = torch.tensor([0.2, 0.9]).view(1, 2, 1, 1)   # the old model: 'old class', background 0.2
+    tags = torch.ones(1, 1)
+    plain = L.pseudo_label(z, old_probs, tags, alpha=0.5)
+    capped = L.pseudo_label(z, old_probs, tags, alpha=0.5, new_on_old_background=True)
+    assert plain[0, 2].item() > 0.99                      # Eq. 7: target_new = q_new
+    assert capped[0, 2].item() == pytest.approx(0.2)      # min(q_new, sigmoid(o_bg))
+    torch.testing.assert_close(capped[:, :2], plain[:, :2])   # background and old targets unchanged

@@ -66,6 +66,8 @@ class UpdateConfig(OptimConfig):
     mib_init: bool = True
     old_model_prior: bool = True       # l_LOC (Eq. 4); off together with old_model_targets = the FT baseline
     old_model_targets: bool = True     # Eq. 7 targets from the old model
+    # Beyond the paper: new-class targets capped by the old model's background probability (losses.pseudo_label)
+    new_on_old_background: bool = False
     drop_unlocalized: bool = False     # weight 0 for images whose pseudo-label misses a tagged class
     # Reference-code extras, off by default
     feature_distillation: float = 0.0  # weight of MSE(e_t(x), e_t-1(x)); the reference uses 1

@@ -60,7 +60,7 @@ def hard_soft_mix(scores: torch.Tensor, alpha: float) -> torch.Tensor:
 
 @torch.no_grad()
 def pseudo_label(z: torch.Tensor, old_probs: torch.Tensor | None, tags: torch.Tensor,
-                 *, alpha: float = 0.5) -> torch.Tensor:
+                 *, alpha: float = 0.5, new_on_old_background: bool = False) -> torch.Tensor:
     """Soft pseudo-label targets ``BxKxhxw`` in [0, 1] for l_SEG (Eq. 5-7).
 
     Eq. 5: q_hard = one-hot argmax of m = softmax(z);  Eq. 6: q = alpha * q_hard + (1 - alpha) * m, with the
@@ -68,6 +68,9 @@ def pseudo_label(z: torch.Tensor, old_probs: torch.Tensor | None, tags: torch.Te
     Eq. 7: target_bg = min(sigmoid(o_bg), q_bg); target_old = sigmoid(o_old); target_new = q_new.
     ``old_probs``: the old model's probabilities (sigmoid(o) in the paper). With ``None`` (the FT baseline) every
     channel's target is q itself.
+    ``new_on_old_background`` (beyond the paper): target_new = min(q_new, sigmoid(o_bg)), so a new class is taught
+    only where the old model saw background, as the incremental setting labels new-class pixels at step t-1 (the
+    localizer's CAMs spill over neighbouring old classes; the old model knows better there).
     """
     q = hard_soft_mix(z.float().softmax(dim=1), alpha)
     num_new = tags.shape[1]
@@ -79,6 +82,8 @@ def pseudo_label(z: torch.Tensor, old_probs: torch.Tensor | None, tags: torch.Te
     num_old = old_prob.shape[1]
     target[:, 0] = torch.minimum(old_prob[:, 0], q[:, 0])  # Eq. 7: background is the min of old model and q
     target[:, 1:num_old] = old_prob[:, 1:]
+    if new_on_old_background:
+        target[:, num_old:] = torch.minimum(target[:, num_old:], old_prob[:, :1])
     return target
 
 

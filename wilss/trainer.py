@@ -175,7 +175,8 @@ class WeakUpdate:
             out["fd"] = cfg.feature_distillation * L.feature_distillation(features, old_features)
         if phase == "warmup":
             return out
-        target = L.pseudo_label(z.detach(), old_probs if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha)
+        target = L.pseudo_label(z.detach(), old_probs if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha,
+                                new_on_old_background=cfg.new_on_old_background)
         target = self._refined(images, target)   # l_SEG at the target's resolution (z's, unless refined)
         seg_logits = resized(seg_logits, target.shape[-2:])
         aux_logits = None if aux_logits is None else resized(aux_logits, target.shape[-2:])
@@ -285,7 +286,8 @@ class WeakUpdate:
         logits = self.model.decode(maps)
         old_probs = self.old_model.probabilities(resized(self.old_model.forward_features(x)[0], z.shape[-2:]))
         tags_new = torch.as_tensor(np.asarray(targets), dtype=torch.float32, device=self.device)[None, -self.num_new:]
-        target = L.pseudo_label(z, old_probs if self.cfg.old_model_targets else None, tags_new, alpha=self.cfg.alpha)
+        target = L.pseudo_label(z, old_probs if self.cfg.old_model_targets else None, tags_new, alpha=self.cfg.alpha,
+                                new_on_old_background=self.cfg.new_on_old_background)
         target = self._refined(x, target)
         cams = F.interpolate(z.softmax(1)[:, -self.num_new:], size=size, mode="bilinear", align_corners=False)
         best, winner = target.max(1, keepdim=True)
