@@ -17,7 +17,7 @@ from wilss.checkpoint import save_checkpoint
 from wilss.cli_common import (REPO_ROOT, CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
                               check_new_folder, non_negative_int, open_checkpoint, percent, positive_int,
                               write_report)
-from wilss.cli_use import read_world
+from wilss.scoring import read_world
 from wilss.config import OptimConfig
 from wilss.data import DataError
 from wilss.experiments import Benchmark, Protocol, Row, camvid_splits, format_per_class, format_table
