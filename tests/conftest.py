@@ -9,6 +9,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+def pytest_configure(config):
+    # `bash test.sh` runs every test (CI); `bash test.sh -m "not slow"` is the quick loop (README, "Tests").
+    config.addinivalue_line("markers", "slow: over ~5 s on a busy two-core machine (learning, browser, torchrun, "
+                                       "kill and resume, full commands); left out by -m 'not slow'")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Torch on one thread for a module: on a shared two-core machine, two spinning threads per process run

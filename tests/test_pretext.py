@@ -27,14 +27,6 @@ def test_pretext_uses_none_of_the_world_categories():
     assert not world_functions & set(pretext.TEXTURES.values()) and not world_functions & set(pretext.SHAPES)
 
 
-def test_world_camera_is_unchanged_by_the_refactor():
-    # world.camera was split out of the scene drawer: the world's arrays must stay those the figures were made on
-    # (values read from the world generated before the split)
-    image, mask = world.generate(1, seed=1)[0]
-    assert image.shape == (128, 128, 3) and int(image.astype(np.int64).sum()) == 6337562
-    assert np.bincount(mask.ravel(), minlength=10).tolist() == [14342, 0, 0, 0, 0, 987, 0, 695, 0, 360]
-
-
 @pytest.fixture
 def pretext_checkpoint(tmp_path):
     torch.manual_seed(0)

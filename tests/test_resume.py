@@ -102,6 +102,7 @@ def cli(argv, capsys):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_killed_add_class_resumes_to_the_uninterrupted_result(tmp_path, capsys):
     base = make_checkpoint(tmp_path / "base.pt")
     base_bytes = base.read_bytes()

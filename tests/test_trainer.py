@@ -68,15 +68,39 @@ def test_cancel_between_iterations_keeps_the_input_model(scenes):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-def test_options_add_their_losses(scenes):
+def first_batch_losses(scenes, **options) -> dict[str, float]:
+    """The joint phase's named losses on the first four images, before any training: the same seed gives every
+    configuration the same localizer and new classifier rows, so two configurations differ only by their options."""
+    cfg = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8, **options)
+    update = WeakUpdate(small_model(), tag_dataset(scenes), num_new=1, cfg=cfg)
+    images = torch.stack([update.dataset[i][0] for i in range(4)])
+    targets = torch.stack([torch.as_tensor(update.dataset[i][1]) for i in range(4)])
+    with torch.no_grad():
+        return {name: loss.item() for name, loss in update.losses(images, targets, "joint").items()}
+
+
+def test_each_option_changes_its_own_loss_and_no_other(scenes):
+    plain = first_batch_losses(scenes)
+    assert set(plain) == {"cls", "loc", "seg"}
+    same = lambda got, *names: all(got[n] == plain[n] for n in names)  # noqa: E731
+    relaxed = first_batch_losses(scenes, relaxed=True)  # l_CLS also reads the old classes' tags (all 0 here)
+    assert relaxed["cls"] != plain["cls"] and same(relaxed, "loc", "seg")
+    dropped = first_batch_losses(scenes, drop_unlocalized=True)  # l_SEG skips images whose pseudo-label misses a tag
+    assert dropped["seg"] != plain["seg"] and same(dropped, "cls", "loc")
+    fd = first_batch_losses(scenes, feature_distillation=1.0)
+    assert fd["fd"] == pytest.approx(0.0, abs=1e-9) and same(fd, "cls", "loc", "seg")  # new encoder = old encoder
+    self_training = first_batch_losses(scenes, pamr_self_training=True)
+    assert self_training["self"] > 0 and same(self_training, "cls", "loc", "seg")
+    ft = first_batch_losses(scenes, old_model_prior=False, old_model_targets=False)  # fine-tuning: no old model
+    assert set(ft) == {"cls", "seg"} and ft["seg"] != plain["seg"] and same(ft, "cls")
+
+
+def test_options_train_together(scenes):
     cfg = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8,
                        feature_distillation=1.0, pamr_self_training=True, drop_unlocalized=True, relaxed=True)
     final = last(WeakUpdate(small_model(), tag_dataset(scenes), num_new=1, cfg=cfg).run())
     assert set(final.losses) == {"cls", "loc", "fd", "seg", "self"}
-    assert all(np.isfinite(v) for v in final.losses.values())
-    ft = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8,
-                      old_model_prior=False, old_model_targets=False)
-    assert set(last(WeakUpdate(small_model(), tag_dataset(scenes), num_new=1, cfg=ft).run()).losses) == {"cls", "seg"}
+    assert final.losses["fd"] > 0   # after training, the encoder has moved away from the old one
 
 
 @pytest.mark.parametrize("loss, activation", [("bce", "sigmoid"), ("ce", "softmax")])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from dataclasses import replace
@@ -11,27 +10,21 @@ from typing import Sequence
 
 import numpy as np
 
-from models import DEFAULT_ENCODER
-from models.imagenet import IMAGENET_NETS, load_imagenet_encoder
+from models.imagenet import IMAGENET_NETS
 from wilss import recipes
 from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
-from wilss.cli_common import (REPO_ROOT, CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
+from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
                               check_new_folder, non_negative_int, open_checkpoint, percent, positive_int,
                               write_report)
-from wilss.cli_use import read_world
 from wilss.config import OptimConfig, to_dict
-from wilss.data import DataError
-from wilss.experiments import (Benchmark, LabelledSplit, Protocol, Row, camvid_splits, format_per_class,
-                               format_table)
 from wilss.datasets import LAYOUTS, read_labelled, write_voc_tree
-from wilss.protocol import Task, parse_task
+from wilss.experiment_setup import (DEFAULT_CAMVID, ENCODER_DEFAULT, IMAGENET, add_encoder_flag, benchmark_setup,
+                                    encoder_network, encoder_path, world_encoder)
+from wilss.experiments import Benchmark, LabelledSplit, Protocol, Row, format_per_class, format_table
+from wilss.protocol import Task
+from wilss.scoring import read_world
 from wilss.world import write_world
 
-ENCODER_DEFAULT = object()  # --encoder not given: see encoder_path
-DEFAULT_CAMVID = REPO_ROOT.parent / "shared" / "datasets" / "camvid"
-# From the dataset's README (ids 0-10; 11 = unlabelled), used when camvid_meta.json is absent.
-CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
-                  "Pedestrian", "Bicyclist")
 WORLD_DEFAULTS = {"seed": 0, "size": recipes.WORLD_SIZE, "n_train": 600, "n_val": 100, "n_test": 200}
 VOC_TREE_DEFAULTS = {"seed": 0, "size": recipes.WORLD_SIZE, "n_train": 200, "n_val": 50}
 
@@ -85,62 +78,6 @@ def _generate_voc_tree(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- pretrain
-IMAGENET = "imagenet"   # --encoder imagenet: the ImageNet weights installed with the requirements (models.imagenet)
-
-
-def encoder_arg(text: str) -> Path | str | None:
-    """``--encoder``: a pretext checkpoint, 'imagenet' (the installed ImageNet weights), or 'none' (from scratch)."""
-    word = text.strip().lower()
-    return None if word == "none" else IMAGENET if word == IMAGENET else Path(text)
-
-
-def encoder_path(args: argparse.Namespace) -> Path | str | None:
-    """What ``--encoder`` names: by default the shipped pretext network on the world, the recipe's (ImageNet) on
-    CamVid."""
-    if args.encoder is not ENCODER_DEFAULT:
-        return args.encoder
-    if getattr(args, "dataset", "world") == "world":
-        return DEFAULT_ENCODER
-    encoder = recipes.camvid_recipe(getattr(args, "arch", None)).encoder
-    return None if encoder == "none" else encoder
-
-
-def encoder_network(args: argparse.Namespace):
-    """The pretext network ``--encoder`` names, loaded once (a clear error for a missing or unreadable file), and
-    its path; (None, None) for networks from scratch or from ImageNet."""
-    path = encoder_path(args)
-    if path is None or path == IMAGENET:
-        return None, None
-    if not path.is_file():
-        raise CliError(f"--encoder {path} does not exist; create it with `python -m wilss pretrain --pretext --out "
-                       f"{path}`, or give --encoder none to train from scratch")
-    return open_checkpoint(path).model, path
-
-
-def imagenet_init(model) -> None:
-    """``Benchmark.init_model`` for --encoder imagenet: the installed ImageNet weights into the encoder."""
-    try:
-        load_imagenet_encoder(model)
-    except ValueError as err:   # MissingWeights among them
-        raise CliError(f"--encoder imagenet: {err}") from None
-
-
-def world_encoder(args: argparse.Namespace):
-    """``Benchmark.init_model`` from ``--encoder`` (None: from scratch), the file read up front."""
-    if encoder_path(args) == IMAGENET:
-        return imagenet_init
-    source, path = encoder_network(args)
-    return recipes.encoder_init(source, origin=str(path))
-
-
-def add_encoder_flag(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--encoder", type=encoder_arg, default=ENCODER_DEFAULT, metavar="CKPT|imagenet|none",
-                        help=f"start {what} from the encoder of this pretext checkpoint, from the installed "
-                             f"ImageNet weights ('imagenet', for the {', '.join(IMAGENET_NETS)} networks), or from "
-                             f"scratch ('none'); default: the shipped models/{DEFAULT_ENCODER.name} for the world, "
-                             "the recipe's ('imagenet') for CamVid")
-
-
 def cmd_pretrain(args: argparse.Namespace) -> int:
     out = check_new_file(args.out, overwrite=args.overwrite)
     start = time.perf_counter()
@@ -240,18 +177,6 @@ def quick(cfg: OptimConfig) -> OptimConfig:
     return replace(cfg, **changes)
 
 
-def camvid_classes(root: Path) -> tuple[str, ...]:
-    meta = root / "camvid_meta.json"
-    if meta.is_file():
-        try:
-            classes = tuple(json.loads(meta.read_text())["classes"])
-            if len(classes) == len(CAMVID_CLASSES):
-                return classes
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass
-    return CAMVID_CLASSES
-
-
 def goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:
     """The world's goals: WILSS new >= 80% of joint new, old >= 97% of base old, all > FT all."""
     by = {r.method: r for r in rows}
@@ -259,27 +184,6 @@ def goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:
     return [(f"WILSS new {percent(w.new)} >= 80% of joint new ({percent(0.8 * j.new)})", w.new >= 0.8 * j.new),
             (f"WILSS old {percent(w.old)} >= 97% of base old ({percent(0.97 * b.old)})", w.old >= 0.97 * b.old),
             (f"WILSS all {percent(w.all)} > FT all ({percent(f.all)})", w.all > f.all)]
-
-
-def benchmark_setup(args: argparse.Namespace):
-    """(protocol, splits loader, step-0 recipe, weak-step recipe, title) of ``args.dataset`` (world | camvid)."""
-    if args.dataset == "world":
-        return (recipes.world_protocol(), recipes.world_splits, recipes.WORLD_PRETRAIN, recipes.WORLD_UPDATE,
-                f"world {recipes.WORLD_TASK_SPEC} {recipes.WORLD_SETTING}")
-    root = Path(args.data)
-    if not (root / "train.txt").is_file():
-        raise DataError(f"CamVid was not found in '{root}' (no train.txt). Give its folder with --data PATH.")
-    cam = recipes.camvid_recipe(getattr(args, "arch", None))
-    if getattr(args, "task", None):
-        cam = replace(cam, task_spec=args.task)
-    try:
-        task = parse_task(cam.task_spec, 11, background_ids=())
-    except ValueError as err:
-        raise CliError(f"--task: {err}") from None
-    protocol = Protocol(name="camvid", dataset_classes=camvid_classes(root), task=task, setting=cam.setting,
-                        ignore_ids=(11,), resize=cam.resize, background_in_all=False)
-    return (protocol, lambda: camvid_splits(root), cam.pretrain, cam.update,
-            f"camvid {cam.task_spec} {cam.setting} ({cam.arch}, encoder: {encoder_path(args) or 'none'})")
 
 
 def camvid_goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:

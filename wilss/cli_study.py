@@ -8,7 +8,7 @@ from pathlib import Path
 
 from wilss.checkpoint import Checkpoint, new_checkpoint, save_checkpoint
 from wilss import recipes
-from wilss.cli_bench import DEFAULT_CAMVID, add_encoder_flag, benchmark_setup, world_encoder
+from wilss.experiment_setup import DEFAULT_CAMVID, add_encoder_flag, benchmark_setup, world_encoder
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
                               open_checkpoint, positive_int, write_report)
 from wilss.experiments import Benchmark

@@ -23,7 +23,7 @@ from wilss.checkpoint import Checkpoint, history_entry, save_checkpoint
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_update_flags, check_new_file,
                               check_new_folder, extend_colours, open_checkpoint, parse_class_spec, positive_int,
                               unit_float, update_config)
-from wilss.cli_use import (EvalSet, format_scores, mask_eval_set, nan_to_none, read_world, score, world_eval_set,
+from wilss.scoring import (EvalSet, format_scores, mask_eval_set, nan_to_none, read_world, score, world_eval_set,
                            world_split)
 from wilss.cli_resume import (add_run_flags, history_extras, main_process_output, make_resumer,
                                snapshot_dir_reusable)

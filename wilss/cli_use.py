@@ -1,138 +1,19 @@
-"""``evaluate`` and ``predict``: using a checkpoint; plus reading labelled sets (a mask folder or a generated
-world) in the checkpoint's class ids, which ``add-class`` also uses to score its result."""
+"""``evaluate`` and ``predict``: using a checkpoint (labelled sets and their scores: ``wilss.scoring``)."""
 from __future__ import annotations
 
 import argparse
-import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from models import DEFAULT_CHECKPOINT
-from models.segmenter import Segmenter
-from wilss.cli_common import (CliError, add_common_flags, add_device_flag, check_writable_folder, open_checkpoint,
-                              percent)
-from wilss.conventions import BACKGROUND, IGNORE_INDEX, rgb_to_hex
-from wilss.data import DataError, check_mask_pairs, list_images, load_image, read_mask_folder, validate_images
-from wilss.training_data import PixelDataset
-from wilss.inference import Predictor, evaluate
+from wilss.cli_common import CliError, add_common_flags, add_device_flag, check_writable_folder, open_checkpoint
+from wilss.conventions import rgb_to_hex
+from wilss.data import DataError, list_images, load_image, validate_images
+from wilss.inference import Predictor
 from wilss.render import mask_overlay
-from wilss.metrics import per_class_table, summarize
-from wilss.world import WORLD_CLASSES
-
-
-# ----------------------------------------------------------------------------------------- labelled sets
-@dataclass
-class EvalSet:
-    """Images with masks, and the lookup that turns mask values into the model's class ids."""
-
-    pairs: list[tuple[Path, Path]]
-    label_map: Optional[np.ndarray]      # 256 uint8, or None when the masks already hold model ids
-    source: str
-    same_size: bool                      # every image has one size: evaluate in batches
-
-    def dataset(self) -> PixelDataset:
-        return PixelDataset(self.pairs, label_map=self.label_map, cache=False)
-
-
-def mask_eval_set(images_dir: Path, masks_dir: Path, num_classes: int,
-                  label_map: Optional[np.ndarray] = None) -> EvalSet:
-    """Pair and check a VOC-style set now, so that scoring after a long training cannot fail on the data:
-    every image opens, every mask has its image's size and only ids ``< num_classes`` (or 255, void)."""
-    pairs = read_mask_folder(images_dir, masks_dir)
-    sizes = check_mask_pairs(pairs, num_classes, label_map)
-    return EvalSet(pairs, label_map, f"{images_dir} + {masks_dir}", len(sizes) == 1)
-
-
-def read_world(root: Path) -> dict:
-    """``root/world.json`` of a folder written by ``generate --out``, checked."""
-    root = Path(root)
-    meta_path = root / "world.json"
-    if not root.is_dir():
-        raise DataError(f"The world folder '{root}' does not exist. Write one with "
-                        f"'python -m wilss generate --out {root}'.")
-    if not meta_path.is_file():
-        raise DataError(f"'{root}' has no world.json, so it is not a folder written by "
-                        f"'python -m wilss generate --out DIR'.")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"'{meta_path}' is not valid JSON ({err}). Generate the world again.") from None
-    if not isinstance(meta, dict) or meta.get("classes") != list(WORLD_CLASSES):
-        raise DataError(f"'{meta_path}' does not list this version's world classes {list(WORLD_CLASSES)}. "
-                        "Generate the world again.")
-    return meta
-
-
-def world_split(root: Path, meta: dict, split: str) -> tuple[list[Path], list[Path], list[set[int]]]:
-    """(image paths, mask paths, world ids present per image) of one split, sorted by file name."""
-    splits = meta.get("splits") or {}
-    if split not in splits or not splits[split]:
-        raise DataError(f"The world '{root}' has no images in a '{split}' split (it has: "
-                        f"{', '.join(s for s in splits if splits[s]) or 'none'}).")
-    stems = sorted(splits[split])
-    images = [Path(root) / split / "images" / f"{s}.png" for s in stems]
-    masks = [Path(root) / split / "masks" / f"{s}.png" for s in stems]
-    missing = [str(p) for p in images + masks if not p.is_file()]
-    if missing:
-        raise DataError(f"The world '{root}' lists {len(missing)} file(s) that are missing, e.g. '{missing[0]}'. "
-                        "Generate the world again.")
-    return images, masks, [set(int(c) for c in splits[split][s]) for s in stems]
-
-
-def world_label_map(class_names: Sequence[str]) -> np.ndarray:
-    """World ids -> the checkpoint's ids, by class name; world classes the model does not know -> 0
-    (background, the MiB convention: predicting nothing there is right)."""
-    lut = np.zeros(256, dtype=np.uint8)
-    for world_id, name in enumerate(WORLD_CLASSES):
-        lut[world_id] = class_names.index(name) if name in class_names else BACKGROUND
-    lut[IGNORE_INDEX] = IGNORE_INDEX
-    return lut
-
-
-def world_eval_set(root: Path, split: str, class_names: Sequence[str]) -> EvalSet:
-    images, masks, _ = world_split(root, read_world(root), split)
-    return EvalSet(list(zip(images, masks)), world_label_map(class_names), f"{root} ({split} split)", True)
-
-
-# ---------------------------------------------------------------------------------------------- scoring
-def old_new_ids(class_names: Sequence[str], new_names: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Model ids of the ``new_names`` and of the other non-background classes."""
-    new = [class_names.index(n) for n in new_names if n in class_names]
-    return [i for i in range(1, len(class_names)) if i not in new], new
-
-
-def score(model: Segmenter, eval_set: EvalSet, class_names: Sequence[str], new_names: Sequence[str], *,
-          device: Optional[str] = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Per-class IoU (``K``, in [0, 1], NaN for absent classes) and mIoU old / new / all in percent."""
-    matrix = evaluate(model, eval_set.dataset(), num_classes=len(class_names),
-                      batch_size=8 if eval_set.same_size else 1, device=device)
-    iou = matrix.iou()
-    old, new = old_new_ids(class_names, new_names)
-    return iou, summarize(iou, old, new)
-
-
-def nan_to_none(value: float) -> Optional[float]:
-    """Round a figure for a checkpoint's history; NaN (no class in the group) becomes None."""
-    return None if math.isnan(value) else round(float(value), 2)
-
-
-def format_scores(iou: torch.Tensor, figures: dict[str, float], class_names: Sequence[str],
-                  new_names: Sequence[str]) -> str:
-    width = max(len(n) for n in class_names) + 2
-    lines = [f"{'class':<{width}}IoU %"]
-    for name, value in per_class_table(iou, class_names):
-        mark = "  (new)" if name in new_names else ""
-        lines.append(f"{name:<{width}}{percent(value):>5}{mark}")
-    lines.append(f"mIoU old {percent(figures['old'])} | new {percent(figures['new'])} | "
-                 f"all {percent(figures['all'])}")
-    return "\n".join(lines)
-
+from wilss.scoring import format_scores, mask_eval_set, score, world_eval_set
 
 # --------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Frozen configuration dataclasses, one per concern, with the paper's defaults (METHOD.md).
+"""Frozen configuration dataclasses, one per concern, with the paper's defaults (docs/method.md).
 
 The CLI and the UI map their inputs onto these; ``replace(cfg, epochs=...)`` makes variants.
 """

@@ -207,7 +207,9 @@ def detect_layout(root: PathLike) -> str:
                     "train/images/): see docs/datasets.md")
 
 
-def _camvid_classes(root: Path) -> tuple[str, ...]:
+def camvid_classes(root: PathLike) -> tuple[str, ...]:
+    """CamVid's class names by id: ``camvid_meta.json``'s where readable, else the README's."""
+    root = Path(root)
     try:
         classes = tuple(json.loads((root / "camvid_meta.json").read_text())["classes"])
         return classes if len(classes) == len(CAMVID_CLASSES) else CAMVID_CLASSES
@@ -223,7 +225,7 @@ def read_labelled(root: PathLike, layout: str | None = None, *, train_split: str
     layout = layout or detect_layout(root)
     if layout == "camvid":
         train_split, test_split = train_split or "train", test_split or "test"
-        classes, ignore, background = _camvid_classes(root), (len(CAMVID_CLASSES),), ()
+        classes, ignore, background = camvid_classes(root), (len(CAMVID_CLASSES),), ()
         train, test = read_camvid(root, train_split), read_camvid(root, test_split)
     elif layout == "voc":
         train_split, test_split = train_split or default_train_split(root), test_split or "val"

@@ -20,6 +20,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, RandomSampler
 
+from wilss.runtime import resolve_device
+
 log = logging.getLogger(__name__)
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -59,7 +61,6 @@ def setup_from_env(device: str = "auto", *, timeout_min: float = 30.0) -> tuple[
     Returns the world and this process's device. Raises ValueError for a device that cannot be shared out.
     """
     if not launched_by_torchrun():
-        from wilss.engine import resolve_device  # engine imports this module: import late
         return World(), resolve_device(device)
     local_rank = int(os.environ["LOCAL_RANK"])
     use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wilss.config import OptimConfig
 from wilss.distributed import ResumableDistributedSampler, ResumableRandomSampler, World, per_process_batch
-from wilss.runtime import PLAIN, Precision
+from wilss.runtime import PLAIN, Precision, resolve_device  # noqa: F401 (callers import it from here)
 
 
 @dataclass
@@ -47,13 +47,6 @@ class Progress:
     def eta_s(self) -> float:
         done = max(self.iteration - self.first_iteration, 1)
         return self.elapsed_s / done * (self.total_iterations - self.iteration)
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/'auto' -> CUDA when available, else CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def make_loader(dataset: Dataset, cfg: OptimConfig, device: torch.device, world: World = World()) -> DataLoader:

@@ -14,7 +14,7 @@ DETAIL_REDUCED = 48   # channels the detail map is reduced to before fusion (Dee
 class Localizer(nn.Module):
     """``BxCfxhxw`` encoder features -> ``BxKxhxw`` scores z over all seen classes (background included).
 
-    Conv3x3 (no bias) -> BN -> LeakyReLU(0.01), twice, then a 1x1 conv with bias, as in METHOD.md.
+    Conv3x3 (no bias) -> BN -> LeakyReLU(0.01), twice, then a 1x1 conv with bias, as in docs/method.md.
     ``detail_channels`` > 0 (beyond the paper): the localizer also reads a higher-resolution encoder map
     ``BxCdxHdxWd``, reduced by a 1x1 conv to 48 channels and concatenated with the features upsampled to its size,
     as DeepLabV3+'s decoder does; z then has the detail map's resolution (sharper CAMs for small objects).

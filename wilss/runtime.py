@@ -22,6 +22,13 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/'auto' -> CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """``precision``: 'auto' (CUDA: bf16 where the GPU supports it, else fp16 with a GradScaler; CPU: fp32, since

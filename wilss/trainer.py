@@ -1,7 +1,7 @@
 """Step 0 (pixel labels) and WILSON's weakly-supervised step t (image tags), over one ``run_loop``.
 
 ``pretrain`` trains a segmenter with cross-entropy on masks; ``WeakUpdate`` grows a frozen step t-1 model by
-new classes learnt from image-level tags (METHOD.md). Both are generators of ``Progress``.
+new classes learnt from image-level tags (docs/method.md). Both are generators of ``Progress``.
 """
 from __future__ import annotations
 

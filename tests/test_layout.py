@@ -1,0 +1,137 @@
+"""The code's layout, read from the source with `ast` (nothing is imported): imports flow one way
+(`launch.py -> app -> wilss -> models`), command modules are not libraries, no import cycles, short files.
+
+Imports inside functions count as much as those at the top: a late import hides a dependency, it does not remove it.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("wilss", "models", "app")
+MAX_LINES = 400   # STYLE.md: a file past a few hundred lines is asking to be split
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def product_files() -> dict[str, Path]:
+    files = {module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).glob("*.py"))}
+    files["launch"] = ROOT / "launch.py"
+    return files
+
+
+FILES = product_files()
+
+
+def imports_of(module: str, source: str, *, is_package: bool = False) -> set[str]:
+    """Every module that ``module``'s ``source`` imports, anywhere in the file. ``from package import name`` counts as
+    importing the submodule ``package.name`` where that is one of ours, else the package itself."""
+    package = module if is_package else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:   # relative: from . import x, from .y import z
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            subs = {f"{base}.{alias.name}" for alias in node.names} & FILES.keys()
+            found.update(subs or {base})
+    return found
+
+
+GRAPH = {module: imports_of(module, path.read_text(), is_package=path.name == "__init__.py")
+         for module, path in FILES.items()}
+
+
+def top(name: str) -> str:
+    return name.partition(".")[0]
+
+
+def offending(prefixes: tuple[str, ...], forbidden: set[str]) -> list[str]:
+    return sorted(f"{m} imports {i}" for m, deps in GRAPH.items() if m.startswith(prefixes)
+                  for i in deps if top(i) in forbidden)
+
+
+def test_the_parser_sees_every_kind_of_import():
+    source = ("import gradio as gr\nfrom wilss import recipes, conventions\nfrom models import DEFAULT_ARCH\n"
+              "def late():\n    from wilss.engine import resolve_device\n    from . import data\n")
+    assert imports_of("wilss.x", source) == {"gradio", "wilss.recipes", "wilss.conventions", "models",
+                                             "wilss.engine", "wilss.data"}
+    assert "gradio" in GRAPH["app.handlers"] and "models.segmenter" in GRAPH["models.builders"]
+
+
+def test_the_method_and_networks_import_no_ui():
+    assert offending(("wilss", "models"), {"gradio", "gradio_client", "app", "launch"}) == []
+
+
+def test_networks_do_not_import_the_method():
+    assert offending(("models",), {"wilss"}) == []
+
+
+# `wilss/cli_*.py` modules that are not commands: what several commands share, or one command's part split off.
+HELPERS = {"wilss.cli_common": "flags, checks and output shared by every command",
+           "wilss.cli_resume": "add-class's long-run flags and snapshots (not a command, despite its name)"}
+
+
+def test_command_modules_do_not_import_each_other():
+    """`wilss/cli_<command>.py` are entry points that only the dispatcher `wilss/cli.py` imports: what two of them
+    share lives in a helper or a library module."""
+    commands = {m for m in GRAPH if m.startswith("wilss.cli_")} - HELPERS.keys()
+    assert commands == {m for m in GRAPH["wilss.cli"] if m.startswith("wilss.cli_")} - HELPERS.keys()
+    found = sorted(f"{m} imports {i}" for m in GRAPH if m != "wilss.cli" for i in GRAPH[m] & commands)
+    assert not found, "\n".join(found)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v] & graph.keys():
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    found = cycles(GRAPH)
+    assert not found, found
+
+
+@pytest.mark.parametrize("module", sorted(FILES))
+def test_no_file_over_the_line_limit(module):
+    lines = len(FILES[module].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{FILES[module].relative_to(ROOT)}: {lines} lines"

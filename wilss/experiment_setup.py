@@ -1,0 +1,94 @@
+"""What the ``benchmark`` and ``study`` commands (and ``pretrain``'s ``--encoder``) share: the encoder flag, and each
+dataset's protocol, splits and recipes. Here so that no command module imports another."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from models import DEFAULT_ENCODER
+from models.imagenet import IMAGENET_NETS, load_imagenet_encoder
+from wilss import recipes
+from wilss.cli_common import REPO_ROOT, CliError, open_checkpoint
+from wilss.data import DataError
+from wilss.datasets import camvid_classes
+from wilss.experiments import Protocol, camvid_splits
+from wilss.protocol import parse_task
+
+ENCODER_DEFAULT = object()  # --encoder not given: see encoder_path
+DEFAULT_CAMVID = REPO_ROOT.parent / "shared" / "datasets" / "camvid"
+IMAGENET = "imagenet"   # --encoder imagenet: the ImageNet weights installed with the requirements (models.imagenet)
+
+
+def encoder_arg(text: str) -> Path | str | None:
+    """``--encoder``: a pretext checkpoint, 'imagenet' (the installed ImageNet weights), or 'none' (from scratch)."""
+    word = text.strip().lower()
+    return None if word == "none" else IMAGENET if word == IMAGENET else Path(text)
+
+
+def encoder_path(args: argparse.Namespace) -> Path | str | None:
+    """What ``--encoder`` names: by default the shipped pretext network on the world, the recipe's (ImageNet) on
+    CamVid."""
+    if args.encoder is not ENCODER_DEFAULT:
+        return args.encoder
+    if getattr(args, "dataset", "world") == "world":
+        return DEFAULT_ENCODER
+    encoder = recipes.camvid_recipe(getattr(args, "arch", None)).encoder
+    return None if encoder == "none" else encoder
+
+
+def encoder_network(args: argparse.Namespace):
+    """The pretext network ``--encoder`` names, loaded once (a clear error for a missing or unreadable file), and
+    its path; (None, None) for networks from scratch or from ImageNet."""
+    path = encoder_path(args)
+    if path is None or path == IMAGENET:
+        return None, None
+    if not path.is_file():
+        raise CliError(f"--encoder {path} does not exist; create it with `python -m wilss pretrain --pretext --out "
+                       f"{path}`, or give --encoder none to train from scratch")
+    return open_checkpoint(path).model, path
+
+
+def imagenet_init(model) -> None:
+    """``Benchmark.init_model`` for --encoder imagenet: the installed ImageNet weights into the encoder."""
+    try:
+        load_imagenet_encoder(model)
+    except ValueError as err:   # MissingWeights among them
+        raise CliError(f"--encoder imagenet: {err}") from None
+
+
+def world_encoder(args: argparse.Namespace):
+    """``Benchmark.init_model`` from ``--encoder`` (None: from scratch), the file read up front."""
+    if encoder_path(args) == IMAGENET:
+        return imagenet_init
+    source, path = encoder_network(args)
+    return recipes.encoder_init(source, origin=str(path))
+
+
+def add_encoder_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--encoder", type=encoder_arg, default=ENCODER_DEFAULT, metavar="CKPT|imagenet|none",
+                        help=f"start {what} from the encoder of this pretext checkpoint, from the installed "
+                             f"ImageNet weights ('imagenet', for the {', '.join(IMAGENET_NETS)} networks), or from "
+                             f"scratch ('none'); default: the shipped models/{DEFAULT_ENCODER.name} for the world, "
+                             "the recipe's ('imagenet') for CamVid")
+
+
+def benchmark_setup(args: argparse.Namespace):
+    """(protocol, splits loader, step-0 recipe, weak-step recipe, title) of ``args.dataset`` (world | camvid)."""
+    if args.dataset == "world":
+        return (recipes.world_protocol(), recipes.world_splits, recipes.WORLD_PRETRAIN, recipes.WORLD_UPDATE,
+                f"world {recipes.WORLD_TASK_SPEC} {recipes.WORLD_SETTING}")
+    root = Path(args.data)
+    if not (root / "train.txt").is_file():
+        raise DataError(f"CamVid was not found in '{root}' (no train.txt). Give its folder with --data PATH.")
+    cam = recipes.camvid_recipe(getattr(args, "arch", None))
+    if getattr(args, "task", None):
+        cam = replace(cam, task_spec=args.task)
+    try:
+        task = parse_task(cam.task_spec, 11, background_ids=())
+    except ValueError as err:
+        raise CliError(f"--task: {err}") from None
+    protocol = Protocol(name="camvid", dataset_classes=camvid_classes(root), task=task, setting=cam.setting,
+                        ignore_ids=(11,), resize=cam.resize, background_in_all=False)
+    return (protocol, lambda: camvid_splits(root), cam.pretrain, cam.update,
+            f"camvid {cam.task_spec} {cam.setting} ({cam.arch}, encoder: {encoder_path(args) or 'none'})")
