@@ -203,8 +203,12 @@ class Handlers:
         tags = (_files(tags_file) or [None])[0]
         try:
             tagged, root = bring_tagged(_files(files), tags, dest, max_bytes=self.max_bytes)
-        except DataError as err:
+        except Exception as err:   # the staging folder never stays behind, whatever went wrong
             shutil.rmtree(dest, ignore_errors=True)
+            if not isinstance(err, DataError):   # a case the checks miss: the page gets a message, the log the rest
+                log.exception("unexpected error while bringing in an upload")
+                return (error("The upload could not be read (an unexpected error; it is in the server's log). The "
+                              "image set is unchanged."),) + (gr.skip(),) * (DATA_VIEW_COUNT - 1)
             names = {p: f"'{p.name}'" for p in _files(files) + _files(tags_file)}
             if tags is not None:
                 names.update({q: f"'{tags.name}'" for q in dest.rglob(f"uploaded_tags{tags.suffix.lower()}")})

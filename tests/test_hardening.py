@@ -1,0 +1,164 @@
+"""Hostile and unlucky inputs (issue 20): each ends in one clear message, in the engine, the CLI and the app, and
+nothing outside the user's folder is read or named."""
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app import intake
+from app.testing import tiny_checkpoint
+from wilss.cli import main
+from wilss.data import DataError, read_tagged_folder
+
+
+def png(path, size=(8, 8), value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), value, np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    """A folder with two tagged images, and an image outside it that no tag may reach."""
+    folder = tmp_path / "images"
+    png(folder / "a.png")
+    png(folder / "b.png")
+    png(tmp_path / "secret" / "outside.png")
+    return folder
+
+
+# ------------------------------------------------------------------------------- 1. tags stay inside the folder
+OUTSIDE_NAMES = [
+    ("{secret}", "absolute path"),                 # an existing file, by its absolute path
+    ("/no/such/dir/x.png", "absolute path"),       # a missing one: the same message, so nothing is learnt
+    ("../secret/outside.png", "goes up a folder"),
+    ("sub/../../secret/outside.png", "goes up a folder"),
+    ("..\\secret\\outside.png", "goes up a folder"),
+    ("C:\\images\\a.png", "absolute path"),
+    ("a\x00.png", "control character"),             # a NUL byte: os calls would raise ValueError
+]
+
+
+@pytest.mark.parametrize("name,words", OUTSIDE_NAMES)
+def test_csv_rows_naming_files_outside_the_folder_are_refused_by_line(images, name, words):
+    name = name.format(secret=images.parent / "secret" / "outside.png")
+    with open(images / "tags.csv", "w", newline="") as f:
+        f.write("filename,tags\na.png,cow\n")
+        f.write(f'"{name}",cow\n')
+    with pytest.raises(DataError, match=f"Line 3 of .*{words}") as err:
+        read_tagged_folder(images)
+    assert str(images.parent / "secret") not in str(err.value).replace(name, "")
+
+
+@pytest.mark.parametrize("name,words", OUTSIDE_NAMES)
+def test_json_entries_naming_files_outside_the_folder_are_refused_by_entry(images, name, words):
+    name = name.format(secret=images.parent / "secret" / "outside.png")
+    (images / "tags.json").write_text(json.dumps({"a.png": ["cow"], name: ["cow"]}))
+    with pytest.raises(DataError, match=f"Entry 2 of .*{words}"):
+        read_tagged_folder(images)
+
+
+def test_a_nul_byte_in_a_tag_is_refused(images):
+    (images / "tags.json").write_text(json.dumps({"a.png": ["co\x00w"], "b.png": []}))
+    with pytest.raises(DataError, match="Entry 1 of .*the tag 'co\\\\x00w' contains a control character"):
+        read_tagged_folder(images)
+
+
+def test_links_out_of_the_folder_are_refused_in_every_layout(images):
+    os.symlink(images.parent / "secret" / "outside.png", images / "link.png")
+    (images / "tags.csv").write_text("filename,tags\na.png,cow\nlink.png,cow\n")
+    with pytest.raises(DataError, match="Line 3 of .*'link.png' is a link to a file outside the images folder"):
+        read_tagged_folder(images)
+    (images / "tags.csv").unlink()
+    with pytest.raises(DataError, match="'link.png' is a link to a file outside"):   # one folder per tag
+        read_tagged_folder(images)
+    (images / "link.png").unlink()
+    (images / "cow").mkdir()
+    os.symlink(images.parent / "secret", images / "cow" / "more")   # a linked folder inside a tag folder: not
+    tagged = read_tagged_folder(images)                              # walked into (Python < 3.13 rglob)
+    assert all(p.resolve().is_relative_to(images) for p in tagged.paths) and len(tagged) == 2
+    (images / "cow" / "more").unlink()
+    os.symlink(images / "a.png", images / "cow" / "same.png")     # a link that stays inside is fine
+    assert len(read_tagged_folder(images)) == 3
+
+
+def test_the_cli_refuses_tag_rows_outside_images_with_one_error_line(images, tmp_path, capsys):
+    (images / "tags.csv").write_text(f"filename,tags\na.png,cow\n{images.parent / 'secret' / 'outside.png'},\n")
+    ckpt = tiny_checkpoint(tmp_path / "base.pt")
+    code = main(["add-class", "--checkpoint", str(ckpt), "--images", str(images), "--class", "cow",
+                 "--out", str(tmp_path / "out.pt"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: Line 3 of") and "absolute path" in err and "Traceback" not in err
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_the_page_table_refuses_outside_names_by_row_without_server_paths(images, tmp_path):
+    with pytest.raises(DataError, match="Row 2 of the tags table: the file name '/etc/passwd' is an absolute") as e:
+        intake.apply_table([["a.png", "cow"], ["/etc/passwd", "cow"]], images)
+    assert str(tmp_path) not in str(e.value)
+    with pytest.raises(DataError, match="Row 1 of the tags table: .*goes up a folder"):
+        intake.apply_table([["../secret/outside.png", "cow"]], images)
+    with pytest.raises(DataError) as e:   # a typo: the message names the table and the file, not the folder
+        intake.apply_table([["a.png", "cow"], ["gone.png", ""]], images)
+    assert "gone.png" in str(e.value) and "the tags table" in str(e.value) and str(tmp_path) not in str(e.value)
+    assert len(intake.apply_table([["a.png", "cow"], ["b.png", ""]], images)) == 2   # a good table still works
+
+
+# ---------------------------------------------------------------------------------- 6. broken uploads
+def test_json_nested_100000_deep_is_a_clear_error(images):
+    (images / "tags.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match="nested too deeply"):
+        read_tagged_folder(images)
+
+
+def test_a_csv_field_over_the_size_limit_is_a_clear_error(images):
+    (images / "tags.csv").write_text("filename,tags\n\"" + "a" * 200_000 + "\",cow\n")
+    with pytest.raises(DataError, match="Line .* cannot be read as CSV"):
+        read_tagged_folder(images)
+
+
+def understated_zip(path):
+    """A zip whose headers say its member holds 10 bytes when it holds 4000 (unpacking fails its CRC check)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.png", os.urandom(4000))
+    data = bytearray(path.read_bytes())
+    local, central = data.find(b"PK\x03\x04"), data.find(b"PK\x01\x02")
+    data[local + 22:local + 26] = (10).to_bytes(4, "little")
+    data[central + 24:central + 28] = (10).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_zip_with_understated_sizes_is_refused_and_leaves_no_staging_folder(tmp_path):
+    from app.handlers import Handlers
+    from app.session import AppConfig
+
+    archive = understated_zip(tmp_path / "bomb.zip")
+    with pytest.raises(DataError, match="'bomb.zip' is damaged or unsupported: its file 'a.png'.*CRC"):
+        intake.safe_extract(archive, tmp_path / "dest", max_bytes=2**20)
+    config = AppConfig(workdir=tmp_path / "work", checkpoint=tiny_checkpoint(tmp_path / "base.pt"))
+    handlers = Handlers(config)
+    session = handlers.session(None)
+    before = sorted(p.name for p in session.folder.iterdir())
+    status = handlers.bring_data(None, [str(archive)], None)[0]
+    assert status.startswith("**Error:** 'bomb.zip' is damaged") and "unchanged" in status
+    assert str(tmp_path) not in status
+    assert sorted(p.name for p in session.folder.iterdir()) == before   # no data-NNN folder left behind
+
+
+def test_the_page_upload_names_the_tag_row_and_no_server_path(images, tmp_path):
+    from app.handlers import Handlers
+    from app.session import AppConfig
+
+    config = AppConfig(workdir=tmp_path / "work", checkpoint=tiny_checkpoint(tmp_path / "base.pt"))
+    handlers = Handlers(config)
+    tags = tmp_path / "my.csv"
+    for name in ("/no/such/file.png", str(images / "a.png"), "a\x00.png"):
+        with open(tags, "w", newline="") as f:
+            f.write(f'filename,tags\na.png,cow\n"{name}",\n')
+        status = handlers.bring_data(None, [str(images / "a.png"), str(images / "b.png")], str(tags))[0]
+        assert status.startswith("**Error:** Line 3 of 'my.csv': the file name"), status
+        assert str(tmp_path / "work") not in status and "unchanged" in status
