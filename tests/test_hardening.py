@@ -162,3 +162,87 @@ def test_the_page_upload_names_the_tag_row_and_no_server_path(images, tmp_path):
         status = handlers.bring_data(None, [str(images / "a.png"), str(images / "b.png")], str(tags))[0]
         assert status.startswith("**Error:** Line 3 of 'my.csv': the file name"), status
         assert str(tmp_path / "work") not in status and "unchanged" in status
+
+
+# ------------------------------------------------------------------------------ 4. malformed checkpoints
+def damaged(tmp_path, change, name="bad.pt"):
+    """A valid tiny checkpoint's payload after ``change(payload)``, saved as ``name``."""
+    import torch
+
+    payload = torch.load(tiny_checkpoint(tmp_path / "good.pt"), weights_only=True)
+    change(payload)
+    torch.save(payload, tmp_path / name)
+    return tmp_path / name
+
+
+def _set(key, value):
+    return lambda p: p.__setitem__(key, value)
+
+
+MALFORMED = [
+    (lambda p: p.pop("state_dict"), "its 'state_dict' is missing"),
+    (_set("state_dict", [1, 2]), "its 'state_dict' is a list, not a dict"),
+    (lambda p: p["class_names"].append("extra") or p["colours"].append([1, 2, 3]), "head has 8 outputs but it names 9"),
+    (lambda p: p["colours"].pop(), "7 colours for 8 class names"),
+    (lambda p: p["colours"].__setitem__(2, [300, 0, 0]), r"three whole numbers in 0-255, found \[300, 0, 0\]"),
+    (lambda p: p["colours"].__setitem__(2, [-1, 0, 0.5]), "three whole numbers in 0-255"),
+    (lambda p: p["class_names"].__setitem__(1, 7), "each a name"),
+    (lambda p: p["state_dict"].pop(next(iter(p["state_dict"]))), "do not fit its architecture .*: 1 missing"),
+    (lambda p: p["state_dict"].__setitem__("extra.weight", __import__("torch").zeros(2)), "1 unexpected, e.g. extra"),
+    (lambda p: p["model"].__setitem__("width", 10**7), "of another shape"),    # would allocate ~TBs if built
+    (lambda p: p["model"].__setitem__("arch", "resnet9000"), "config does not describe a network"),
+    (_set("history", "yesterday"), "'history' is not a list"),
+]
+
+
+@pytest.mark.parametrize("change,words", MALFORMED)
+def test_malformed_checkpoints_are_one_clear_error(tmp_path, change, words):
+    from wilss.checkpoint import CheckpointError, load_checkpoint
+
+    path = damaged(tmp_path, change)
+    with pytest.raises(CheckpointError, match=f"bad.pt is a damaged wilss checkpoint: .*{words}"):
+        load_checkpoint(path)
+
+
+def test_the_cli_gives_exit_2_and_no_traceback_for_a_malformed_checkpoint(tmp_path, capsys):
+    path = damaged(tmp_path, lambda p: p["colours"].pop())
+    code = main(["predict", "--checkpoint", str(path), "--input", str(png(tmp_path / "x.png")),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "7 colours for 8" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_page_keeps_its_model_when_a_malformed_checkpoint_is_loaded(tmp_path):
+    from app.handlers import Handlers
+    from app.session import AppConfig
+
+    handlers = Handlers(AppConfig(workdir=tmp_path / "work", checkpoint=tiny_checkpoint(tmp_path / "base.pt")))
+    session = handlers.session(None)
+    before = (session.current, [v.name for v in session.versions], sorted(session.folder.iterdir()))
+    status = handlers.load_checkpoint(None, str(damaged(tmp_path, lambda p: p["state_dict"].popitem())))
+    assert status.startswith("**Error:** 'bad.pt' is a damaged wilss checkpoint") and "unchanged" in status
+    assert str(tmp_path) not in status
+    assert (session.current, [v.name for v in session.versions], sorted(session.folder.iterdir())) == before
+
+
+def test_a_checkpoint_asking_for_pretrained_backbone_weights_loads_offline(tmp_path, monkeypatch):
+    import torch
+    import torchvision.models._api as weights_api
+
+    from models import build_segmenter
+    from wilss.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a checkpoint field started a download")
+
+    monkeypatch.setattr(weights_api, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    model = build_segmenter(arch="lraspp_mobilenet_v3_large", num_classes=2)
+    path = save_checkpoint(new_checkpoint(model, ["background", "kite"]), tmp_path / "tv.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["model"]["pretrained_backbone"] = True
+    torch.save(payload, path)
+    loaded = load_checkpoint(path)
+    first = next(iter(model.state_dict()))
+    assert torch.equal(loaded.model.state_dict()[first], model.state_dict()[first])
