@@ -6,11 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from PIL import Image
-
 from app.intake import data_root, gather_uploads
 from wilss.checkpoint import Checkpoint
-from wilss.data import DataError, check_mask_pairs, read_mask_folder
+from wilss.data import DataError, check_mask_pairs, image_size, read_mask_folder
 from wilss.training_data import PixelDataset
 from wilss.inference import evaluate
 from wilss.metrics import summarize
@@ -40,11 +38,7 @@ def bring_eval_set(image_files: Sequence[Path], mask_files: Sequence[Path], dest
 
 
 def same_size(pairs: Sequence[tuple[Path, Path]]) -> bool:
-    sizes = set()
-    for image_path, _ in pairs:
-        with Image.open(image_path) as im:
-            sizes.add(im.size)
-    return len(sizes) <= 1
+    return len({image_size(image_path) for image_path, _ in pairs}) <= 1
 
 
 def score(ckpt: Checkpoint, pairs: Sequence[tuple[Path, Path]], class_names: Sequence[str],

@@ -246,3 +246,30 @@ def test_a_checkpoint_asking_for_pretrained_backbone_weights_loads_offline(tmp_p
     loaded = load_checkpoint(path)
     first = next(iter(model.state_dict()))
     assert torch.equal(loaded.model.state_dict()[first], model.state_dict()[first])
+
+
+# ---------------------------------------------------------------------------------- 7. EXIF orientation
+def rotated_jpeg(path):
+    """A JPEG stored 8 wide x 4 high, red on its left half, tagged 'rotate 90 degrees clockwise to show'
+    (EXIF orientation 6, as phones write portrait photos): shown, it is 4 wide x 8 high and red on top."""
+    pixels = np.zeros((4, 8, 3), np.uint8)
+    pixels[:, :4] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(path, quality=100, exif=exif)
+    return path
+
+
+def test_exif_orientation_is_honoured_by_every_reader(tmp_path):
+    from wilss.data import check_mask_pairs, image_size, load_image
+    from wilss.training_data import PixelDataset
+
+    photo = rotated_jpeg(tmp_path / "photo.jpg")
+    image = load_image(photo)
+    assert image.shape == (8, 4, 3) and image_size(photo) == (4, 8)
+    assert image[:3, :, 0].min() > 200 and image[5:, :, 0].max() < 60     # red on top, as shown
+    mask = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 4), np.uint8)).save(mask)    # drawn on the photo as shown: 4 wide, 8 high
+    assert check_mask_pairs([(photo, mask)], 2) == {(8, 4)}
+    x, y = PixelDataset([(photo, mask)])[0]                   # evaluation and step 0 read through it
+    assert tuple(x.shape) == (3, 8, 4) and tuple(y.shape) == (8, 4)

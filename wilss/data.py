@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from wilss.config import UpdateConfig
 from wilss.conventions import BACKGROUND_NAME, IGNORE_INDEX
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 NEGATIVE_DIRS = frozenset({"none", "negative", "negatives"})
 TAG_FILES = ("tags.csv", "tags.json")
+EXIF_ORIENTATION = 0x0112   # the EXIF tag that says how to turn the stored pixels to show the image
 CACHE_LIMIT = 2000  # datasets smaller than this keep decoded images in memory by default
 PathLike = Union[str, Path]
 
@@ -63,10 +64,27 @@ def _decode(path: PathLike, kind: str, to_array: Callable[[Image.Image], np.ndar
     try:
         with Image.open(path) as im:
             im.load()
-            return to_array(im)
+            return to_array(upright(im))
     except Exception as err:  # PIL's decoders raise many types (OSError, SyntaxError, struct.error, ...)
         raise DataError(f"Could not read the {kind} '{path}' ({err}). The file is damaged, incomplete or "
                         "not an image (e.g. another file renamed to .jpg): re-export it, or remove it.") from err
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """``im`` as it is meant to be seen: its EXIF orientation applied (phones store a portrait photo as landscape
+    pixels plus a 'rotate' tag). The one place images are turned upright; every reader goes through ``_decode``."""
+    if im.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return im
+    return ImageOps.exif_transpose(im)
+
+
+def image_size(path: PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image file as ``load_image`` returns it (after its EXIF orientation), read from
+    its header only."""
+    with Image.open(path) as im:
+        width, height = im.size
+        turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)   # the four that swap the sides
+    return (height, width) if turned else (width, height)
 
 
 def _rgb(im: Image.Image) -> np.ndarray:
@@ -422,8 +440,7 @@ def check_mask_pairs(pairs: Sequence[tuple[Path, Path]], num_classes: int,
     validate_images([p for p, _ in pairs], full=True)
     sizes, bad_ids = set(), {}
     for image_path, mask_path in pairs:
-        with Image.open(image_path) as im:
-            width, height = im.size
+        width, height = image_size(image_path)
         mask = load_mask(mask_path)
         if mask.shape != (height, width):
             raise DataError(f"The mask '{mask_path.name}' is {mask.shape[1]}x{mask.shape[0]} pixels but its image "
