@@ -7,12 +7,14 @@ No ``from __future__ import annotations`` here: gradio finds ``gr.Request`` para
 import logging
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Optional
 
 import gradio as gr
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from app import render
 from app.evaluation import bring_eval_set, same_size, score
@@ -24,6 +26,7 @@ from app.views import HISTORY_HEADERS, added_in, architecture_markdown, before_a
 from wilss.checkpoint import CheckpointError, load_checkpoint
 from wilss.data import DataError, list_images, load_image, read_tagged_folder
 from wilss.engine import resolve_device
+from wilss.files import atomic_write
 from wilss.inference import Predictor
 from wilss.recipes import DEMO_CLASS, DEMO_COLOUR, DEMO_UPDATE
 
@@ -47,6 +50,29 @@ def tidy(message: str, names: dict) -> str:
     for path, label in sorted(names.items(), key=lambda kv: -len(str(kv[0]))):   # longest first
         message = message.replace(f"'{path}'", label).replace(str(path), label)
     return message
+
+
+def output_folder(s: Session, keep_s: float = 600.0) -> Path:
+    """The session's folder for rendered outputs, emptied of files older than ``keep_s`` (gradio has copied them
+    into its cache by then: it does so before the request answers)."""
+    folder = s.subfolder("outputs")
+    now = time.time()
+    for old in folder.glob("*.png"):
+        try:
+            if now - old.stat().st_mtime > keep_s:
+                old.unlink()
+        except FileNotFoundError:   # another request of the session removed it first
+            pass
+    return folder
+
+
+def png_file(image: np.ndarray, folder: Path) -> str:
+    """``image`` (``HxWx3`` uint8) as a PNG under a name no other output uses, written atomically.
+
+    Returned as a path rather than an array: gradio stores an array output in a cache file named by its content
+    and writes it in place, so two identical outputs at once (two predicts of one image) wrote one file while it
+    was being served, and a client read it half-written ("Too little data for declared Content-Length")."""
+    return str(atomic_write(folder / f"{uuid.uuid4().hex}.png", lambda tmp: Image.fromarray(image).save(tmp)))
 
 
 def _files(value) -> list[Path]:
@@ -259,6 +285,8 @@ class Handlers:
                                     title=f"Legend ({s.current.name}; % of the image)")
         maps = [(render.upscale(render.cam_overlay(image, pred.scores[c])), f"{name}: max {pred.scores[c].max():.2f}")
                 for c, name in enumerate(ckpt.class_names)]
+        folder = output_folder(s)
+        overlay, maps = png_file(overlay, folder), [(png_file(m, folder), caption) for m, caption in maps]
         found = ", ".join(f"{ckpt.class_names[c]} {100 * shares[c]:.1f}%" for c in np.argsort(-shares) if shares[c] > 0)
         return (overlay, legend, maps,
                 f"{files[0].name}: {found} (model {s.current.name}, {1000 * took:.0f} ms on {self.device})")

@@ -273,3 +273,23 @@ def test_exif_orientation_is_honoured_by_every_reader(tmp_path):
     assert check_mask_pairs([(photo, mask)], 2) == {(8, 4)}
     x, y = PixelDataset([(photo, mask)])[0]                   # evaluation and step 0 read through it
     assert tuple(x.shape) == (3, 8, 4) and tuple(y.shape) == (8, 4)
+
+
+# ---------------------------------------------------------------------------------- 8. concurrent predicts
+def test_concurrent_identical_predicts_write_separate_complete_files(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.handlers import Handlers
+    from app.session import AppConfig
+
+    handlers = Handlers(AppConfig(workdir=tmp_path / "work", checkpoint=tiny_checkpoint(tmp_path / "base.pt"),
+                                  device="cpu"))
+    image = str(png(tmp_path / "same.png", size=(16, 12), value=90))
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: handlers.predict(None, image, 0.5), range(6)))
+    assert all(r[3].startswith("same.png:") for r in results)               # every predict answered
+    overlays = [r[0] for r in results]
+    maps = [path for r in results for path, _ in r[2]]
+    assert len(set(overlays)) == 6 and len(set(maps)) == len(maps) == 6 * 8   # no two outputs share a file
+    first = np.asarray(Image.open(overlays[0]))
+    assert all(np.array_equal(np.asarray(Image.open(p)), first) for p in overlays)   # complete, identical
