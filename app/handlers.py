@@ -259,6 +259,10 @@ class Handlers:
             tagged = apply_table(rows, s.data_root)
         except DataError as err:
             return (error(f"{err} The tags are unchanged."),) + (gr.skip(),) * (DATA_VIEW_COUNT - 1)
+        except Exception:   # a case the checks miss: a message here, the rest in the log
+            log.exception("unexpected error while reading the tags table")
+            return ((error("The tags table could not be read (an unexpected error; it is in the server's log). The "
+                           "tags are unchanged."),) + (gr.skip(),) * (DATA_VIEW_COUNT - 1))
         s.set_data(tagged, s.data_root, s.data_source.split(" + ")[0] + " + tags edited in the page")
         return self.data_views(request, ok("tags updated from the table."))
 
@@ -307,12 +311,17 @@ class Handlers:
             res_after = score(after, pairs, after.class_names, new, device=self.device, batch=batch)
             res_before = (score(before, pairs, after.class_names, new, device=self.device, batch=batch)
                           if before else None)
-        except USER_ERRORS as err:
+        except Exception as err:   # the staging folder never stays behind, whatever went wrong
             shutil.rmtree(dest, ignore_errors=True)
+            if not isinstance(err, USER_ERRORS):   # a case the checks miss: a message here, the rest in the log
+                log.exception("unexpected error while scoring an upload")
+                return gr.skip(), error("The upload could not be scored (an unexpected error; it is in the server's "
+                                        "log). Nothing was changed.")
             names = {p: f"'{p.name}'" for p in _files(image_files) + _files(mask_files)}
             names.update({dest / "images": "the uploaded images", dest / "masks": "the uploaded masks",
                           dest: "the upload"})
-            return gr.skip(), error(tidy(str(err).strip("'"), names))
+            text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)   # KeyError quotes itself
+            return gr.skip(), error(tidy(text, names))
         rows = before_after_rows(after.class_names, new, res_before, res_after)
         columns = ["metric (%)", before_v.name if before_v else "before", after_v.name]
         return (pd.DataFrame(rows, columns=columns),

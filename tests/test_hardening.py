@@ -149,6 +149,35 @@ def test_a_zip_with_understated_sizes_is_refused_and_leaves_no_staging_folder(tm
     assert sorted(p.name for p in session.folder.iterdir()) == before   # no data-NNN folder left behind
 
 
+def test_the_page_scores_a_broken_zip_with_a_message_and_leaves_no_staging_folder(tmp_path):
+    from app.handlers import Handlers
+    from app.session import AppConfig
+
+    handlers = Handlers(AppConfig(workdir=tmp_path / "work", checkpoint=tiny_checkpoint(tmp_path / "base.pt")))
+    session = handlers.session(None)
+    before = sorted(p.name for p in session.folder.iterdir())
+    status = handlers.evaluate(None, [str(understated_zip(tmp_path / "eval.zip"))], [], None, None)[1]
+    assert status.startswith("**Error:** 'eval.zip' is damaged") and str(tmp_path) not in status
+    assert sorted(p.name for p in session.folder.iterdir()) == before
+
+
+def test_an_unforeseen_upload_error_is_a_message_not_a_traceback(tmp_path, monkeypatch, caplog):
+    from app import handlers as page
+    from app.session import AppConfig
+
+    def broken(files, tags, dest, **_):
+        (dest / "half.png").write_bytes(b"x")
+        raise RuntimeError("boom at /srv/secret/path")
+
+    monkeypatch.setattr(page, "bring_tagged", broken)
+    handlers = page.Handlers(AppConfig(workdir=tmp_path / "work", checkpoint=tiny_checkpoint(tmp_path / "base.pt")))
+    before = sorted(p.name for p in handlers.session(None).folder.iterdir())
+    status = handlers.bring_data(None, [str(png(tmp_path / "a.png"))], None)[0]
+    assert status.startswith("**Error:** The upload could not be read") and "/srv/secret" not in status
+    assert "boom at /srv/secret/path" in caplog.text                     # the details go to the server's log
+    assert sorted(p.name for p in handlers.session(None).folder.iterdir()) == before
+
+
 def test_the_page_upload_names_the_tag_row_and_no_server_path(images, tmp_path):
     from app.handlers import Handlers
     from app.session import AppConfig
