@@ -42,7 +42,8 @@ def same_size(pairs: Sequence[tuple[Path, Path]]) -> bool:
 
 
 def score(ckpt: Checkpoint, pairs: Sequence[tuple[Path, Path]], class_names: Sequence[str],
-          new_names: Sequence[str], *, device: Optional[str] = None, batch: bool = True) -> dict:
+          new_names: Sequence[str], *, device: Optional[str] = None, batch: bool = True,
+          max_side: Optional[int] = None) -> dict:
     """{'summary': {'old','new','all'} in %, 'iou': {name: % or NaN}} of ``ckpt`` over ``pairs``, whose masks use
     the ids of ``class_names``; ``ckpt`` must know a prefix of them (an earlier version: its missing classes are
     scored as never predicted)."""
@@ -50,7 +51,7 @@ def score(ckpt: Checkpoint, pairs: Sequence[tuple[Path, Path]], class_names: Seq
         raise DataError(f"This version's classes ({', '.join(ckpt.class_names)}) are not the first classes of the "
                         f"version being compared ({', '.join(class_names)}), so their ids differ.")
     matrix = evaluate(ckpt.model, PixelDataset(list(pairs), cache=False), num_classes=len(class_names),
-                      batch_size=8 if batch else 1, device=device)
+                      batch_size=8 if batch else 1, device=device, max_side=max_side)
     iou = matrix.iou()
     new_ids = [class_names.index(n) for n in new_names if n in class_names]
     old_ids = [i for i in range(1, len(class_names)) if i not in new_ids]

@@ -24,11 +24,12 @@ from app.session import AppConfig, DeviceQueue, Session, SessionStore, base_file
 from app.update import free_colours
 from app.views import HISTORY_HEADERS, added_in, architecture_markdown, before_after_rows, history_rows
 from wilss.checkpoint import CheckpointError, load_checkpoint
-from wilss.data import DataError, list_images, load_image, read_tagged_folder
+from wilss.data import DataError, image_size, list_images, load_image, read_tagged_folder
 from wilss.engine import resolve_device
 from wilss.files import atomic_write
 from wilss.inference import Predictor
 from wilss.recipes import DEMO_CLASS, DEMO_COLOUR, DEMO_UPDATE
+from wilss.transforms import fit_longer_side
 
 log = logging.getLogger(__name__)
 
@@ -276,10 +277,12 @@ class Handlers:
             image = load_image(files[0])
         except DataError as err:
             return None, gr.skip(), None, error(tidy(str(err), {files[0]: f"'{files[0].name}'"}))
+        if max(image.shape[:2]) > self.config.max_side:   # the page shows it no larger: predict at that size
+            image = fit_longer_side(image, self.config.max_side)
         s = self.session(request)
         ckpt = s.ckpt
         start = time.perf_counter()
-        pred = Predictor(ckpt.model, device=self.device).predict(image)
+        pred = Predictor(ckpt.model, device=self.device, max_side=self.config.max_side).predict(image)
         took = time.perf_counter() - start
         k = ckpt.num_classes
         shares = np.bincount(pred.mask.ravel(), minlength=k)[:k] / pred.mask.size
@@ -307,10 +310,11 @@ class Handlers:
             pairs = bring_eval_set(_files(image_files), _files(mask_files), dest, max_bytes=self.max_bytes,
                                    num_classes=after.num_classes)
             new = after.last_added
-            batch = same_size(pairs)
-            res_after = score(after, pairs, after.class_names, new, device=self.device, batch=batch)
-            res_before = (score(before, pairs, after.class_names, new, device=self.device, batch=batch)
-                          if before else None)
+            limit = self.config.max_side
+            batch = same_size(pairs) and max(image_size(pairs[0][0])) <= limit   # large ones: one at a time
+            res_after = score(after, pairs, after.class_names, new, device=self.device, batch=batch, max_side=limit)
+            res_before = (score(before, pairs, after.class_names, new, device=self.device, batch=batch,
+                                max_side=limit) if before else None)
         except Exception as err:   # the staging folder never stays behind, whatever went wrong
             shutil.rmtree(dest, ignore_errors=True)
             if not isinstance(err, USER_ERRORS):   # a case the checks miss: a message here, the rest in the log

@@ -26,6 +26,7 @@ from typing import Optional
 from wilss.bases import pretrained_base
 from wilss.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from wilss.data import TaggedSet
+from wilss.inference import DEFAULT_MAX_SIDE
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class AppConfig:
     samples: Optional[Path] = None        # the embedded default tagged images
     device: str = "auto"
     max_upload_mb: int = 200
+    max_side: int = DEFAULT_MAX_SIDE      # images larger are predicted and scored at this size (wilss.inference)
     live_images: int = 4                  # images shown in the live gallery
     live_every_s: float = 2.0             # gallery refresh period during an update
     plot_every_s: float = 1.0             # loss-curve refresh period

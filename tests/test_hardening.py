@@ -322,3 +322,87 @@ def test_concurrent_identical_predicts_write_separate_complete_files(tmp_path):
     assert len(set(overlays)) == 6 and len(set(maps)) == len(maps) == 6 * 8   # no two outputs share a file
     first = np.asarray(Image.open(overlays[0]))
     assert all(np.array_equal(np.asarray(Image.open(p)), first) for p in overlays)   # complete, identical
+
+
+# ------------------------------------------------------------------------------------------ 3. big inputs
+def png_header_only(path, width, height):
+    """A PNG that declares ``width x height`` pixels but holds none: opening it reads the size, decoding fails."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def test_images_beyond_the_pixel_limit_are_refused_before_decoding(tmp_path):
+    from wilss.data import MAX_PIXELS, load_image, validate_images
+
+    huge = png_header_only(tmp_path / "huge.png", 9000, 8000)
+    assert 9000 * 8000 > MAX_PIXELS
+    with pytest.raises(DataError, match=r"'huge.png' is 9000x8000 pixels \(72 MP\), more than the 64 MP accepted"):
+        load_image(huge)
+    with pytest.raises(DataError, match="72 MP"):
+        validate_images([png(tmp_path / "ok.png"), huge])
+
+
+def test_large_images_are_segmented_at_max_side_with_masks_at_their_own_size(tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    from models import build_segmenter
+    from wilss.inference import Predictor, segment, upsampled_argmax
+
+    logits = torch.randn(2, 5, 7, 9)
+    assert torch.equal(upsampled_argmax(logits, (30, 41)),
+                       F.interpolate(logits, size=(30, 41), mode="bilinear", align_corners=False).argmax(1))
+    torch.manual_seed(0)
+    model = build_segmenter(arch="tiny", num_classes=3, width=8).eval()
+    image = np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)
+    small = Predictor(model, max_side=64).predict(image)
+    assert small.mask.shape == (200, 300) and small.scores.shape == (3, 43, 64)
+    full = Predictor(model).predict(image)
+    assert np.array_equal(Predictor(model, max_side=300).predict(image).mask, full.mask)   # fits: unchanged
+    x = torch.randn(1, 3, 200, 300)
+    assert segment(model, x, 64).shape == (1, 200, 300)
+    assert torch.equal(segment(model, x, 512), model(x).argmax(1))
+
+
+def test_the_cli_predicts_large_images_at_max_side_and_writes_masks_at_their_size(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "base.pt")
+    image = png(tmp_path / "wide.png", size=(300, 200), value=120)
+    code = main(["predict", "--checkpoint", str(ckpt), "--input", str(image), "--out", str(tmp_path / "out"),
+                 "--max-side", "64", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert Image.open(tmp_path / "out" / "wide_mask.png").size == (300, 200)
+
+
+def test_training_keeps_images_fitted_to_the_crop_not_whole(tmp_path):
+    from wilss.config import UpdateConfig
+    from wilss.data import TaggedSet
+    from wilss.training_data import fitted_image, tagged_training_set
+
+    path = png(tmp_path / "big.png", size=(300, 200), value=70)
+    cfg = UpdateConfig(epochs=2, warmup_epochs=1, crop_size=64, scale_range=(1.0, 1.0), hflip=False)
+    dataset = tagged_training_set(TaggedSet((path,), (frozenset({"cow"}),)), ["cow"], cfg)
+    assert dataset.load(0).shape == (43, 64, 3)                 # what the cache keeps
+    assert np.array_equal(dataset.load(0), fitted_image(path, 64))
+    assert tuple(dataset[0][0].shape) == (3, 64, 64)
+
+
+@pytest.mark.parametrize("name,value", [("epochs", 201), ("batch_size", 129), ("crop_size", 1025)])
+def test_update_settings_have_upper_bounds_in_the_cli_and_the_page(tmp_path, capsys, name, value):
+    from app.update import make_config
+    from wilss.config import UpdateConfig
+
+    with pytest.raises(ValueError, match=f"{name} must be at most {value - 1}"):
+        UpdateConfig(**{name: value})
+    with pytest.raises(DataError, match=f"{name} must be at most {value - 1}"):
+        make_config({name: value})
+    flag = "--" + name.replace("_", "-")
+    code = main(["add-class", "--images", str(tmp_path), "--class", "cow", "--out", str(tmp_path / "o.pt"),
+                 "--checkpoint", str(tiny_checkpoint(tmp_path / "base.pt")), flag, str(value)])
+    assert code == 2 and f"error: {flag} {value} is above the limit of {value - 1}" in capsys.readouterr().err

@@ -15,8 +15,8 @@ from PIL import Image
 
 from models import DEFAULT_CHECKPOINT
 from models.segmenter import Segmenter
-from wilss.cli_common import (CliError, add_common_flags, add_device_flag, check_writable_folder, open_checkpoint,
-                              percent)
+from wilss.cli_common import (CliError, add_common_flags, add_device_flag, add_max_side_flag, check_writable_folder,
+                              open_checkpoint, percent)
 from wilss.conventions import BACKGROUND, IGNORE_INDEX, rgb_to_hex
 from wilss.data import DataError, check_mask_pairs, list_images, load_image, read_mask_folder, validate_images
 from wilss.training_data import PixelDataset
@@ -35,6 +35,7 @@ class EvalSet:
     label_map: Optional[np.ndarray]      # 256 uint8, or None when the masks already hold model ids
     source: str
     same_size: bool                      # every image has one size: evaluate in batches
+    largest_side: int = 0                # of the images (0: small, e.g. a generated world's)
 
     def dataset(self) -> PixelDataset:
         return PixelDataset(self.pairs, label_map=self.label_map, cache=False)
@@ -46,7 +47,7 @@ def mask_eval_set(images_dir: Path, masks_dir: Path, num_classes: int,
     every image opens, every mask has its image's size and only ids ``< num_classes`` (or 255, void)."""
     pairs = read_mask_folder(images_dir, masks_dir)
     sizes = check_mask_pairs(pairs, num_classes, label_map)
-    return EvalSet(pairs, label_map, f"{images_dir} + {masks_dir}", len(sizes) == 1)
+    return EvalSet(pairs, label_map, f"{images_dir} + {masks_dir}", len(sizes) == 1, max(max(s) for s in sizes))
 
 
 def read_world(root: Path) -> dict:
@@ -108,10 +109,12 @@ def old_new_ids(class_names: Sequence[str], new_names: Sequence[str]) -> tuple[l
 
 
 def score(model: Segmenter, eval_set: EvalSet, class_names: Sequence[str], new_names: Sequence[str], *,
-          device: Optional[str] = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Per-class IoU (``K``, in [0, 1], NaN for absent classes) and mIoU old / new / all in percent."""
-    matrix = evaluate(model, eval_set.dataset(), num_classes=len(class_names),
-                      batch_size=8 if eval_set.same_size else 1, device=device)
+          device: Optional[str] = None, max_side: Optional[int] = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-class IoU (``K``, in [0, 1], NaN for absent classes) and mIoU old / new / all in percent. Images larger
+    than ``max_side`` are segmented at that size (one at a time), and scored at their masks' size."""
+    batched = eval_set.same_size and (max_side is None or eval_set.largest_side <= max_side)
+    matrix = evaluate(model, eval_set.dataset(), num_classes=len(class_names), batch_size=8 if batched else 1,
+                      device=device, max_side=max_side)
     iou = matrix.iou()
     old, new = old_new_ids(class_names, new_names)
     return iou, summarize(iou, old, new)
@@ -146,7 +149,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise CliError("give --images DIR and --masks DIR together (or --world DIR)")
         eval_set = mask_eval_set(args.images, args.masks, ckpt.num_classes)
     new_names = ckpt.last_added
-    iou, figures = score(ckpt.model, eval_set, ckpt.class_names, new_names, device=args.device)
+    iou, figures = score(ckpt.model, eval_set, ckpt.class_names, new_names, device=args.device,
+                         max_side=args.max_side)
     print(f"checkpoint {args.checkpoint}: {ckpt.num_classes} classes; "
           f"last added: {', '.join(new_names) if new_names else 'none (a base model)'}")
     print(f"evaluated on {len(eval_set.pairs)} images from {eval_set.source}\n")
@@ -195,7 +199,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CliError(f"{len(clash)} output file(s) already exist, e.g. '{clash[0]}'; nothing was written. "
                        "Choose another --out folder or remove them.")
     out.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(ckpt.model, device=args.device)
+    predictor = Predictor(ckpt.model, device=args.device, max_side=args.max_side)
     counts = np.zeros(ckpt.num_classes, dtype=np.int64)
     for path in inputs:
         image = load_image(path)
@@ -235,6 +239,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--masks", type=Path, metavar="DIR", help="folder of masks NAME.png, one per image NAME.*")
     p.add_argument("--world", type=Path, metavar="DIR", help="a folder written by 'generate --out'")
     p.add_argument("--split", default="test", help="split of --world (default: test)")
+    add_max_side_flag(p)
     add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(run=cmd_evaluate)
@@ -250,6 +255,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, type=Path, metavar="FILE_OR_DIR", help="an image or a folder")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (made if absent)")
     p.add_argument("--overlay", action="store_true", help="also write the image blended 50%% with the colours")
+    add_max_side_flag(p)
     add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(run=cmd_predict)

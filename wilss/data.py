@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 NEGATIVE_DIRS = frozenset({"none", "negative", "negatives"})
 TAG_FILES = ("tags.csv", "tags.json")
+MAX_PIXELS = 64_000_000     # larger images are refused (64 MP: above the photos of phones and cameras by default);
+                            # the ones below are downscaled where they are used (wilss.inference.DEFAULT_MAX_SIDE)
 EXIF_ORIENTATION = 0x0112   # the EXIF tag that says how to turn the stored pixels to show the image
 CACHE_LIMIT = 2000  # datasets smaller than this keep decoded images in memory by default
 PathLike = Union[str, Path]
@@ -40,6 +42,10 @@ NEGATIVES_HOW = ("How to add them: with one sub-folder per tag, put them in a su
 
 class DataError(ValueError):
     """A problem with the user's data, explained for a non-expert (which file, what to do)."""
+
+
+class ImageTooLarge(DataError):
+    """An image over ``MAX_PIXELS``."""
 
 
 def listing(names: Sequence[object], limit: int = 5, *, quoted: bool = False) -> str:
@@ -63,11 +69,23 @@ def _decode(path: PathLike, kind: str, to_array: Callable[[Image.Image], np.ndar
         raise DataError(f"The {kind} file '{path}' does not exist. Check the path.")
     try:
         with Image.open(path) as im:
+            check_pixels(im, path, kind)
             im.load()
             return to_array(upright(im))
+    except DataError:
+        raise
     except Exception as err:  # PIL's decoders raise many types (OSError, SyntaxError, struct.error, ...)
         raise DataError(f"Could not read the {kind} '{path}' ({err}). The file is damaged, incomplete or "
                         "not an image (e.g. another file renamed to .jpg): re-export it, or remove it.") from err
+
+
+def check_pixels(im: Image.Image, path: PathLike, kind: str = "image") -> None:
+    """Refuse an opened (not yet decoded) image larger than ``MAX_PIXELS``, before it takes any memory."""
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        raise ImageTooLarge(f"The {kind} '{Path(path).name}' is {width}x{height} pixels "
+                            f"({width * height / 1e6:.0f} MP), more than the {MAX_PIXELS / 1e6:.0f} MP accepted. "
+                            "Downscale it (e.g. to 4000 pixels on its longer side) and retry.")
 
 
 def upright(im: Image.Image) -> Image.Image:
@@ -132,8 +150,11 @@ def validate_images(paths: Iterable[PathLike], *, full: bool = False) -> None:
                 load_image(path)
             else:
                 with Image.open(path) as im:
+                    check_pixels(im, path)
                     im.verify()
         except Exception as err:  # see _decode
+            if isinstance(err, ImageTooLarge):
+                raise   # a different remedy than for a damaged file
             bad.append(f"'{path.name}'" if isinstance(err, DataError) else f"'{path.name}' ({err})")
     if bad:
         raise DataError(f"{len(bad)} image file(s) could not be opened: {listing(bad)}. They are damaged "
