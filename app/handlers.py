@@ -96,8 +96,10 @@ class Handlers:
 
     # ---------------------------------------------------------------------------------------- sessions
     def setup_session(self, session: Session) -> None:
-        """The embedded default: the configured checkpoint as v000, and the sample images."""
-        session.add_file(self.config.checkpoint, note=f"loaded {self.config.checkpoint.name}")
+        """The embedded default: the configured checkpoint as v000 (unless the session's folder holds versions from
+        before a restart), and the sample images."""
+        if not session.versions:
+            session.add_file(self.config.checkpoint, note=f"loaded {self.config.checkpoint.name}", setup=True)
         self.load_samples(session)
 
     def load_samples(self, s: Session) -> None:
@@ -130,6 +132,8 @@ class Handlers:
         parent = s.parent_of(version)
         header = (f"**Model:** {version.label} · classes: "
                   + ", ".join(ckpt.class_names[1:]) + f" · device: `{self.device}`")
+        if s.notice:
+            header = f"**Note:** {s.notice}\n\n{header}"
         return (header,
                 render.classes_html(ckpt.class_names, ckpt.colours, added_in(ckpt.history)),
                 architecture_markdown(ckpt, version=version.name, file_name=version.path.name),

@@ -406,3 +406,125 @@ def test_update_settings_have_upper_bounds_in_the_cli_and_the_page(tmp_path, cap
     code = main(["add-class", "--images", str(tmp_path), "--class", "cow", "--out", str(tmp_path / "o.pt"),
                  "--checkpoint", str(tiny_checkpoint(tmp_path / "base.pt")), flag, str(value)])
     assert code == 2 and f"error: {flag} {value} is above the limit of {value - 1}" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- 5. versions survive restarts; 2. sessions
+def made_version(session, seed=1):
+    """A version made in ``session`` as an update would (another model), saved the way the page saves it."""
+    from wilss.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tiny_checkpoint(session.folder.parent / f"made{seed}.pt", seed=seed))
+    return session.add_checkpoint(ckpt, "added arrow from 5 images", parent=session.current.name)
+
+
+def test_versions_survive_a_restart_and_can_be_rolled_back_to(tmp_path):
+    from app.handlers import Handlers
+    from app.session import AppConfig
+
+    config = AppConfig(workdir=tmp_path / "work", checkpoint=tiny_checkpoint(tmp_path / "base.pt"))
+    before = Handlers(config).session(None)
+    made_version(before)
+    labels = [v.label for v in before.versions]
+    after = Handlers(config)                      # a new process on the same work folder
+    s = after.session(None)
+    assert [v.label for v in s.versions] == labels and s.current.name == "v001" and s.folder == before.folder
+    assert s.versions[1].parent == "v000" and "v001" in after.model_views(None)[0]
+    assert after.rollback(None, "v000").startswith("**Done:** v000 is the current model again")
+    assert Handlers(config).session(None).current.name == "v000"   # the choice of current survives too
+
+
+def test_an_update_cut_by_a_restart_leaves_no_partial_version_and_says_so(tmp_path):
+    from types import SimpleNamespace
+
+    from app.handlers import Handlers
+    from app.session import AppConfig
+
+    config = AppConfig(workdir=tmp_path / "work", checkpoint=tiny_checkpoint(tmp_path / "base.pt"))
+    s = Handlers(config).session(None)
+    s.job = SimpleNamespace(running=True, plan=SimpleNamespace(new_names=["arrow"]))
+    (s.folder / ".new-version.x1.pt").write_bytes(b"half a checkpoint")   # killed while writing the result
+    after = Handlers(config)
+    header = after.model_views(None)[0]
+    assert header.startswith("**Note:** the server restarted while an update was running here (adding arrow)")
+    assert [v.name for v in after.session(None).versions] == ["v000"]
+    assert not [p.name for p in s.folder.iterdir() if p.name.startswith(".")]
+    made_version(after.session(None))            # the next version clears the note
+    assert not after.model_views(None)[0].startswith("**Note:**")
+
+
+def test_a_version_written_just_before_a_crash_is_listed_after_the_restart(tmp_path):
+    import shutil
+
+    from app.handlers import Handlers
+    from app.session import AppConfig
+
+    config = AppConfig(workdir=tmp_path / "work", checkpoint=tiny_checkpoint(tmp_path / "base.pt"))
+    s = Handlers(config).session(None)
+    shutil.copyfile(tiny_checkpoint(tmp_path / "other.pt", seed=3), s.folder / "v001.pt")   # not yet listed
+    (s.folder / "v002.pt").write_bytes(b"not a checkpoint")                                 # never listed
+    restored = Handlers(config).session(None)
+    assert [(v.name, v.note) for v in restored.versions] == [("v000", "loaded base.pt"),
+                                                             ("v001", "found after a restart")]
+    assert (s.folder / "v002.pt").read_bytes() == b"not a checkpoint"                        # left as it was
+
+
+def test_sessions_never_share_a_folder_and_versions_are_never_written_over(tmp_path):
+    from app.session import AppConfig, SessionStore
+
+    base = tiny_checkpoint(tmp_path / "base.pt")
+    store = SessionStore(AppConfig(workdir=tmp_path / "work", checkpoint=base))
+    a, b = store.get("abcdefgh1"), store.get("abcdefgh2")   # same prefix, same second: they used to collide
+    assert a.folder != b.folder and "abcdefgh" not in a.folder.name and len(a.folder.name) == 34
+    a.add_file(tiny_checkpoint(tmp_path / "a.pt", seed=1), "loaded a.pt")
+    b.add_file(tiny_checkpoint(tmp_path / "b.pt", seed=2), "loaded b.pt")
+    assert (a.folder / "v000.pt").read_bytes() == (tmp_path / "a.pt").read_bytes()
+    assert (b.folder / "v000.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    (a.folder / "v001.pt").write_bytes(b"someone else's file")   # a name taken behind the session's back
+    assert made_version(a).name == "v002" and (a.folder / "v001.pt").read_bytes() == b"someone else's file"
+
+
+def test_folders_of_untouched_sessions_are_capped_and_cleaned_but_made_versions_stay(tmp_path):
+    from app.session import AppConfig, SessionStore
+
+    base = tiny_checkpoint(tmp_path / "base.pt")
+    config = AppConfig(workdir=tmp_path / "work", checkpoint=base)
+    setup = lambda s: s.add_file(base, "loaded base.pt", setup=True) if not s.versions else None  # noqa: E731
+    store = SessionStore(config, setup=setup, capacity=2)
+    a, b = store.get("a"), store.get("b")
+    made_version(a)
+    c = store.get("c")                       # makes room: 'a' goes from memory, its folder (a made version) stays
+    d = store.get("d")                       # makes room: 'b' held nothing made by its user: its folder goes
+    assert a.folder.is_dir() and not b.folder.exists()
+    store.drop("c")                          # the page was closed
+    assert not c.folder.exists() and d.folder.is_dir()
+    restarted = SessionStore(config, setup=setup, capacity=2)   # at start: leftovers of untouched sessions go
+    assert not d.folder.exists() and a.folder.is_dir()
+    assert [v.name for v in restarted.get("a").versions] == ["v000", "v001"]
+
+
+def test_the_served_app_hides_the_session_key_and_answers_parallel_identical_predicts(tmp_path):
+    """Through HTTP, as a client sees it: the key naming session folders is not served, and 8 identical predicts at
+    once all arrive whole (they used to share one cache file, written while it was served)."""
+    import urllib.error
+    import urllib.request
+
+    pytest.importorskip("gradio_client")
+    from gradio_client import Client, handle_file
+
+    from app.testing import launched
+    from wilss.recipes import write_samples
+
+    samples = write_samples(tmp_path / "samples")
+    work = tmp_path / "work"
+    with launched(tiny_checkpoint(tmp_path / "base.pt"), samples, work, log_path=tmp_path / "server.log") as url:
+        c = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+        jobs = [c.submit(handle_file(str(samples / "000.png")), 0.5, api_name="/predict") for _ in range(8)]
+        results = [job.result() for job in jobs]
+        assert all(text.startswith("000.png:") for *_, text in results)
+        overlays = [np.asarray(Image.open(overlay)) for overlay, *_ in results]
+        assert all(np.array_equal(o, overlays[0]) for o in overlays)
+        sessions = [p.name for p in work.iterdir() if p.name.startswith("s-")]
+        assert sessions and all(len(name) == 34 for name in sessions)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{url}gradio_api/file={work / '.session-key'}", timeout=5)
+        assert err.value.code == 403
