@@ -36,7 +36,7 @@ SHORT = dict(epochs=2, warmup_epochs=1, batch_size=8, localizer_channels=16)
 
 
 # --------------------------------------------------------------------------------------------------- the app
-def start(checkpoint: Path, samples: Path, workdir: Path, log: Path, timeout_s: float = 120.0):
+def start(checkpoint: Path, samples: Path, workdir: Path, log: Path, timeout_s: float = 300.0):
     """``launch.py`` in its own process group on a free port; returns (process, url) once the page answers."""
     port = free_port()
     cmd = [sys.executable, str(ROOT / "launch.py"), "--port", str(port), "--checkpoint", str(checkpoint),
@@ -261,26 +261,29 @@ def run_reads(url: str, workdir: Path, victim_id: str) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------------------------ the load
 def run_load(url: str, folder: Path, image: Path, *, updates: int, predicts: int,
-             timeout_s: float = 900.0) -> tuple[int, int, list]:
-    """(updates finished, predicts failed, clients that made a version) under concurrent updates and predicts."""
+             timeout_s: float = 900.0) -> tuple[int, list[str], list]:
+    """(updates finished, why each failed predict failed, clients that made a version) under concurrent updates and
+    predicts."""
     from gradio_client import handle_file
 
     makers = [client(url, folder / f"u{i}") for i in range(updates)]
     jobs = [m.submit(*add_args("arrow"), api_name="/add_classes") for m in makers]
     askers = [client(url, folder / f"p{i}") for i in range(10)]
 
-    def one(i):
+    def one(i) -> str:
+        """'' for a whole answer, else why not."""
         try:
             job = askers[i % len(askers)].submit(handle_file(str(image)), 0.5, api_name="/predict")
             out = job.result(timeout=timeout_s)
-            return out[3].startswith(f"{image.name}:") and Path(out[0]).is_file()
-        except Exception:   # any failure of the request counts, a timeout too
-            return False
+            whole = out[3].startswith(f"{image.name}:") and Path(out[0]).is_file()
+            return "" if whole else f"answered {str(out[3])[:80]}"
+        except Exception as err:   # any failure of the request counts, a timeout too
+            return f"{type(err).__name__}: {str(err)[:80]}"
 
     with ThreadPoolExecutor(10) as pool:
-        ok = list(pool.map(one, range(predicts)))
+        failures = [why for why in pool.map(one, range(predicts)) if why]
     finished = sum("v001" in str(job.result(timeout=timeout_s)[1]) for job in jobs)
-    return finished, ok.count(False), makers
+    return finished, failures, makers
 
 
 def main(argv=None) -> int:
@@ -309,7 +312,7 @@ def main(argv=None) -> int:
         reads, refused = run_reads(url, workdir, other_client.session_hash)
         across = [label for label, *_ in items if "session" in label]   # tag rows reaching another session
         reads, refused = reads + len(across), refused + sum(not any(n.startswith(a) for n in notes) for a in across)
-        finished, failed, makers = run_load(url, root / "load", samples / "000.png", updates=args.updates,
+        finished, failures, makers = run_load(url, root / "load", samples / "000.png", updates=args.updates,
                                             predicts=args.predicts)
         rss_after = rss_mb(proc.pid)
         # kill -9 during an update of a session that has made v001, then restart on the same work folder
@@ -333,12 +336,12 @@ def main(argv=None) -> int:
     server_tracebacks = log.read_text().count("Traceback")
     figures = {"inputs tried": tried, "clear errors": clear, "tracebacks (client)": tracebacks,
                "tracebacks (server log)": server_tracebacks, "reads tried": reads, "reads refused": refused,
-               "updates finished": f"{finished}/{args.updates}", "predicts failed": f"{failed}/{args.predicts}",
+               "updates finished": f"{finished}/{args.updates}", "predicts failed": f"{len(failures)}/{args.predicts}",
                "versions listed after kill -9 + restart": f"{listed}/2",
                "restart told to the client": told, "app RSS MB (start, after load)": [round(rss_start),
                                                                                    round(rss_after)]}
     print(json.dumps(figures, indent=1))
-    for note in notes:
+    for note in notes + [f"predict failed: {why}" for why in sorted(set(failures))]:
         print("note:", note)
     print(f"files: {root}" if args.keep else "")
     if not args.keep:
