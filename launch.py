@@ -1,7 +1,8 @@
 """Start the browser app: ``python launch.py`` opens the shipped base model and the sample images.
 
     python launch.py [--host 127.0.0.1] [--port 7860] [--auth user:password] [--checkpoint PATH|torchvision:NAME]
-                     [--samples DIR] [--workdir DIR] [--max-upload-mb 200] [--device auto] [--threads N]
+                     [--samples DIR] [--workdir DIR] [--max-upload-mb 200] [--max-side 1024] [--device auto]
+                     [--threads N]
 
 Everything the app writes (versions, uploads, exports, gradio's cache) lives under --workdir; only that folder
 is served. See docs/app.md.
@@ -33,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "app",
                    help="the app's working folder: versions, uploads, exports (default: runs/app)")
     p.add_argument("--max-upload-mb", type=int, default=200, help="largest accepted upload in MB (default 200)")
+    p.add_argument("--max-side", type=int, default=1024, metavar="PX",
+                   help="predict and evaluate images whose longer side is larger at this size (default 1024; "
+                        "images over 64 MP are refused)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N (default auto)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for torch (default: torch's choice, one per core). On a machine shared with "
@@ -70,6 +74,9 @@ def main(argv=None) -> int:
             print("error: --threads must be at least 1", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
+    if args.max_side < 32:
+        print("error: --max-side must be at least 32", file=sys.stderr)
+        return 2
     if args.max_upload_mb < 1:
         print("error: --max-upload-mb must be at least 1", file=sys.stderr)
         return 2
@@ -100,7 +107,7 @@ def main(argv=None) -> int:
     from app.ui import launch   # imports gradio: after GRADIO_TEMP_DIR is set
 
     config = AppConfig(workdir=workdir, checkpoint=checkpoint, samples=args.samples.resolve() if args.samples else None,
-                       device=device, max_upload_mb=args.max_upload_mb)
+                       device=device, max_upload_mb=args.max_upload_mb, max_side=args.max_side)
     user_pass = tuple(auth.split(":", 1)) if auth else None
     if args.host not in ("127.0.0.1", "localhost", "::1") and user_pass is None:
         print(f"warning: --host {args.host} makes the app reachable from other machines without a login; "

@@ -6,11 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from PIL import Image
-
 from app.intake import data_root, gather_uploads
 from wilss.checkpoint import Checkpoint
-from wilss.data import DataError, check_mask_pairs, read_mask_folder
+from wilss.data import DataError, check_mask_pairs, image_size, read_mask_folder
 from wilss.training_data import PixelDataset
 from wilss.inference import evaluate
 from wilss.metrics import summarize
@@ -40,15 +38,12 @@ def bring_eval_set(image_files: Sequence[Path], mask_files: Sequence[Path], dest
 
 
 def same_size(pairs: Sequence[tuple[Path, Path]]) -> bool:
-    sizes = set()
-    for image_path, _ in pairs:
-        with Image.open(image_path) as im:
-            sizes.add(im.size)
-    return len(sizes) <= 1
+    return len({image_size(image_path) for image_path, _ in pairs}) <= 1
 
 
 def score(ckpt: Checkpoint, pairs: Sequence[tuple[Path, Path]], class_names: Sequence[str],
-          new_names: Sequence[str], *, device: Optional[str] = None, batch: bool = True) -> dict:
+          new_names: Sequence[str], *, device: Optional[str] = None, batch: bool = True,
+          max_side: Optional[int] = None) -> dict:
     """{'summary': {'old','new','all'} in %, 'iou': {name: % or NaN}} of ``ckpt`` over ``pairs``, whose masks use
     the ids of ``class_names``; ``ckpt`` must know a prefix of them (an earlier version: its missing classes are
     scored as never predicted)."""
@@ -56,7 +51,7 @@ def score(ckpt: Checkpoint, pairs: Sequence[tuple[Path, Path]], class_names: Seq
         raise DataError(f"This version's classes ({', '.join(ckpt.class_names)}) are not the first classes of the "
                         f"version being compared ({', '.join(class_names)}), so their ids differ.")
     matrix = evaluate(ckpt.model, PixelDataset(list(pairs), cache=False), num_classes=len(class_names),
-                      batch_size=8 if batch else 1, device=device)
+                      batch_size=8 if batch else 1, device=device, max_side=max_side)
     iou = matrix.iou()
     new_ids = [class_names.index(n) for n in new_names if n in class_names]
     old_ids = [i for i in range(1, len(class_names)) if i not in new_ids]

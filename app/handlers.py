@@ -7,12 +7,14 @@ No ``from __future__ import annotations`` here: gradio finds ``gr.Request`` para
 import logging
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Optional
 
 import gradio as gr
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from app import render
 from app.evaluation import bring_eval_set, same_size, score
@@ -22,10 +24,12 @@ from app.session import AppConfig, DeviceQueue, Session, SessionStore, base_file
 from app.update import free_colours
 from app.views import HISTORY_HEADERS, added_in, architecture_markdown, before_after_rows, history_rows
 from wilss.checkpoint import CheckpointError, load_checkpoint
-from wilss.data import DataError, list_images, load_image, read_tagged_folder
+from wilss.data import DataError, image_size, list_images, load_image, read_tagged_folder
 from wilss.engine import resolve_device
+from wilss.files import atomic_write
 from wilss.inference import Predictor
 from wilss.recipes import DEMO_CLASS, DEMO_COLOUR, DEMO_UPDATE
+from wilss.transforms import fit_longer_side
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,29 @@ def tidy(message: str, names: dict) -> str:
     return message
 
 
+def output_folder(s: Session, keep_s: float = 600.0) -> Path:
+    """The session's folder for rendered outputs, emptied of files older than ``keep_s`` (gradio has copied them
+    into its cache by then: it does so before the request answers)."""
+    folder = s.subfolder("outputs")
+    now = time.time()
+    for old in folder.glob("*.png"):
+        try:
+            if now - old.stat().st_mtime > keep_s:
+                old.unlink()
+        except FileNotFoundError:   # another request of the session removed it first
+            pass
+    return folder
+
+
+def png_file(image: np.ndarray, folder: Path) -> str:
+    """``image`` (``HxWx3`` uint8) as a PNG under a name no other output uses, written atomically.
+
+    Returned as a path rather than an array: gradio stores an array output in a cache file named by its content
+    and writes it in place, so two identical outputs at once (two predicts of one image) wrote one file while it
+    was being served, and a client read it half-written ("Too little data for declared Content-Length")."""
+    return str(atomic_write(folder / f"{uuid.uuid4().hex}.png", lambda tmp: Image.fromarray(image).save(tmp)))
+
+
 def _files(value) -> list[Path]:
     """gradio File values (a path, a list of paths, or None) as paths."""
     if value is None:
@@ -69,8 +96,10 @@ class Handlers:
 
     # ---------------------------------------------------------------------------------------- sessions
     def setup_session(self, session: Session) -> None:
-        """The embedded default: the configured checkpoint as v000, and the sample images."""
-        session.add_file(self.config.checkpoint, note=f"loaded {self.config.checkpoint.name}")
+        """The embedded default: the configured checkpoint as v000 (unless the session's folder holds versions from
+        before a restart), and the sample images."""
+        if not session.versions:
+            session.add_file(self.config.checkpoint, note=f"loaded {self.config.checkpoint.name}", setup=True)
         self.load_samples(session)
 
     def load_samples(self, s: Session) -> None:
@@ -103,6 +132,8 @@ class Handlers:
         parent = s.parent_of(version)
         header = (f"**Model:** {version.label} · classes: "
                   + ", ".join(ckpt.class_names[1:]) + f" · device: `{self.device}`")
+        if s.notice:
+            header = f"**Note:** {s.notice}\n\n{header}"
         return (header,
                 render.classes_html(ckpt.class_names, ckpt.colours, added_in(ckpt.history)),
                 architecture_markdown(ckpt, version=version.name, file_name=version.path.name),
@@ -203,8 +234,12 @@ class Handlers:
         tags = (_files(tags_file) or [None])[0]
         try:
             tagged, root = bring_tagged(_files(files), tags, dest, max_bytes=self.max_bytes)
-        except DataError as err:
+        except Exception as err:   # the staging folder never stays behind, whatever went wrong
             shutil.rmtree(dest, ignore_errors=True)
+            if not isinstance(err, DataError):   # a case the checks miss: the page gets a message, the log the rest
+                log.exception("unexpected error while bringing in an upload")
+                return (error("The upload could not be read (an unexpected error; it is in the server's log). The "
+                              "image set is unchanged."),) + (gr.skip(),) * (DATA_VIEW_COUNT - 1)
             names = {p: f"'{p.name}'" for p in _files(files) + _files(tags_file)}
             if tags is not None:
                 names.update({q: f"'{tags.name}'" for q in dest.rglob(f"uploaded_tags{tags.suffix.lower()}")})
@@ -229,6 +264,10 @@ class Handlers:
             tagged = apply_table(rows, s.data_root)
         except DataError as err:
             return (error(f"{err} The tags are unchanged."),) + (gr.skip(),) * (DATA_VIEW_COUNT - 1)
+        except Exception:   # a case the checks miss: a message here, the rest in the log
+            log.exception("unexpected error while reading the tags table")
+            return ((error("The tags table could not be read (an unexpected error; it is in the server's log). The "
+                           "tags are unchanged."),) + (gr.skip(),) * (DATA_VIEW_COUNT - 1))
         s.set_data(tagged, s.data_root, s.data_source.split(" + ")[0] + " + tags edited in the page")
         return self.data_views(request, ok("tags updated from the table."))
 
@@ -242,10 +281,12 @@ class Handlers:
             image = load_image(files[0])
         except DataError as err:
             return None, gr.skip(), None, error(tidy(str(err), {files[0]: f"'{files[0].name}'"}))
+        if max(image.shape[:2]) > self.config.max_side:   # the page shows it no larger: predict at that size
+            image = fit_longer_side(image, self.config.max_side)
         s = self.session(request)
         ckpt = s.ckpt
         start = time.perf_counter()
-        pred = Predictor(ckpt.model, device=self.device).predict(image)
+        pred = Predictor(ckpt.model, device=self.device, max_side=self.config.max_side).predict(image)
         took = time.perf_counter() - start
         k = ckpt.num_classes
         shares = np.bincount(pred.mask.ravel(), minlength=k)[:k] / pred.mask.size
@@ -255,6 +296,8 @@ class Handlers:
                                     title=f"Legend ({s.current.name}; % of the image)")
         maps = [(render.upscale(render.cam_overlay(image, pred.scores[c])), f"{name}: max {pred.scores[c].max():.2f}")
                 for c, name in enumerate(ckpt.class_names)]
+        folder = output_folder(s)
+        overlay, maps = png_file(overlay, folder), [(png_file(m, folder), caption) for m, caption in maps]
         found = ", ".join(f"{ckpt.class_names[c]} {100 * shares[c]:.1f}%" for c in np.argsort(-shares) if shares[c] > 0)
         return (overlay, legend, maps,
                 f"{files[0].name}: {found} (model {s.current.name}, {1000 * took:.0f} ms on {self.device})")
@@ -271,16 +314,22 @@ class Handlers:
             pairs = bring_eval_set(_files(image_files), _files(mask_files), dest, max_bytes=self.max_bytes,
                                    num_classes=after.num_classes)
             new = after.last_added
-            batch = same_size(pairs)
-            res_after = score(after, pairs, after.class_names, new, device=self.device, batch=batch)
-            res_before = (score(before, pairs, after.class_names, new, device=self.device, batch=batch)
-                          if before else None)
-        except USER_ERRORS as err:
+            limit = self.config.max_side
+            batch = same_size(pairs) and max(image_size(pairs[0][0])) <= limit   # large ones: one at a time
+            res_after = score(after, pairs, after.class_names, new, device=self.device, batch=batch, max_side=limit)
+            res_before = (score(before, pairs, after.class_names, new, device=self.device, batch=batch,
+                                max_side=limit) if before else None)
+        except Exception as err:   # the staging folder never stays behind, whatever went wrong
             shutil.rmtree(dest, ignore_errors=True)
+            if not isinstance(err, USER_ERRORS):   # a case the checks miss: a message here, the rest in the log
+                log.exception("unexpected error while scoring an upload")
+                return gr.skip(), error("The upload could not be scored (an unexpected error; it is in the server's "
+                                        "log). Nothing was changed.")
             names = {p: f"'{p.name}'" for p in _files(image_files) + _files(mask_files)}
             names.update({dest / "images": "the uploaded images", dest / "masks": "the uploaded masks",
                           dest: "the upload"})
-            return gr.skip(), error(tidy(str(err).strip("'"), names))
+            text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)   # KeyError quotes itself
+            return gr.skip(), error(tidy(text, names))
         rows = before_after_rows(after.class_names, new, res_before, res_after)
         columns = ["metric (%)", before_v.name if before_v else "before", after_v.name]
         return (pd.DataFrame(rows, columns=columns),

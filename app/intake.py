@@ -10,11 +10,12 @@ from __future__ import annotations
 import csv
 import shutil
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence
 
-from wilss.data import (IMAGE_SUFFIXES, TAG_FILES, DataError, TaggedSet, listing, read_tagged_folder,
-                        validate_images)
+from wilss.data import (IMAGE_SUFFIXES, TAG_FILES, DataError, TaggedSet, check_tag_row, inside_folder, listing,
+                        read_tagged_folder, validate_images)
 
 TAG_SUFFIXES = (".csv", ".json")
 MAX_ZIP_MEMBERS = 50_000
@@ -54,8 +55,14 @@ def safe_extract(archive: Path, dest: Path, *, max_bytes: int) -> list[Path]:
                 continue
             target = dest.joinpath(*parts)
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(member) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
+            try:
+                with zf.open(member) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)   # reads at most the declared size, then checks the CRC
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
+                # a damaged member, sizes in the headers that understate the data (Bad CRC-32), an unsupported
+                # compression method, or a password
+                raise DataError(f"'{archive.name}' is damaged or unsupported: its file '{member.filename}' could not "
+                                f"be unpacked ({err}). Re-create the zip (without a password).") from None
             written.append(target)
     if not written:
         raise DataError(f"'{archive.name}' contains no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
@@ -147,6 +154,10 @@ def apply_table(rows: Sequence[Sequence[object]], root: Path) -> TaggedSet:
     if unnamed:
         raise DataError(f"A row of the tags table has tags ({unnamed[0]!r}) but no file name. Fill in the file name "
                         "or delete the row.")
+    for number, (name, tags) in enumerate(clean, 1):   # the engine's checks, with the row as the page numbers it
+        where = f"Row {number} of the tags table"
+        check_tag_row(where, name, tags.split(";"))
+        inside_folder(root, root / name, where)
     path = root / TABLE_FILE
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -154,8 +165,8 @@ def apply_table(rows: Sequence[Sequence[object]], root: Path) -> TaggedSet:
         writer.writerows(clean)
     try:
         return read_tagged_folder(root, path)
-    except DataError as err:   # e.g. a file name typed that was never uploaded: name the table, not the temp file
-        raise DataError(str(err).replace(f"'{path}'", "the tags table")) from None
+    except DataError as err:   # e.g. a file name typed that was never uploaded: name the table, not server paths
+        raise DataError(str(err).replace(f"'{path}'", "the tags table").replace(f"'{root}'", "your images")) from None
 
 
 # ----------------------------------------------------------------------------------------------- summary

@@ -5,16 +5,18 @@ Layout of the work folder (``--workdir``, default ``runs/app``)::
 
     <workdir>/cache/                 gradio's uploads and rendered outputs (GRADIO_TEMP_DIR)
     <workdir>/bases/                 pretrained bases (torchvision:NAME) saved as checkpoints, once
-    <workdir>/<session>/v000.pt ...  every version of the model, never overwritten
-    <workdir>/<session>/data-NNN/    tagged images brought in (copied / extracted here)
-    <workdir>/<session>/uploads/     checkpoints and evaluation sets brought in
-    <workdir>/<session>/exports/     ONNX exports
+    <workdir>/s-<hash>/              one session (the name: ``app.session_files.folder_name``)
+    <workdir>/s-<hash>/v000.pt ...   every version of the model, never overwritten
+    <workdir>/s-<hash>/versions.json the list of versions (how each was made), read back after a restart
+    <workdir>/s-<hash>/data-NNN/     tagged images brought in (copied / extracted here)
+    <workdir>/s-<hash>/eval-NNN/     evaluation sets brought in
+    <workdir>/s-<hash>/exports/      ONNX exports
+    <workdir>/s-<hash>/outputs/      predict pictures handed to gradio (pruned)
 """
 from __future__ import annotations
 
 import itertools
 import logging
-import re
 import shutil
 import threading
 import time
@@ -23,9 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from app.session_files import (PREFIX, clear_running, disposable, folder_name, mark_running, publish, read_manifest,
+                               write_manifest)
 from wilss.bases import pretrained_base
 from wilss.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from wilss.data import TaggedSet
+from wilss.inference import DEFAULT_MAX_SIDE
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ class AppConfig:
     samples: Optional[Path] = None        # the embedded default tagged images
     device: str = "auto"
     max_upload_mb: int = 200
+    max_side: int = DEFAULT_MAX_SIDE      # images larger are predicted and scored at this size (wilss.inference)
     live_images: int = 4                  # images shown in the live gallery
     live_every_s: float = 2.0             # gallery refresh period during an update
     plot_every_s: float = 1.0             # loss-curve refresh period
@@ -72,14 +78,22 @@ class Version:
     note: str                 # what made it ('loaded default_base.pt', 'added arrow from 64 images', ...)
     class_names: list[str]
     parent: Optional[str] = None
+    setup: bool = False       # made by the app's setup of a new session (the default model), not by its user
 
     @property
     def label(self) -> str:
         return f"{self.name} · {self.note} ({len(self.class_names)} classes)"
 
+    def record(self) -> dict:
+        return {"name": self.name, "file": self.path.name, "note": self.note, "class_names": list(self.class_names),
+                "parent": self.parent, "setup": self.setup}
+
 
 class Session:
-    """A user's workspace. Versions are append-only: a rollback makes an earlier version current again."""
+    """A user's workspace. Versions are append-only: a rollback makes an earlier version current again.
+
+    Its versions outlive the process: they are listed in ``versions.json`` and read back when the session's folder
+    is opened again (after a restart), with a notice when an update was cut short by it."""
 
     def __init__(self, config: AppConfig, folder: Path) -> None:
         self.config = config
@@ -93,10 +107,62 @@ class Session:
         self.data_root: Optional[Path] = None         # folder the tagged paths live under
         self.data_source = ""
         self.data_message = ""                        # why there is no data, when there is none
-        self.job = None                               # app.update.UpdateJob while one runs or after it ran
+        self._job = None                              # app.update.UpdateJob while one runs or after it ran
         self.last_update = None                       # the finished UpdateJob, kept for the Review tab
         self.review_view = None                       # (job, image indices, tiles per image) of the shown page
+        self.notice = ""                              # told in the page until the next version (a restart)
         self._counter = itertools.count()
+        self._restore()
+
+    # ------------------------------------------------------------------------------------- on disk
+    def _restore(self) -> None:
+        """Read back the versions a previous process saved here, and whether it died during an update."""
+        entries, current, orphans = read_manifest(self.folder)
+        for e in entries:
+            self.versions.append(Version(str(e["name"]), self.folder / e["file"], str(e.get("note", "")),
+                                         [str(c) for c in e.get("class_names", [])], e.get("parent"),
+                                         bool(e.get("setup"))))
+        for path in orphans:   # written, then the process died before listing it
+            try:
+                ckpt = open_checkpoint(path)
+            except CheckpointError as err:
+                log.warning("session %s: %s is not a loadable version (%s); left as it is", self.folder.name,
+                            path.name, err)
+                continue
+            self.versions.append(Version(path.stem, path, "found after a restart", list(ckpt.class_names)))
+        if self.versions:
+            self.current = next((v for v in self.versions if v.name == current), self.versions[-1])
+            if orphans:
+                self._save_record()
+        interrupted = clear_running(self.folder)
+        if interrupted is not None:
+            self.notice = (f"the server restarted while an update was running here ({interrupted}); that update was "
+                           "lost and left no partial version. Your saved versions are listed as before.")
+
+    def _save_record(self) -> None:
+        write_manifest(self.folder, [v.record() for v in self.versions], self.current.name if self.current else None)
+
+    @property
+    def job(self):
+        return self._job
+
+    @job.setter
+    def job(self, job) -> None:
+        """A new update marks the folder until it ends, so a restart can tell the user it was cut short."""
+        self._job = job
+        if job is not None:
+            names = ", ".join(getattr(getattr(job, "plan", None), "new_names", []) or [])
+            mark_running(self.folder, f"adding {names}" if names else "an update")
+
+    def settle(self) -> None:
+        """Clear the running-update mark once the update ended (done, cancelled or failed)."""
+        if self._job is not None and not getattr(self._job, "running", False):
+            clear_running(self.folder)
+
+    @property
+    def disposable(self) -> bool:
+        """Nothing in it was made by its user: only the app's setup made versions (see ``SessionStore``)."""
+        return all(v.setup for v in self.versions) and not (self._job is not None and self._job.running)
 
     # ----------------------------------------------------------------------------------------- versions
     @property
@@ -114,30 +180,27 @@ class Session:
                 return v
         raise KeyError(f"there is no version {name!r}")
 
-    def _next_path(self) -> tuple[str, Path]:
-        name = f"v{len(self.versions):03d}"
-        return name, self.folder / f"{name}.pt"
-
-    def add_file(self, path: Path, note: str) -> Version:
+    def add_file(self, path: Path, note: str, *, setup: bool = False) -> Version:
         """Check ``path`` is one of our checkpoints (``CheckpointError`` otherwise, nothing changes), copy it in as
         the next version and make it current."""
         ckpt = open_checkpoint(path)   # refuses foreign or pickled files before anything is written
         with self.lock:
-            name, dest = self._next_path()
-            shutil.copyfile(path, dest)
+            name, dest = publish(self.folder, len(self.versions), lambda tmp: shutil.copyfile(path, tmp))
             return self._append(Version(name, dest, note, list(ckpt.class_names),
-                                        self.current.name if self.current else None), ckpt)
+                                        self.current.name if self.current else None, setup), ckpt)
 
     def add_checkpoint(self, ckpt: Checkpoint, note: str, parent: Optional[str]) -> Version:
         """Save ``ckpt`` as the next version and make it current."""
         with self.lock:
-            name, dest = self._next_path()
-            save_checkpoint(ckpt, dest)
+            name, dest = publish(self.folder, len(self.versions),
+                                 lambda tmp: save_checkpoint(ckpt, tmp, overwrite=True))
+            clear_running(self.folder)   # the update's result is saved: a restart from here on loses nothing
             return self._append(Version(name, dest, note, list(ckpt.class_names), parent), ckpt)
 
     def _append(self, version: Version, ckpt: Checkpoint) -> Version:
         self.versions.append(version)
-        self.current, self._ckpt = version, ckpt
+        self.current, self._ckpt, self.notice = version, ckpt, ""
+        self._save_record()
         log.info("session %s: %s", self.folder.name, version.label)
         return version
 
@@ -146,7 +209,8 @@ class Session:
         with self.lock:
             version = self.version(name)
             ckpt = load_checkpoint(version.path)
-            self.current, self._ckpt = version, ckpt
+            self.current, self._ckpt, self.notice = version, ckpt, ""
+            self._save_record()
             return version
 
     def parent_of(self, version: Version) -> Optional[Version]:
@@ -182,7 +246,13 @@ class Session:
 
 
 class SessionStore:
-    """Sessions by gradio session hash, created on first use, dropped when the page is closed (files stay)."""
+    """Sessions by gradio session hash, created on first use (or read back from their folder after a restart),
+    dropped when the page is closed.
+
+    A session's folder is named by a keyed hash of its id (``session_files.folder_name``): one folder per id, found
+    again after a restart, not guessable by another client. Folders holding nothing a user made (a page opened and
+    closed, an anonymous API call: the default model and the samples, ~4 MB) are removed when their session is
+    dropped or makes room, and at start; so at most ``capacity`` of them exist. Anything a user made stays."""
 
     def __init__(self, config: AppConfig, *, setup=None, capacity: int = 64) -> None:
         self.config = config
@@ -190,28 +260,40 @@ class SessionStore:
         self.capacity = capacity
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
+        self._sweep()
 
     def get(self, key: str) -> Session:
         with self._lock:
             session = self._sessions.get(key)
-            if session is None:
-                if len(self._sessions) >= self.capacity:   # the oldest idle session makes room
-                    idle = [k for k, s in self._sessions.items() if not (s.job and s.job.running)]
-                    if idle:
-                        self._sessions.pop(idle[0])
-                safe = re.sub(r"[^A-Za-z0-9]", "", key)[:8] or "anon"
-                folder = self.config.workdir / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
-                session = Session(self.config, folder)
-                self._sessions[key] = session
-                if self.setup is not None:
-                    self.setup(session)
+            if session is not None:
+                session.settle()
+                return session
+            if len(self._sessions) >= self.capacity:   # the oldest idle session makes room
+                idle = [k for k, s in self._sessions.items() if not (s.job and s.job.running)]
+                if idle:
+                    self._discard(self._sessions.pop(idle[0]))
+            session = Session(self.config, self.config.workdir / folder_name(self.config.workdir, key))
+            self._sessions[key] = session
+            if self.setup is not None:
+                self.setup(session)
             return session
 
     def drop(self, key: str) -> None:
         with self._lock:
             session = self._sessions.get(key)
             if session is not None and not (session.job and session.job.running):
-                self._sessions.pop(key, None)
+                self._discard(self._sessions.pop(key))
+
+    def _discard(self, session: Session) -> None:
+        if session.disposable:
+            shutil.rmtree(session.folder, ignore_errors=True)
+
+    def _sweep(self) -> None:
+        """At start: remove the folders of sessions that held nothing a user made."""
+        workdir = Path(self.config.workdir)
+        for folder in workdir.glob(f"{PREFIX}*") if workdir.is_dir() else []:
+            if folder.is_dir() and disposable(folder):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ device queue

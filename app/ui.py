@@ -11,6 +11,7 @@ from app.handlers import CLASS_ROWS, Handlers
 from app.update_handlers import UpdateHandlers
 from app.render import legend_html
 from app.session import AppConfig
+from app.session_files import SECRET
 from app.update import ADVANCED, field_type
 from wilss.bases import BASE_SPECS
 from wilss.conventions import hex_to_rgb
@@ -275,5 +276,5 @@ def launch(config: AppConfig, *, host: str = "127.0.0.1", port: int = 7860, auth
     demo.launch(server_name=host, server_port=port, auth=auth, max_file_size=f"{config.max_upload_mb}mb",
                 allowed_paths=[str(workdir)], ssr_mode=False, share=False, prevent_thread_lock=not block,
                 quiet=quiet, show_error=True, css=CSS, theme=gr.themes.Default(), footer_links=["api"],
-                mcp_server=False)
+                mcp_server=False, blocked_paths=[str(workdir / SECRET)])   # the key that names session folders
     return demo, handlers

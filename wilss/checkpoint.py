@@ -102,13 +102,73 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
                               f"{str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a wilss checkpoint (no '{FORMAT}' header)")
-    if payload.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path} was written by a newer version (format {payload['version']} > {VERSION})")
-    model = build_segmenter(**payload["model"])
-    model.load_state_dict(payload["state_dict"])
+    version = payload.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{path} was written by a newer version (format {version!r} > {VERSION})")
+    damaged = f"{path} is a damaged wilss checkpoint"
+    names, colours, history = _described_classes(payload, damaged)
+    model = _rebuilt_model(payload, len(names), damaged)
     model.eval()
-    return Checkpoint(model=model, class_names=list(payload["class_names"]),
-                      colours=np.asarray(payload["colours"], dtype=np.uint8), history=list(payload["history"]))
+    return Checkpoint(model=model, class_names=names, colours=colours, history=history)
+
+
+def _described_classes(payload: dict, damaged: str) -> tuple[list[str], np.ndarray, list[dict]]:
+    """The class names (non-empty strings), ``K x 3`` uint8 colours in 0-255, one per name, and the history."""
+    for key, kind in (("model", dict), ("state_dict", dict), ("class_names", list), ("colours", list)):
+        if not isinstance(payload.get(key), kind):
+            what = "is missing" if key not in payload else f"is a {type(payload[key]).__name__}, not a {kind.__name__}"
+            raise CheckpointError(f"{damaged}: its '{key}' {what}")
+    names = payload["class_names"]
+    if len(names) < 2 or not all(isinstance(n, str) and n.strip() for n in names):
+        raise CheckpointError(f"{damaged}: 'class_names' must be the background and at least one class, each a name")
+    rows = payload["colours"]
+    if len(rows) != len(names):
+        raise CheckpointError(f"{damaged}: {len(rows)} colours for {len(names)} class names")
+    bad = [row for row in rows if not _is_colour(row)]
+    if bad:
+        raise CheckpointError(f"{damaged}: every colour must be three whole numbers in 0-255, found {str(bad[0])[:40]}")
+    history = payload.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise CheckpointError(f"{damaged}: its 'history' is not a list of steps")
+    return list(names), np.asarray(rows, dtype=np.uint8).reshape(len(rows), 3), list(history)
+
+
+def _is_colour(row: object) -> bool:
+    return (isinstance(row, (list, tuple)) and len(row) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in row))
+
+
+def _rebuilt_model(payload: dict, num_names: int, damaged: str) -> Segmenter:
+    """The network its config describes, with its weights. Offline always: options that would download weights
+    (``pretrained_backbone``) are switched off, since the weights come from the file. The network is first built
+    on the 'meta' device (no memory), so a config whose tensors do not match the file's is refused before a huge
+    one is allocated."""
+    config = {**payload["model"], "pretrained_backbone": False}
+    if config.get("num_classes") != num_names:
+        raise CheckpointError(f"{damaged}: its head has {config.get('num_classes')!r} outputs but it names "
+                              f"{num_names} classes")
+    state = payload["state_dict"]
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{damaged}: its 'state_dict' holds entries that are not named tensors")
+    try:
+        with torch.device("meta"):
+            expected = build_segmenter(**config).state_dict()
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as err:
+        raise CheckpointError(f"{damaged}: its 'model' config does not describe a network ({err})") from None
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        parts = [f"{len(keys)} {what}, e.g. {', '.join(keys[:2])}" for keys, what in
+                 ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if keys]
+        raise CheckpointError(f"{damaged}: its weights do not fit its architecture "
+                              f"({config.get('arch', 'tiny')}): {'; '.join(parts)}")
+    model = build_segmenter(**config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:   # e.g. a dtype that cannot be copied
+        raise CheckpointError(f"{damaged}: {str(err).splitlines()[0]}") from None
+    return model
 
 
 def new_checkpoint(model: Segmenter, class_names: list[str], colours: np.ndarray | None = None) -> Checkpoint:

@@ -22,9 +22,11 @@ from models import DEFAULT_CHECKPOINT
 from wilss import recipes
 from wilss.bases import open_model
 from wilss.checkpoint import Checkpoint, CheckpointError
-from wilss.config import UpdateConfig
+from wilss.config import UPDATE_LIMITS, UpdateConfig
 from wilss.conventions import hex_to_rgb, voc_palette
+from wilss.data import MAX_PIXELS
 from wilss.engine import Progress
+from wilss.inference import DEFAULT_MAX_SIDE
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,13 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def add_max_side_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-side", type=positive_int, default=DEFAULT_MAX_SIDE, metavar="PX",
+                        help="segment images whose longer side is larger at this size; masks and scores still come "
+                             f"at the image's own size (default: {DEFAULT_MAX_SIDE}; images over "
+                             f"{MAX_PIXELS // 10**6} MP are refused)")
+
+
 def add_device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=device_arg, default="auto",
                         help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps (default: auto)")
@@ -179,8 +188,9 @@ def add_update_flags(parser: argparse.ArgumentParser,
     """
     group = parser.add_argument_group("training settings (WILSON; defaults from wilss.recipes)")
     for flag, field, kind, metavar, text in UPDATE_VALUE_FLAGS:
+        most = f"; at most {UPDATE_LIMITS[field]}" if field in UPDATE_LIMITS else ""
         group.add_argument(flag, dest=field, type=kind, metavar=metavar, default=None,
-                           help=f"{text} ({_defaults_text(field, defaults)})")
+                           help=f"{text} ({_defaults_text(field, defaults)}{most})")
     for flag, field, value, text in UPDATE_SWITCHES:
         group.add_argument(flag, dest=field, action="store_const", const=value, default=None, help=text)
     add_device_flag(group)
@@ -190,6 +200,9 @@ def update_config(args: argparse.Namespace, base: UpdateConfig) -> UpdateConfig:
     """``base`` with the flags the user gave. Raises ValueError for inconsistent values (warm-up >= epochs)."""
     fields = [f for _, f, *_ in UPDATE_VALUE_FLAGS] + [f for _, f, *_ in UPDATE_SWITCHES]
     overrides = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    for flag, field, *_ in UPDATE_VALUE_FLAGS:
+        if field in UPDATE_LIMITS and overrides.get(field, 0) > UPDATE_LIMITS[field]:
+            raise CliError(f"{flag} {overrides[field]} is above the limit of {UPDATE_LIMITS[field]}")
     try:
         return replace(base, **overrides)
     except ValueError as err:

@@ -20,9 +20,9 @@ from PIL import Image
 from models import DEFAULT_CHECKPOINT
 from wilss import recipes
 from wilss.checkpoint import Checkpoint, history_entry, save_checkpoint
-from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_update_flags, check_new_file,
-                              check_new_folder, extend_colours, open_checkpoint, parse_class_spec, positive_int,
-                              unit_float, update_config)
+from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_max_side_flag, add_update_flags,
+                              check_new_file, check_new_folder, extend_colours, open_checkpoint, parse_class_spec,
+                              positive_int, unit_float, update_config)
 from wilss.scoring import (EvalSet, format_scores, mask_eval_set, nan_to_none, read_world, score, world_eval_set,
                            world_split)
 from wilss.cli_resume import (add_run_flags, history_extras, main_process_output, make_resumer,
@@ -190,7 +190,8 @@ def run_plan(plan: UpdatePlan, args: argparse.Namespace, world: World = World(),
     metrics = {"train_seconds": round(resumer.elapsed_s, 1)}
     metrics.update({f"final_loss_{k}": round(v, 4) for k, v in (final.losses if final else {}).items()})
     if plan.eval_set is not None:
-        iou, figures = score(update.model, plan.eval_set, plan.class_names, plan.new_names, device=device)
+        iou, figures = score(update.model, plan.eval_set, plan.class_names, plan.new_names, device=device,
+                             max_side=args.max_side)
         print(f"\nevaluated on {len(plan.eval_set.pairs)} images from {plan.eval_set.source}")
         print(format_scores(iou, figures, plan.class_names, plan.new_names))
         metrics.update({f"eval_mIoU_{k}": nan_to_none(v) for k, v in figures.items()})
@@ -267,6 +268,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     out.add_argument("--eval-masks", type=Path, metavar="DIR",
                      help="their masks NAME.png, in the NEW model's ids (old ids, then the new classes in "
                           "--class order); mIoU old / new / all go into the checkpoint's history")
+    add_max_side_flag(out)
     out.add_argument("--snapshot-dir", type=Path, metavar="DIR",
                      help=f"write CAMs, pseudo-labels and predictions of the first {SNAPSHOT_IMAGES} images here")
     out.add_argument("--snapshot-every", type=positive_int, metavar="N",

@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 
 from models import DEFAULT_CHECKPOINT
-from wilss.cli_common import CliError, add_common_flags, add_device_flag, check_writable_folder, open_checkpoint
+from wilss.cli_common import (CliError, add_common_flags, add_device_flag, add_max_side_flag, check_writable_folder,
+                              open_checkpoint)
 from wilss.conventions import rgb_to_hex
 from wilss.data import DataError, list_images, load_image, validate_images
 from wilss.inference import Predictor
@@ -27,7 +28,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise CliError("give --images DIR and --masks DIR together (or --world DIR)")
         eval_set = mask_eval_set(args.images, args.masks, ckpt.num_classes)
     new_names = ckpt.last_added
-    iou, figures = score(ckpt.model, eval_set, ckpt.class_names, new_names, device=args.device)
+    iou, figures = score(ckpt.model, eval_set, ckpt.class_names, new_names, device=args.device,
+                         max_side=args.max_side)
     print(f"checkpoint {args.checkpoint}: {ckpt.num_classes} classes; "
           f"last added: {', '.join(new_names) if new_names else 'none (a base model)'}")
     print(f"evaluated on {len(eval_set.pairs)} images from {eval_set.source}\n")
@@ -76,7 +78,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CliError(f"{len(clash)} output file(s) already exist, e.g. '{clash[0]}'; nothing was written. "
                        "Choose another --out folder or remove them.")
     out.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(ckpt.model, device=args.device)
+    predictor = Predictor(ckpt.model, device=args.device, max_side=args.max_side)
     counts = np.zeros(ckpt.num_classes, dtype=np.int64)
     for path in inputs:
         image = load_image(path)
@@ -116,6 +118,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--masks", type=Path, metavar="DIR", help="folder of masks NAME.png, one per image NAME.*")
     p.add_argument("--world", type=Path, metavar="DIR", help="a folder written by 'generate --out'")
     p.add_argument("--split", default="test", help="split of --world (default: test)")
+    add_max_side_flag(p)
     add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(run=cmd_evaluate)
@@ -131,6 +134,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, type=Path, metavar="FILE_OR_DIR", help="an image or a folder")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (made if absent)")
     p.add_argument("--overlay", action="store_true", help="also write the image blended 50%% with the colours")
+    add_max_side_flag(p)
     add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(run=cmd_predict)

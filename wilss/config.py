@@ -38,6 +38,12 @@ class PretrainConfig(OptimConfig):
             raise ValueError(f"loss must be 'bce' or 'ce', got {self.loss!r}")
 
 
+# Upper bounds of an update's settings, so that one request (the app's, or a typo in a flag) cannot hold the machine
+# for days or exhaust its memory: several times the paper's and the recipes' values (wilss.recipes).
+UPDATE_LIMITS = {"epochs": 200, "batch_size": 128, "crop_size": 1024, "localizer_channels": 1024,
+                 "pamr_refine_iterations": 100, "pamr_refine_fine_iterations": 100}
+
+
 @dataclass(frozen=True)
 class UpdateConfig(OptimConfig):
     """A weakly-supervised step t > 0 (image-level tags), WILSON's defaults."""
@@ -81,6 +87,9 @@ class UpdateConfig(OptimConfig):
     pamr_refine_fine_iterations: int = 0
 
     def __post_init__(self) -> None:
+        for name, most in UPDATE_LIMITS.items():
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} must be at most {most}, got {getattr(self, name)}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs}")
         if self.pamr_refine_stride < 0:

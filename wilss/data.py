@@ -10,11 +10,11 @@ import io
 import json
 import logging
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from wilss.config import UpdateConfig
 from wilss.conventions import BACKGROUND_NAME, IGNORE_INDEX
@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 NEGATIVE_DIRS = frozenset({"none", "negative", "negatives"})
 TAG_FILES = ("tags.csv", "tags.json")
+MAX_PIXELS = 64_000_000     # larger images are refused (64 MP: above the photos of phones and cameras by default);
+                            # the ones below are downscaled where they are used (wilss.inference.DEFAULT_MAX_SIDE)
+EXIF_ORIENTATION = 0x0112   # the EXIF tag that says how to turn the stored pixels to show the image
 CACHE_LIMIT = 2000  # datasets smaller than this keep decoded images in memory by default
 PathLike = Union[str, Path]
 
@@ -39,6 +42,10 @@ NEGATIVES_HOW = ("How to add them: with one sub-folder per tag, put them in a su
 
 class DataError(ValueError):
     """A problem with the user's data, explained for a non-expert (which file, what to do)."""
+
+
+class ImageTooLarge(DataError):
+    """An image over ``MAX_PIXELS``."""
 
 
 def listing(names: Sequence[object], limit: int = 5, *, quoted: bool = False) -> str:
@@ -62,11 +69,40 @@ def _decode(path: PathLike, kind: str, to_array: Callable[[Image.Image], np.ndar
         raise DataError(f"The {kind} file '{path}' does not exist. Check the path.")
     try:
         with Image.open(path) as im:
+            check_pixels(im, path, kind)
             im.load()
-            return to_array(im)
+            return to_array(upright(im))
+    except DataError:
+        raise
     except Exception as err:  # PIL's decoders raise many types (OSError, SyntaxError, struct.error, ...)
         raise DataError(f"Could not read the {kind} '{path}' ({err}). The file is damaged, incomplete or "
                         "not an image (e.g. another file renamed to .jpg): re-export it, or remove it.") from err
+
+
+def check_pixels(im: Image.Image, path: PathLike, kind: str = "image") -> None:
+    """Refuse an opened (not yet decoded) image larger than ``MAX_PIXELS``, before it takes any memory."""
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        raise ImageTooLarge(f"The {kind} '{Path(path).name}' is {width}x{height} pixels "
+                            f"({width * height / 1e6:.0f} MP), more than the {MAX_PIXELS / 1e6:.0f} MP accepted. "
+                            "Downscale it (e.g. to 4000 pixels on its longer side) and retry.")
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """``im`` as it is meant to be seen: its EXIF orientation applied (phones store a portrait photo as landscape
+    pixels plus a 'rotate' tag). The one place images are turned upright; every reader goes through ``_decode``."""
+    if im.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return im
+    return ImageOps.exif_transpose(im)
+
+
+def image_size(path: PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image file as ``load_image`` returns it (after its EXIF orientation), read from
+    its header only."""
+    with Image.open(path) as im:
+        width, height = im.size
+        turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)   # the four that swap the sides
+    return (height, width) if turned else (width, height)
 
 
 def _rgb(im: Image.Image) -> np.ndarray:
@@ -114,8 +150,11 @@ def validate_images(paths: Iterable[PathLike], *, full: bool = False) -> None:
                 load_image(path)
             else:
                 with Image.open(path) as im:
+                    check_pixels(im, path)
                     im.verify()
         except Exception as err:  # see _decode
+            if isinstance(err, ImageTooLarge):
+                raise   # a different remedy than for a damaged file
             bad.append(f"'{path.name}'" if isinstance(err, DataError) else f"'{path.name}' ({err})")
     if bad:
         raise DataError(f"{len(bad)} image file(s) could not be opened: {listing(bad)}. They are damaged "
@@ -164,32 +203,43 @@ def _split_tags(tags: Union[str, Iterable[str], None]) -> frozenset[str]:
     return frozenset(s for s in (str(t).strip() for t in items) if s)
 
 
-def _read_csv(path: Path) -> list[tuple[str, frozenset[str]]]:
+Row = tuple[str, str, frozenset[str]]   # (where it was read, e.g. "line 3 of 'tags.csv'", file name, tags)
+
+
+def _read_csv(path: Path) -> list[Row]:
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: Excel writes a byte-order mark
     except UnicodeDecodeError as err:
         raise DataError(f"The tags file '{path}' is not UTF-8 text ({err}). Save it as UTF-8 CSV.") from err
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, [])
-    if [h.strip().lower() for h in header] != ["filename", "tags"]:
-        raise DataError(f"The tags file '{path}' must start with the header 'filename,tags' (found "
-                        f"{','.join(header)!r}). Expected {CSV_HELP}.")
-    rows = []
-    for row in reader:
-        if not any(c.strip() for c in row):
-            continue
-        if len(row) > 2 and any(c.strip() for c in row[2:]):
-            raise DataError(f"Line {reader.line_num} of '{path}' has {len(row)} columns: separate several "
-                            f"tags with ';', not ',' (e.g. 'farm.jpg,cow;sheep'). Expected {CSV_HELP}.")
-        rows.append((row[0].strip(), _split_tags(row[1] if len(row) > 1 else "")))
+    try:
+        header = next(reader, [])
+        if [h.strip().lower() for h in header] != ["filename", "tags"]:
+            raise DataError(f"The tags file '{path}' must start with the header 'filename,tags' (found "
+                            f"{','.join(header)[:80]!r}). Expected {CSV_HELP}.")
+        rows = []
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) > 2 and any(c.strip() for c in row[2:]):
+                raise DataError(f"Line {reader.line_num} of '{path}' has {len(row)} columns: separate several "
+                                f"tags with ';', not ',' (e.g. 'farm.jpg,cow;sheep'). Expected {CSV_HELP}.")
+            rows.append((f"Line {reader.line_num} of '{path}'", row[0].strip(),
+                         _split_tags(row[1] if len(row) > 1 else "")))
+    except csv.Error as err:   # e.g. a field over csv's size limit
+        raise DataError(f"Line {reader.line_num} of '{path}' cannot be read as CSV ({err}). Expected {CSV_HELP}.") \
+            from None
     return rows
 
 
-def _read_json(path: Path) -> list[tuple[str, frozenset[str]]]:
+def _read_json(path: Path) -> list[Row]:
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"The tags file '{path}' is not valid JSON ({err}). Expected {JSON_HELP}.") from err
+    except RecursionError:   # e.g. [[[[...]]]] nested 100,000 deep
+        raise DataError(f"The tags file '{path}' is nested too deeply to be a tags file. Expected {JSON_HELP}.") \
+            from None
     if isinstance(data, dict):
         pairs = list(data.items())
     elif isinstance(data, list) and all(isinstance(e, dict) and "filename" in e for e in data):
@@ -199,9 +249,53 @@ def _read_json(path: Path) -> list[tuple[str, frozenset[str]]]:
     for name, tags in pairs:
         if not isinstance(name, str) or not (tags is None or isinstance(tags, str) or
                                              (isinstance(tags, list) and all(isinstance(t, str) for t in tags))):
-            raise DataError(f"In '{path}', the entry {name!r}: {tags!r} is not a file name with a list of "
-                            f"tag strings. Expected {JSON_HELP}.")
-    return [(name.strip(), _split_tags(tags)) for name, tags in pairs]
+            raise DataError(f"In '{path}', the entry {_shown(name)}: {_shown(tags)} is not a file name with a list "
+                            f"of tag strings. Expected {JSON_HELP}.")
+    return [(f"Entry {i} of '{path}'", name.strip(), _split_tags(tags)) for i, (name, tags) in enumerate(pairs, 1)]
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a message quotes the user's input, not megabytes of it)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_tag_row(where: str, name: str, tags: Iterable[str] = ()) -> None:
+    """Refuse a tag row whose file name could reach outside the images folder or whose text cannot be a name:
+    an absolute path, a drive ('C:'), a '..' part, or a control character (a NUL byte, a line break) in the file
+    name or a tag. ``where`` names the row for the message ("Line 3 of 'tags.csv'", "Row 2 of the tags table").
+
+    The message quotes what the row says and never whether such a path exists on this machine. Links that lead
+    out of the folder are caught by ``inside_folder`` (they need the folder)."""
+    for text, what in [(name, "file name")] + [(t, "tag") for t in tags]:
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise DataError(f"{where}: the {what} {_shown(text)} contains a control character (such as a NUL byte "
+                            "or a line break). Remove it.")
+    posix = name.replace("\\", "/")
+    parts = PurePosixPath(posix).parts
+    if posix.startswith("/") or PureWindowsPath(name).drive or (parts and ":" in parts[0]):
+        raise DataError(f"{where}: the file name {_shown(name)} is an absolute path. File names in tags are "
+                        "relative to the images folder, e.g. 'cow1.jpg' or 'cows/cow1.jpg'.")
+    if ".." in parts:
+        raise DataError(f"{where}: the file name {_shown(name)} goes up a folder ('..'). File names in tags must "
+                        "name files inside the images folder, e.g. 'cow1.jpg' or 'cows/cow1.jpg'.")
+
+
+def inside_folder(folder: Path, path: Path, where: str) -> Path:
+    """``path``, when it resolves (links followed) to a place inside ``folder``; else a DataError naming ``where``
+    and the path relative to the folder (nothing about where the link leads, or whether its target exists)."""
+    if not Path(path).resolve().is_relative_to(Path(folder).resolve()):
+        shown = _relative_text(path, folder)
+        raise DataError(f"{where}: '{shown}' is a link to a file outside the images folder; refusing it. Copy the "
+                        "image into the folder instead.")
+    return path
+
+
+def _relative_text(path: Path, folder: Path) -> str:
+    try:
+        return Path(path).relative_to(folder).as_posix()
+    except ValueError:
+        return Path(path).name
 
 
 def _merge(entries: Iterable[tuple[str, Path, frozenset[str]]]) -> tuple[list[Path], list[frozenset[str]]]:
@@ -221,10 +315,14 @@ def _from_tags_file(folder: Path, tags_file: Path) -> TaggedSet:
     if suffix not in (".csv", ".json"):
         raise DataError(f"The tags file '{tags_file}' must end in .csv or .json.")
     rows = _read_csv(tags_file) if suffix == ".csv" else _read_json(tags_file)
-    if any(not name for name, _ in rows):
+    if any(not name for _, name, _ in rows):
         raise DataError(f"The tags file '{tags_file}' has an entry with no file name. "
                         f"Expected {CSV_HELP if suffix == '.csv' else JSON_HELP}.")
-    paths, tags = _merge((name, folder / name, t) for name, t in rows)
+    for where, name, tags in rows:
+        check_tag_row(where, name, tags)
+    for where, name, _ in rows:   # before any file is looked at: nothing is said about what lies outside
+        inside_folder(folder, folder / name, where)
+    paths, tags = _merge((name, folder / name, t) for _, name, t in rows)
     missing = [str(p.relative_to(folder)) for p in paths if not p.is_file()]
     if missing:
         raise DataError(f"The tags file '{tags_file}' names {len(missing)} file(s) that are not in "
@@ -243,6 +341,9 @@ def _from_subfolders(folder: Path) -> TaggedSet:
         tag = sub.name.strip()
         tags = frozenset() if tag.lower() in NEGATIVE_DIRS or not tag else frozenset({tag})
         entries += [(p.relative_to(sub).as_posix(), p, tags) for p in list_images(sub)]
+    for _, path, tags in entries:   # a folder name is a tag; a link must not lead out of the folder
+        check_tag_row(f"In '{folder}'", "", tags)
+        inside_folder(folder, path, f"In '{folder}'")
     paths, tags = _merge(entries)
     return TaggedSet(tuple(paths), tuple(tags))
 
@@ -360,8 +461,7 @@ def check_mask_pairs(pairs: Sequence[tuple[Path, Path]], num_classes: int,
     validate_images([p for p, _ in pairs], full=True)
     sizes, bad_ids = set(), {}
     for image_path, mask_path in pairs:
-        with Image.open(image_path) as im:
-            width, height = im.size
+        width, height = image_size(image_path)
         mask = load_mask(mask_path)
         if mask.shape != (height, width):
             raise DataError(f"The mask '{mask_path.name}' is {mask.shape[1]}x{mask.shape[0]} pixels but its image "

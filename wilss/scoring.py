@@ -30,6 +30,7 @@ class EvalSet:
     label_map: Optional[np.ndarray]      # 256 uint8, or None when the masks already hold model ids
     source: str
     same_size: bool                      # every image has one size: evaluate in batches
+    largest_side: int = 0                # of the images (0: small, e.g. a generated world's)
 
     def dataset(self) -> PixelDataset:
         return PixelDataset(self.pairs, label_map=self.label_map, cache=False)
@@ -41,7 +42,7 @@ def mask_eval_set(images_dir: Path, masks_dir: Path, num_classes: int,
     every image opens, every mask has its image's size and only ids ``< num_classes`` (or 255, void)."""
     pairs = read_mask_folder(images_dir, masks_dir)
     sizes = check_mask_pairs(pairs, num_classes, label_map)
-    return EvalSet(pairs, label_map, f"{images_dir} + {masks_dir}", len(sizes) == 1)
+    return EvalSet(pairs, label_map, f"{images_dir} + {masks_dir}", len(sizes) == 1, max(max(s) for s in sizes))
 
 
 def read_world(root: Path) -> dict:
@@ -103,10 +104,12 @@ def old_new_ids(class_names: Sequence[str], new_names: Sequence[str]) -> tuple[l
 
 
 def score(model: Segmenter, eval_set: EvalSet, class_names: Sequence[str], new_names: Sequence[str], *,
-          device: Optional[str] = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Per-class IoU (``K``, in [0, 1], NaN for absent classes) and mIoU old / new / all in percent."""
-    matrix = evaluate(model, eval_set.dataset(), num_classes=len(class_names),
-                      batch_size=8 if eval_set.same_size else 1, device=device)
+          device: Optional[str] = None, max_side: Optional[int] = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-class IoU (``K``, in [0, 1], NaN for absent classes) and mIoU old / new / all in percent. Images larger
+    than ``max_side`` are segmented at that size (one at a time), and scored at their masks' size."""
+    batched = eval_set.same_size and (max_side is None or eval_set.largest_side <= max_side)
+    matrix = evaluate(model, eval_set.dataset(), num_classes=len(class_names), batch_size=8 if batched else 1,
+                      device=device, max_side=max_side)
     iou = matrix.iou()
     old, new = old_new_ids(class_names, new_names)
     return iou, summarize(iou, old, new)

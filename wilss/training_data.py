@@ -90,8 +90,10 @@ class TagDataset(_CachedDataset):
     """
 
     def __init__(self, images: Sequence[ImageLike], targets: np.ndarray, *,
-                 transform: Optional[Callable] = None, cache: Optional[bool] = None):
+                 transform: Optional[Callable] = None, cache: Optional[bool] = None,
+                 loader: Callable[[PathLike], np.ndarray] = load_image):
         self.images = list(images)
+        self.loader = loader   # path -> HxWx3 uint8 (e.g. already fitted to the training size, see below)
         super().__init__(len(self.images), cache)
         self.targets = np.asarray(targets, dtype=np.float32)
         if self.targets.ndim != 2 or len(self.targets) != len(self.images):
@@ -107,7 +109,7 @@ class TagDataset(_CachedDataset):
         return len(self.images)
 
     def _decode(self, index: int) -> np.ndarray:
-        return _as_array(self.images[index], 3, load_image)
+        return _as_array(self.images[index], 3, self.loader)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         image = self.load(index)
@@ -127,5 +129,7 @@ def tagged_training_set(tagged: TaggedSet, columns: Sequence[str], cfg) -> TagDa
     longer side is ``cfg.crop_size`` (a crop then shows most of it, so its tags still hold), then augmented by the
     paper's random scale, crop and flip of ``cfg`` (an ``OptimConfig``)."""
     augment = train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip)
-    return TagDataset.from_tagged(tagged, columns,
-                                  transform=lambda image: augment(fit_longer_side(image, cfg.crop_size)))
+    # Fitted when decoded, so the cache holds crop-sized images whatever the size of the files (a 6000x6000 photo
+    # was kept whole, 108 MB, and resized again every epoch); the items are the same as fitting after the cache.
+    return TagDataset.from_tagged(tagged, columns, transform=augment,
+                                  loader=lambda path: fitted_image(path, cfg.crop_size))

@@ -1,0 +1,126 @@
+"""What a session keeps on disk, so that a restart loses nothing saved: the folder's name, the list of its versions
+(``versions.json``), version files that are never written over, and a marker while an update runs.
+
+A session folder is named by a keyed hash of the session's id (``folder_name``): the same id finds its folder again
+after a restart, two ids never share one, and no one can derive a folder's name from what a page shows.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from wilss.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "versions.json"
+RUNNING = "update.running"
+SECRET = ".session-key"
+PREFIX = "s-"
+NEW_VERSION = ".new-version."
+
+
+def folder_name(workdir: Path, key: str) -> str:
+    """``s-`` + 32 hex digits of HMAC-SHA256(the work folder's secret, ``key``): stable across restarts, unique per
+    id, unguessable without the secret (kept in ``<workdir>/.session-key``, made on first use, readable by the
+    server's user only)."""
+    path = Path(workdir) / SECRET
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        except FileExistsError:   # another process made it first
+            pass
+    secret = path.read_text().strip().encode()
+    return PREFIX + hmac.new(secret, key.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
+
+
+def publish(folder: Path, first: int, write: Callable[[Path], object]) -> tuple[str, Path]:
+    """Write a new version with ``write(tmp)`` and give it the first free name ``vNNN.pt`` from ``first`` on, never
+    over an existing file (a hard link fails when the name is taken). Returns (name, path). A crash leaves at most a
+    hidden temporary file, which ``read_manifest`` removes."""
+    fd, tmp = tempfile.mkstemp(prefix=NEW_VERSION, suffix=".pt", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        number = first
+        while True:
+            name = f"v{number:03d}"
+            dest = folder / f"{name}.pt"
+            try:
+                os.link(tmp, dest)
+                return name, dest
+            except FileExistsError:
+                number += 1
+            except OSError:   # no hard links on this file system: claim the name, then move the file onto it
+                try:
+                    os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                except FileExistsError:
+                    number += 1
+                    continue
+                os.replace(tmp, dest)
+                return name, dest
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_manifest(folder: Path, versions: list[dict], current: Optional[str]) -> None:
+    """``versions.json``: each version's name, file, note, classes, parent and whether the app's setup made it."""
+    text = json.dumps({"versions": versions, "current": current}, indent=1)
+    atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(text))
+
+
+def read_manifest(folder: Path) -> tuple[list[dict], Optional[str], list[Path]]:
+    """(the recorded versions whose files exist, the current version's name, version files on disk that the record
+    lacks: written just before a crash). Removes temporary files a crash left behind."""
+    for pattern in (".*.pt", ".*.json", ".*.running"):   # hidden: publish's, save_checkpoint's, atomic_write's
+        for leftover in folder.glob(pattern):
+            leftover.unlink(missing_ok=True)
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+        entries, current = list(data["versions"]), data.get("current")
+        entries = [e for e in entries if isinstance(e, dict) and (folder / str(e.get("file", ""))).is_file()]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        if (folder / MANIFEST).exists():
+            log.warning("session %s: its version list is unreadable (%s); reading the version files", folder.name, err)
+        entries, current = [], None
+    listed = {e["file"] for e in entries}
+    orphans = sorted(p for p in folder.glob("v[0-9][0-9][0-9]*.pt") if p.name not in listed)
+    return entries, current, orphans
+
+
+def disposable(folder: Path) -> bool:
+    """Whether a session folder holds nothing a user made: every version recorded is one the app's setup made (a
+    fresh page, or an anonymous API call). Folders without a record, or marked by a running update, never are."""
+    if (folder / RUNNING).exists():   # its user will be told that the update was cut short
+        return False
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+        names = {p.name for p in folder.glob("v[0-9][0-9][0-9]*.pt")}
+        return all(e.get("setup") for e in data["versions"]) and names <= {e.get("file") for e in data["versions"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def mark_running(folder: Path, what: str) -> None:
+    atomic_write(folder / RUNNING, lambda tmp: tmp.write_text(what))
+
+
+def clear_running(folder: Path) -> Optional[str]:
+    """Remove the marker; returns what it said (None when there was none)."""
+    try:
+        text = (folder / RUNNING).read_text()
+    except OSError:
+        return None
+    (folder / RUNNING).unlink(missing_ok=True)
+    return text
