@@ -18,7 +18,7 @@ import numpy as np
 
 from wilss.checkpoint import Checkpoint, history_entry
 from wilss.config import UpdateConfig, to_dict
-from wilss.conventions import hex_to_rgb, voc_palette
+from wilss.conventions import distinct_colours, hex_to_rgb, rgb_to_hex
 from wilss.data import DataError, TaggedSet, check_new_classes, settle_negatives
 from wilss.training_data import fitted_image, tagged_training_set
 from wilss.engine import Progress, Snapshot, resolve_device
@@ -93,17 +93,9 @@ def loss_names(cfg: UpdateConfig, *, aux: bool = False) -> list[str]:
 
 
 def free_colours(used: np.ndarray, count: int) -> list[str]:
-    """``count`` hex colours from the VOC palette that no class in ``used`` (``K x 3``) has."""
-    taken = {tuple(int(v) for v in c) for c in used}
-    out = []
-    for c in voc_palette(256)[1:255]:
-        key = tuple(int(v) for v in c)
-        if key not in taken:
-            taken.add(key)
-            out.append("#%02x%02x%02x" % key)
-            if len(out) == count:
-                break
-    return out
+    """``count`` hex colours for new classes, distinct from ``used`` (``K x 3``): ``wilss.conventions.distinct_colours``,
+    the CLI's choice too."""
+    return [rgb_to_hex(c) for c in distinct_colours(used, count)]
 
 
 # ------------------------------------------------------------------------------------------------- plan
