@@ -10,8 +10,10 @@ from typing import Iterator, Optional
 
 import gradio as gr
 import pandas as pd
+from gradio.utils import get_upload_folder
 
 from app import render
+from app.frames import FrameStore
 from app.handlers import CLASS_ROWS, Handlers, error, ok
 from app.intake import table_rows
 from app.session import Session
@@ -28,6 +30,15 @@ class UpdateHandlers:
 
     def __init__(self, base: Handlers) -> None:
         self.base, self.config, self.queue, self.device = base, base.config, base.queue, base.device
+        self._frames: dict[tuple[str, str], FrameStore] = {}
+
+    def frames(self, s: Session, kind: str) -> FrameStore:
+        """The rendered pictures of a session's ``kind`` gallery ('live', 'review'), in gradio's cache folder so
+        they are served as they are; only the last few frames stay on disk."""
+        key = (s.folder.name, kind)
+        if key not in self._frames:
+            self._frames[key] = FrameStore(Path(get_upload_folder()) / "frames" / s.folder.name / kind)
+        return self._frames[key]
 
     def session(self, request: Optional[gr.Request]) -> Session:
         return self.base.session(request)
@@ -88,7 +99,7 @@ class UpdateHandlers:
                 final = p is not None and p.iteration == p.total_iterations
                 if p is not None and (final or time.monotonic() - plotted >= self.config.plot_every_s):
                     plot, plotted = self.loss_frame(job), time.monotonic()
-                gallery = self.live_gallery(job, tick.snapshots) if tick.snapshots else gr.skip()
+                gallery = self.live_gallery(s, job, tick.snapshots) if tick.snapshots else gr.skip()
                 yield bar, start_text, plot, gallery
             yield self._finish(s, job)
         finally:
@@ -125,18 +136,23 @@ class UpdateHandlers:
         job.cancel()
         return "Cancelling: the update stops before its next iteration and the model stays as it was."
 
+    def cancel_button(self, request: gr.Request) -> gr.Button:
+        """Cancel is clickable only while this tab's update runs (or waits for the device)."""
+        job = self.session(request).job
+        return gr.Button(interactive=bool(job is not None and job.running))
+
     def loss_frame(self, job: UpdateJob) -> pd.DataFrame:
         series = loss_names(job.plan.cfg, aux=job.plan.base.model.has_aux)
         return pd.DataFrame(render.loss_rows(job.losses, series=series))
 
-    def live_gallery(self, job: UpdateJob, snapshots) -> gr.Gallery:
+    def live_gallery(self, s: Session, job: UpdateJob, snapshots) -> gr.Gallery:
         plan = job.plan
         tiles = []
         for snap in snapshots:
             index = job.live[snap.index]
             tiles += render.snapshot_tiles(snap.image, snap.cams, snap.pseudo_label, snap.prediction, plan.colours,
                                            plan.new_names, title=job.names[index])
-        return gr.Gallery(value=tiles, columns=2 * (3 + len(plan.new_names)))   # two images per row
+        return gr.Gallery(value=self.frames(s, "live").write(tiles), columns=2 * (3 + len(plan.new_names)))
 
     # ------------------------------------------------------------------------------------------- review
     def _review_job(self, s: Session) -> Optional[UpdateJob]:
@@ -172,7 +188,8 @@ class UpdateHandlers:
         info = (f"Page {page}/{pages} of the {total} training images of the update ({state}). Click any picture of an "
                 "image to reject or accept it; then re-run from the accepted images.")
         keep = [r for r in (rejected or []) if r in job.names]
-        return (gr.Gallery(value=tiles, columns=2 * (3 + len(plan.new_names))), info, page,
+        return (gr.Gallery(value=self.frames(s, "review").write(tiles), columns=2 * (3 + len(plan.new_names))),
+                info, page,
                 gr.Dropdown(choices=job.names, value=keep))
 
     def export_pseudo_labels(self, request: gr.Request):
