@@ -20,6 +20,7 @@ from wilss.checkpoint import Checkpoint, history_entry
 from wilss.config import UpdateConfig, to_dict
 from wilss.conventions import distinct_colours, hex_to_rgb, rgb_to_hex
 from wilss.data import DataError, TaggedSet, check_new_classes, settle_negatives
+from wilss.demo import watch_indices  # noqa: F401  (the app's and the demo benchmark's choice)
 from wilss.training_data import fitted_image, tagged_training_set
 from wilss.engine import Progress, Snapshot, resolve_device
 from wilss.recipes import DEMO_UPDATE
@@ -150,23 +151,6 @@ def plan_update(base_name: str, base: Checkpoint, tagged: Optional[TaggedSet], s
     cfg, note = settle_negatives(tagged, names, cfg)
     return UpdatePlan(base_name, base, tagged, names, np.array(colours, dtype=np.uint8).reshape(-1, 3), cfg,
                       source, tuple(rejected), note)
-
-
-def watch_indices(tagged: TaggedSet, new_names: Sequence[str], count: int) -> list[int]:
-    """A few images to follow live: positives of each new class in turn, then one negative."""
-    per_class = [[i for i, t in enumerate(tagged.tags) if name in t] for name in new_names]
-    negatives = [i for i, t in enumerate(tagged.tags) if not (t & set(new_names))]
-    chosen: list[int] = []
-    room = max(count - (1 if negatives else 0), 1)
-    for rank in range(len(tagged)):
-        for items in per_class:
-            if rank < len(items) and items[rank] not in chosen and len(chosen) < room:
-                chosen.append(items[rank])
-        if len(chosen) >= room or all(rank >= len(items) for items in per_class):
-            break
-    if negatives and len(chosen) < count:
-        chosen.append(negatives[0])
-    return chosen[:count]
 
 
 # -------------------------------------------------------------------------------------------------- job

@@ -202,8 +202,14 @@ def benchmark_setup(args: argparse.Namespace):
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    if args.base is not None and args.dataset != "world":
-        raise CliError("--base is for the world benchmark only (the CamVid base is trained by the run)")
+    if args.dataset == "demo":
+        from wilss.cli_demo import cmd_benchmark_demo
+
+        return cmd_benchmark_demo(args)
+    if args.samples is not None:
+        raise CliError("--samples is for the demo benchmark only")
+    if args.base is not None and args.dataset == "camvid":
+        raise CliError("--base is for the world and demo benchmarks only (the CamVid base is trained by the run)")
     protocol, splits, pretrain_cfg, update_cfg, title = benchmark_setup(args)
     init = world_encoder(args)  # the base (when trained) and joint start from it
     if args.out is not None:
@@ -289,11 +295,15 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "plain fine-tuning (FT), train the joint pixel-supervised upper bound, and print mIoU old / "
                     "new / all of each on the test split. For the world, also checks the goals (exit status 1 "
                     "when one fails, except with --quick).")
-    p.add_argument("dataset", choices=("world", "camvid"), help="world: generated in memory; camvid: from --data")
+    p.add_argument("dataset", choices=("world", "camvid", "demo"),
+                   help="world: generated in memory; camvid: from --data; demo: the app's one-click update from "
+                        "samples/, timed, scored on the world's test split and samples/heldout.zip")
     p.add_argument("--quick", action="store_true", help="smoke run: every epoch count / 10 (min 2, warm-up min 1)")
     p.add_argument("--data", type=Path, default=DEFAULT_CAMVID, metavar="PATH",
                    help="CamVid folder (default: ../shared/datasets/camvid next to the repository)")
-    p.add_argument("--base", type=Path, metavar="CKPT", help="world only: reuse this base instead of training one")
+    p.add_argument("--base", type=Path, metavar="CKPT", help="world: reuse this base instead of training one; "
+                                                             "demo: the base to add to (default: the shipped one)")
+    p.add_argument("--samples", type=Path, metavar="DIR", help="demo only: the tagged images (default: samples/)")
     add_encoder_flag(p, "the base (when trained) and the joint model")
     p.add_argument("--out", type=Path, metavar="FILE", help="also write the tables as markdown")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
