@@ -12,6 +12,7 @@ from app.update_handlers import UpdateHandlers
 from app.render import legend_html
 from app.session import AppConfig
 from app.update import ADVANCED, field_type
+from models import DEFAULT_CHECKPOINT
 from wilss.bases import BASE_SPECS
 from wilss.conventions import hex_to_rgb
 from wilss.recipes import DEMO_UPDATE
@@ -55,6 +56,10 @@ Teach the model new classes from images tagged only with *this image shows a …
 **Review** checks its pseudo-labels · **Predict** / **Evaluate** try it ·
 **Versions & export** keeps every version."""
 
+SHIPPED_BASE_NOTE = """*The model loaded here is the shipped base: a small network trained on generated shapes (discs,
+squares, stars ...), for trying the tool offline. It has never seen a photo; for real images, start from a real
+model (Model tab, or `--checkpoint`: see docs/bases.md).*"""
+
 
 def _advanced_widget(name: str, label: str, info: str):
     kind, value = field_type(name), getattr(DEMO_UPDATE, name)
@@ -72,7 +77,8 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
     # rendered pictures pile up in gradio's cache during updates: drop those older than 6 h, hourly
     with gr.Blocks(title="wilss: add classes from image tags", analytics_enabled=False,
                    delete_cache=(3600, 6 * 3600)) as demo:
-        gr.Markdown(INTRO)
+        shipped = Path(config.checkpoint).resolve() == DEFAULT_CHECKPOINT.resolve()
+        gr.Markdown(INTRO + ("\n\n" + SHIPPED_BASE_NOTE if shipped else ""), elem_id="intro")
         header = gr.Markdown(elem_id="header")
         with gr.Tabs(elem_id="tabs") as tabs:
             # ---------------------------------------------------------------------------------- model
@@ -142,6 +148,10 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", interactive=False)
                 progress = gr.HTML(elem_id="progress")
                 run_status = gr.Markdown(elem_id="run-status")
+                heldout_info = gr.Markdown(elem_id="heldout-info")
+                heldout_table = gr.Dataframe(label="Held-out images: IoU (%) before and after the update",
+                                             interactive=False, visible=False, elem_id="heldout-table",
+                                             headers=["metric (%)", "before", "after"])
                 losses = gr.LinePlot(x="iteration", y="value", color="loss", label="Losses", height=260,
                                      elem_id="loss-plot", color_map=LOSS_COLOURS, y_title="loss value",
                                      colors_in_legend=[])   # the plot's own legend is clipped: ours is below
@@ -245,7 +255,8 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
         start_btn.click(lambda: gr.Button(interactive=True), None, cancel_btn, queue=False, api_visibility="private")
         refresh_model(start_btn.click(u.add_classes, [*names, *colours, watch, *advanced], run_outputs,
                                       api_name="add_classes", concurrency_limit=8, concurrency_id="update").then(
-            u.cancel_button, None, cancel_btn, api_visibility="private"))
+            u.cancel_button, None, cancel_btn, api_visibility="private").then(
+            u.heldout_scores, None, [heldout_info, heldout_table], api_name="heldout_scores", concurrency_limit=2))
         cancel_btn.click(u.cancel, None, run_status, api_name="cancel", concurrency_limit=None, queue=False)
         # review
         review_inputs = [page, rejected]
@@ -262,7 +273,8 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
         rerun_btn.click(lambda: gr.Button(interactive=True), None, cancel_btn, queue=False, api_visibility="private")
         refresh_model(rerun_btn.click(u.rerun, rejected, [tabs, *run_outputs, review_status], api_name="rerun",
                                       concurrency_limit=8, concurrency_id="update").then(
-            u.cancel_button, None, cancel_btn, api_visibility="private"))
+            u.cancel_button, None, cancel_btn, api_visibility="private").then(
+            u.heldout_scores, None, [heldout_info, heldout_table], api_visibility="private", concurrency_limit=2))
         # predict: its own concurrency group, so it answers while an update trains
         predict_event = dict(fn=h.predict, inputs=[predict_file, opacity],
                              outputs=[predicted, legend, scores, predict_status], concurrency_limit=4,

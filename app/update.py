@@ -94,8 +94,8 @@ def loss_names(cfg: UpdateConfig, *, aux: bool = False) -> list[str]:
 
 
 def free_colours(used: np.ndarray, count: int) -> list[str]:
-    """``count`` hex colours for new classes, distinct from ``used`` (``K x 3``): ``wilss.conventions.distinct_colours``,
-    the CLI's choice too."""
+    """``count`` hex colours for new classes, distinct from ``used`` (``K x 3``): the CLI's choice too
+    (``wilss.conventions.distinct_colours``)."""
     return [rgb_to_hex(c) for c in distinct_colours(used, count)]
 
 
@@ -178,6 +178,8 @@ class UpdateJob:
         self.last_snapshots: list[Snapshot] = []
         self.update: Optional[WeakUpdate] = None
         self.train_seconds = 0.0
+        self.saved_as: Optional[str] = None   # the version its result was saved as
+        self.heldout: Optional[tuple] = None  # (info, rows, columns) of its scores on the samples' held-out set
         self._cancel = threading.Event()
         self._calls: "queue.Queue[tuple[Callable, Future]]" = queue.Queue()
         self._lock = threading.Lock()

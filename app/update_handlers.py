@@ -13,13 +13,17 @@ import pandas as pd
 from gradio.utils import get_upload_folder
 
 from app import render
+from app.evaluation import score
 from app.frames import FrameStore
+from app.views import before_after_rows
 from app.handlers import CLASS_ROWS, Handlers, error, ok
 from app.intake import table_rows
 from app.session import Session
 from app.update import ADVANCED, UpdateJob, loss_names, make_config, plan_update, watch_indices
 from wilss.conventions import rgb_to_hex
+from wilss.checkpoint import load_checkpoint
 from wilss.data import DataError, TaggedSet
+from wilss.demo import HELDOUT_FILE, read_heldout
 from wilss.pseudo_labels import export_pseudo_labels
 
 REVIEW_PAGE = 6         # training images per review page
@@ -116,7 +120,7 @@ class UpdateHandlers:
             version = s.add_checkpoint(job.result(), f"added {', '.join(plan.new_names)} from {len(plan.tagged)} "
                                        "images" + (f" ({len(plan.rejected)} rejected)" if plan.rejected else ""),
                                        parent=plan.base_name)
-            s.last_update = job
+            s.last_update, job.saved_as = job, version.name
             return (render.message_html(f"Finished in {render.format_duration(job.train_seconds)}: saved as "
                                         f"{version.name}.", "done"),
                     ok(f"added {', '.join(plan.new_names)}; the model is now **{version.name}** "
@@ -135,6 +139,43 @@ class UpdateHandlers:
             return "No update is running."
         job.cancel()
         return "Cancelling: the update stops before its next iteration and the model stays as it was."
+
+    def heldout_scores(self, request: gr.Request):
+        """(info, table) after an update: mIoU old / new / all and each class's IoU, before and after, on the held-out
+        images with masks that ship with the samples (``<samples>/heldout.zip``), when their classes are the
+        update's. Nothing is shown for an update that did not finish."""
+        s = self.session(request)
+        job = s.last_update
+        if job is None or s.job is not job or job.saved_as is None:
+            return gr.skip(), gr.skip()
+        if job.heldout is None:
+            job.heldout = self._score_heldout(s, job)
+        info, rows, columns = job.heldout
+        if not rows:
+            return info, gr.Dataframe(visible=False)
+        return info, gr.Dataframe(value=pd.DataFrame(rows, columns=columns), visible=True)
+
+    def _score_heldout(self, s: Session, job: UpdateJob) -> tuple:
+        path = self.config.samples / HELDOUT_FILE if self.config.samples else None
+        if path is None or not path.is_file():
+            return "", [], []
+        plan = job.plan
+        try:
+            names, pairs = read_heldout(path)
+            if names != plan.class_names:
+                return (f"The held-out images of the samples have masks for {', '.join(names[1:])}, not for this "
+                        "model's classes: score it on your own images with masks in 'Evaluate'.", [], [])
+            after = load_checkpoint(s.version(job.saved_as).path)
+            res_after = score(after, pairs, names, plan.new_names, device=self.device)
+            res_before = score(plan.base, pairs, names, plan.new_names, device=self.device)
+        except (DataError, KeyError) as err:
+            return error(f"could not score the held-out images: {err}"), [], []
+        new = ", ".join(plan.new_names)
+        info = (f"**Quality on {len(pairs)} held-out images** (`{path.name}`: never trained on, with masks): "
+                f"{new} IoU {res_after['iou'][plan.new_names[0]]:.1f} %, old classes' mIoU "
+                f"{res_after['summary']['old']:.1f} % (before: {res_before['summary']['old']:.1f} %).")
+        columns = ["metric (%)", f"before ({plan.base_name})", f"after ({job.saved_as})"]
+        return info, before_after_rows(names, plan.new_names, res_before, res_after), columns
 
     def cancel_button(self, request: gr.Request) -> gr.Button:
         """Cancel is clickable only while this tab's update runs (or waits for the device)."""
