@@ -209,7 +209,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.samples is not None:
         raise CliError("--samples is for the demo benchmark only")
     if args.base is not None and args.dataset == "camvid":
-        raise CliError("--base is for the world and demo benchmarks only (the CamVid base is trained by the run)")
+        raise CliError("--base is for the world benchmark only, and the demo's (the CamVid base is trained by the run)")
     protocol, splits, pretrain_cfg, update_cfg, title = benchmark_setup(args)
     init = world_encoder(args)  # the base (when trained) and joint start from it
     if args.out is not None:

@@ -27,7 +27,8 @@ def _fmt(value: float) -> str:
 def score_table(title: str, before: dict, after: dict, class_names) -> list[str]:
     """A markdown table: mIoU old / new / all and every class's IoU, before and after (%)."""
     lines = [f"### {title}", "", "| % | before | after |", "| --- | --- | --- |"]
-    lines += [f"| mIoU {k} | {_fmt(before['summary'][k])} | {_fmt(after['summary'][k])} |" for k in ("old", "new", "all")]
+    lines += [f"| mIoU {k} | {_fmt(before['summary'][k])} | {_fmt(after['summary'][k])} |"
+              for k in ("old", "new", "all")]
     lines += [f"| IoU {n} | {_fmt(before['iou'].get(n))} | {_fmt(after['iou'].get(n))} |" for n in class_names]
     return lines
 
