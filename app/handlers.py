@@ -24,6 +24,7 @@ from app.views import (HISTORY_HEADERS, added_in, architecture_markdown, before_
                        history_rows, thumbnails)
 from wilss.checkpoint import CheckpointError, load_checkpoint
 from wilss.data import DataError, list_images, load_image, read_tagged_folder
+from wilss.demo import HELDOUT_FILE
 from wilss.engine import resolve_device
 from wilss.inference import Predictor
 from wilss.recipes import DEMO_CLASS, DEMO_COLOUR, DEMO_UPDATE
@@ -82,7 +83,8 @@ class Handlers:
             s.data_message = "No sample images are configured: upload tagged images."
             return
         dest = s.new_folder("data")
-        shutil.copytree(samples, dest, dirs_exist_ok=True)
+        # the held-out set is scored where it is (app.update_handlers.heldout_scores): not copied per session
+        shutil.copytree(samples, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(HELDOUT_FILE))
         try:
             s.set_data(read_tagged_folder(dest), dest, f"samples ({samples.name}/)")
         except DataError as err:
