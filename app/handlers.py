@@ -22,9 +22,11 @@ from app.export import ExportError, export_onnx
 from app.intake import apply_table, bring_tagged, table_rows, tag_summary
 from app.session import AppConfig, DeviceQueue, Session, SessionStore, base_file
 from app.update import free_colours
-from app.views import HISTORY_HEADERS, added_in, architecture_markdown, before_after_rows, history_rows
+from app.views import (HISTORY_HEADERS, added_in, architecture_markdown, before_after_rows, data_summary,
+                       history_rows, thumbnails)
 from wilss.checkpoint import CheckpointError, load_checkpoint
 from wilss.data import DataError, image_size, list_images, load_image, read_tagged_folder
+from wilss.demo import HELDOUT_FILE
 from wilss.engine import resolve_device
 from wilss.files import atomic_write
 from wilss.inference import Predictor
@@ -34,7 +36,7 @@ from wilss.transforms import fit_longer_side
 log = logging.getLogger(__name__)
 
 CLASS_ROWS = 3          # new classes one click can add
-DATA_VIEW_COUNT = 5 + 2 * CLASS_ROWS   # status, counts, warnings, table, watch list, names, colours
+DATA_VIEW_COUNT = 6 + 2 * CLASS_ROWS   # status, counts, warnings, table, watch list, names, colours, thumbnails
 USER_ERRORS = (DataError, CheckpointError, ExportError, KeyError)
 
 
@@ -110,7 +112,8 @@ class Handlers:
             s.data_message = "No sample images are configured: upload tagged images."
             return
         dest = s.new_folder("data")
-        shutil.copytree(samples, dest, dirs_exist_ok=True)
+        # the held-out set is scored where it is (app.update_handlers.heldout_scores): not copied per session
+        shutil.copytree(samples, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(HELDOUT_FILE))
         try:
             s.set_data(read_tagged_folder(dest), dest, f"samples ({samples.name}/)")
         except DataError as err:
@@ -211,22 +214,22 @@ class Handlers:
             empty = pd.DataFrame(columns=["filename", "tags"])
             return ((status or s.data_message or "No images yet."),
                     pd.DataFrame(columns=["tag", "images", "role"]), "", empty,
-                    gr.Dropdown(choices=[], value=[]), *([""] * CLASS_ROWS), *free_colours(s.ckpt.colours, CLASS_ROWS))
+                    gr.Dropdown(choices=[], value=[]), *([""] * CLASS_ROWS), *free_colours(s.ckpt.colours, CLASS_ROWS),
+                    [])
         rows, warnings = tag_summary(s.tagged, known)
         names = table_rows(s.tagged, s.data_root)
         new_tags = [t for t in s.tagged.class_names if t not in known][:CLASS_ROWS]
         spare = iter(free_colours(s.ckpt.colours, CLASS_ROWS))
         colours = [DEMO_COLOUR if t == DEMO_CLASS else next(spare) for t in new_tags]
         colours += [next(spare) for _ in range(CLASS_ROWS - len(colours))]
-        summary = (f"{len(s.tagged)} images from {s.data_source}: "
-                   + ", ".join(f"{n} tagged '{t}'" for t, n in s.tagged.counts().items())
-                   + f", {s.tagged.num_negatives} negatives (tagged with none of the classes).")
+        summary = data_summary(s.tagged, s.data_source)
         return ((status + "\n\n" + summary) if status else summary,
                 pd.DataFrame(rows, columns=["tag", "images", "role"]),
                 "\n".join(f"- **Warning:** {w}" for w in warnings),
                 pd.DataFrame(names, columns=["filename", "tags"]),
                 gr.Dropdown(choices=[n for n, _ in names], value=[]),
-                *(new_tags + [""] * (CLASS_ROWS - len(new_tags))), *colours)
+                *(new_tags + [""] * (CLASS_ROWS - len(new_tags))), *colours,
+                thumbnails(s.tagged, [n for n, _ in names]))
 
     def bring_data(self, request: gr.Request, files, tags_file):
         s = self.session(request)
@@ -301,6 +304,13 @@ class Handlers:
         found = ", ".join(f"{ckpt.class_names[c]} {100 * shares[c]:.1f}%" for c in np.argsort(-shares) if shares[c] > 0)
         return (overlay, legend, maps,
                 f"{files[0].name}: {found} (model {s.current.name}, {1000 * took:.0f} ms on {self.device})")
+
+    def predict_current(self, request: gr.Request, file, opacity):
+        """``predict`` by the current version after the model changed (rollback, load, update), or cleared
+        outputs when no image is dropped, so the tab never shows another version's maps."""
+        if not _files(file):
+            return None, gr.skip(), None, ""
+        return self.predict(request, file, opacity)
 
     # ----------------------------------------------------------------------------------------- evaluate
     def evaluate(self, request: gr.Request, image_files, mask_files, before_label, after_label):

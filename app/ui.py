@@ -13,6 +13,7 @@ from app.render import legend_html
 from app.session import AppConfig
 from app.session_files import SECRET
 from app.update import ADVANCED, field_type
+from models import DEFAULT_CHECKPOINT
 from wilss.bases import BASE_SPECS
 from wilss.conventions import hex_to_rgb
 from wilss.recipes import DEMO_UPDATE
@@ -34,6 +35,9 @@ CSS = """
 .wilss-msg-wait, .wilss-msg-cancelled {color:#92400e; font-weight:600}
 """
 
+# gradio 6.31 shows its status key 'common.complete' untranslated when an event ends (its English table lacks it)
+I18N = gr.I18n(en={"common.complete": "Done"})
+
 # l_CLS, l_LOC, l_SEG (Eq. 3, 4, 8), feature distillation and PAMR self-training, and their sum
 LOSS_COLOURS = {"cls": "#2563eb", "loc": "#f59e0b", "seg": "#16a34a", "fd": "#9333ea", "self": "#db2777",
                 "total": "#111827"}
@@ -53,6 +57,10 @@ Teach the model new classes from images tagged only with *this image shows a …
 **Review** checks its pseudo-labels · **Predict** / **Evaluate** try it ·
 **Versions & export** keeps every version."""
 
+SHIPPED_BASE_NOTE = """*The model loaded here is the shipped base: a small network trained on generated shapes (discs,
+squares, stars ...), for trying the tool offline. It has never seen a photo; for real images, start from a real
+model (Model tab, or `--checkpoint`: see docs/bases.md).*"""
+
 
 def _advanced_widget(name: str, label: str, info: str):
     kind, value = field_type(name), getattr(DEMO_UPDATE, name)
@@ -70,15 +78,17 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
     # rendered pictures pile up in gradio's cache during updates: drop those older than 6 h, hourly
     with gr.Blocks(title="wilss: add classes from image tags", analytics_enabled=False,
                    delete_cache=(3600, 6 * 3600)) as demo:
-        gr.Markdown(INTRO)
+        shipped = Path(config.checkpoint).resolve() == DEFAULT_CHECKPOINT.resolve()
+        gr.Markdown(INTRO + ("\n\n" + SHIPPED_BASE_NOTE if shipped else ""), elem_id="intro")
         header = gr.Markdown(elem_id="header")
         with gr.Tabs(elem_id="tabs") as tabs:
             # ---------------------------------------------------------------------------------- model
             with gr.Tab("Model", id="model"):
                 classes = gr.HTML(elem_id="model-classes")
                 arch = gr.Markdown(elem_id="model-arch")
-                history = gr.Dataframe(label="History of steps", interactive=False, wrap=True,
-                                       elem_id="model-history")
+                # widths keep the short headers ('negatives') on one line: wrapping squeezed them to a letter a line
+                history = gr.Dataframe(label="History of steps", interactive=False, wrap=True, elem_id="model-history",
+                                       column_widths=["5%", "9%", "19%", "7%", "9%", "16%", "35%"])
                 with gr.Accordion("History as stored in the checkpoint (JSON)", open=False):
                     history_json = gr.JSON(label="history")
                 with gr.Row():
@@ -105,9 +115,12 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
                 data_status = gr.Markdown(elem_id="data-status")
                 data_warnings = gr.Markdown(elem_id="data-warnings")
                 counts = gr.Dataframe(label="Images per tag", interactive=False, elem_id="data-counts")
-                tag_table = gr.Dataframe(label="Tags of each image (editable: tags separated by ';')",
-                                         headers=["filename", "tags"], interactive=True, elem_id="tag-table",
-                                         max_height=360)
+                with gr.Row(equal_height=False):
+                    tag_table = gr.Dataframe(label="Tags of each image (editable: tags separated by ';')",
+                                             headers=["filename", "tags"], interactive=True, elem_id="tag-table",
+                                             max_height=420, scale=1)
+                    thumbs = gr.Gallery(label="The images (tags: name)", columns=5, height=420, object_fit="contain",
+                                        elem_id="data-thumbs", interactive=False, scale=1)
                 apply_btn = gr.Button("Apply the table's tags", elem_id="apply-table-btn")
             # ---------------------------------------------------------------------------- add classes
             with gr.Tab("Add classes", id="add"):
@@ -133,9 +146,13 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
                     advanced = [widgets[name] for name, *_ in ADVANCED]
                 with gr.Row():
                     start_btn = gr.Button("Add the classes", variant="primary", elem_id="start-btn")
-                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn")
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", interactive=False)
                 progress = gr.HTML(elem_id="progress")
                 run_status = gr.Markdown(elem_id="run-status")
+                heldout_info = gr.Markdown(elem_id="heldout-info")
+                heldout_table = gr.Dataframe(label="Held-out images: IoU (%) before and after the update",
+                                             interactive=False, visible=False, elem_id="heldout-table",
+                                             headers=["metric (%)", "before", "after"])
                 losses = gr.LinePlot(x="iteration", y="value", color="loss", label="Losses", height=260,
                                      elem_id="loss-plot", color_map=LOSS_COLOURS, y_title="loss value",
                                      colors_in_legend=[])   # the plot's own legend is clipped: ours is below
@@ -145,7 +162,7 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
                                   columns=8, object_fit="contain", elem_id="live-gallery",
                                   format="png", interactive=False)
             # --------------------------------------------------------------------------------- review
-            with gr.Tab("Review", id="review"):
+            with gr.Tab("Review", id="review") as review_tab:
                 review_info = gr.Markdown("Run an update first: its training images show up here.",
                                           elem_id="review-info")
                 with gr.Row():
@@ -192,7 +209,8 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
                     after = gr.Dropdown(label="after", elem_id="eval-after", allow_custom_value=True)
                 eval_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-btn")
                 eval_status = gr.Markdown(elem_id="eval-status")
-                eval_table = gr.Dataframe(label="IoU (%)", interactive=False, elem_id="eval-table")
+                eval_table = gr.Dataframe(label="IoU (%)", interactive=False, elem_id="eval-table",
+                                          headers=["metric (%)", "before", "after"])
             # ------------------------------------------------------------------------------- versions
             with gr.Tab("Versions & export", id="versions"):
                 versions = gr.Dropdown(label="Versions (every one is kept)", elem_id="versions",
@@ -204,21 +222,24 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
                     ckpt_file = gr.File(label="Current checkpoint (.pt; loadable by the CLI and this app)",
                                         interactive=False, elem_id="ckpt-file")
                     onnx_file = gr.File(label="ONNX export", interactive=False, elem_id="onnx-file")
-                with gr.Row():
-                    ckpt_btn = gr.Button("Prepare the checkpoint download", elem_id="ckpt-btn")
-                    onnx_btn = gr.Button("Export ONNX", elem_id="onnx-btn")
+                onnx_btn = gr.Button("Export ONNX", elem_id="onnx-btn")
+                ckpt_api = gr.Button(visible=False)   # the download is always ready above; this serves the API
                 export_status = gr.Markdown(elem_id="export-status")
 
         model_views = [header, classes, arch, history, history_json, versions, version_info, ckpt_file, legend,
                        before, after]
-        data_views = [data_status, counts, data_warnings, tag_table, watch, *names, *colours]
+        data_views = [data_status, counts, data_warnings, tag_table, watch, *names, *colours, thumbs]
         run_outputs = [progress, run_status, losses, live]
 
         def refresh_model(event):
-            """After an event that may change the current model: its views, then the data views (which tags
-            name known classes, the new-class rows)."""
+            """After an event that may change the current model: its views, the data views (which tags name known
+            classes, the new-class rows), the prediction of the dropped image by the current model, and no export
+            of another version."""
             return event.then(h.model_views, None, model_views, api_visibility="private").then(
-                h.data_views, None, data_views, api_visibility="private")
+                h.data_views, None, data_views, api_visibility="private").then(
+                h.predict_current, [predict_file, opacity], [predicted, legend, scores, predict_status],
+                api_visibility="private").then(
+                lambda: (None, ""), None, [onnx_file, export_status], api_visibility="private")
 
         demo.load(h.model_views, None, model_views, api_name="model_info").then(
             h.data_views, None, data_views, api_name="data_info")
@@ -231,13 +252,18 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
         reset_btn.click(h.reset_data, None, data_views, api_name="reset_data")
         apply_btn.click(h.apply_table, tag_table, data_views, api_name="apply_table")
         # add classes: one update per device at a time (our DeviceQueue shows the place in line)
+        # Cancel is live from the click until the update ends (a refused second click leaves it as the job is)
+        start_btn.click(lambda: gr.Button(interactive=True), None, cancel_btn, queue=False, api_visibility="private")
         refresh_model(start_btn.click(u.add_classes, [*names, *colours, watch, *advanced], run_outputs,
-                                      api_name="add_classes", concurrency_limit=8, concurrency_id="update"))
+                                      api_name="add_classes", concurrency_limit=8, concurrency_id="update").then(
+            u.cancel_button, None, cancel_btn, api_visibility="private").then(
+            u.heldout_scores, None, [heldout_info, heldout_table], api_name="heldout_scores", concurrency_limit=2))
         cancel_btn.click(u.cancel, None, run_status, api_name="cancel", concurrency_limit=None, queue=False)
         # review
         review_inputs = [page, rejected]
         review_outputs = [review, review_info, page, rejected]
         show_btn.click(u.review_page, review_inputs, review_outputs, api_name="review_page", concurrency_limit=4)
+        review_tab.select(u.review_page, review_inputs, review_outputs, api_visibility="private", concurrency_limit=4)
         prev_btn.click(lambda p: max(1, int(p or 1) - 1), page, page, api_visibility="private").then(
             u.review_page, review_inputs, review_outputs, api_visibility="private")
         next_btn.click(lambda p: int(p or 1) + 1, page, page, api_visibility="private").then(
@@ -245,8 +271,11 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
         review.select(u.toggle_reject, rejected, rejected, api_visibility="private")
         pseudo_btn.click(u.export_pseudo_labels, None, [pseudo_file, review_status], api_name="export_pseudo_labels",
                          concurrency_limit=1)
+        rerun_btn.click(lambda: gr.Button(interactive=True), None, cancel_btn, queue=False, api_visibility="private")
         refresh_model(rerun_btn.click(u.rerun, rejected, [tabs, *run_outputs, review_status], api_name="rerun",
-                                      concurrency_limit=8, concurrency_id="update"))
+                                      concurrency_limit=8, concurrency_id="update").then(
+            u.cancel_button, None, cancel_btn, api_visibility="private").then(
+            u.heldout_scores, None, [heldout_info, heldout_table], api_visibility="private", concurrency_limit=2))
         # predict: its own concurrency group, so it answers while an update trains
         predict_event = dict(fn=h.predict, inputs=[predict_file, opacity],
                              outputs=[predicted, legend, scores, predict_status], concurrency_limit=4,
@@ -259,7 +288,7 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
         # versions & export
         versions.change(h.version_info, versions, version_info, api_visibility="private")
         refresh_model(rollback_btn.click(h.rollback, versions, versions_status, api_name="rollback"))
-        ckpt_btn.click(h.checkpoint_file, None, ckpt_file, api_name="checkpoint_file")
+        ckpt_api.click(h.checkpoint_file, None, ckpt_file, api_name="checkpoint_file")
         onnx_btn.click(h.export_onnx, None, [onnx_file, export_status], api_name="export_onnx", concurrency_limit=1)
     return demo, h
 
@@ -276,5 +305,5 @@ def launch(config: AppConfig, *, host: str = "127.0.0.1", port: int = 7860, auth
     demo.launch(server_name=host, server_port=port, auth=auth, max_file_size=f"{config.max_upload_mb}mb",
                 allowed_paths=[str(workdir)], ssr_mode=False, share=False, prevent_thread_lock=not block,
                 quiet=quiet, show_error=True, css=CSS, theme=gr.themes.Default(), footer_links=["api"],
-                mcp_server=False, blocked_paths=[str(workdir / SECRET)])   # the key that names session folders
+                mcp_server=False, i18n=I18N, blocked_paths=[str(workdir / SECRET)])   # the key that names session folders
     return demo, handlers

@@ -18,8 +18,9 @@ import numpy as np
 
 from wilss.checkpoint import Checkpoint, history_entry
 from wilss.config import UpdateConfig, to_dict
-from wilss.conventions import hex_to_rgb, voc_palette
+from wilss.conventions import distinct_colours, hex_to_rgb, rgb_to_hex
 from wilss.data import DataError, TaggedSet, check_new_classes, settle_negatives
+from wilss.demo import watch_indices  # noqa: F401  (the app's and the demo benchmark's choice)
 from wilss.training_data import fitted_image, tagged_training_set
 from wilss.engine import Progress, Snapshot, resolve_device
 from wilss.recipes import DEMO_UPDATE
@@ -93,17 +94,9 @@ def loss_names(cfg: UpdateConfig, *, aux: bool = False) -> list[str]:
 
 
 def free_colours(used: np.ndarray, count: int) -> list[str]:
-    """``count`` hex colours from the VOC palette that no class in ``used`` (``K x 3``) has."""
-    taken = {tuple(int(v) for v in c) for c in used}
-    out = []
-    for c in voc_palette(256)[1:255]:
-        key = tuple(int(v) for v in c)
-        if key not in taken:
-            taken.add(key)
-            out.append("#%02x%02x%02x" % key)
-            if len(out) == count:
-                break
-    return out
+    """``count`` hex colours for new classes, distinct from ``used`` (``K x 3``): the CLI's choice too
+    (``wilss.conventions.distinct_colours``)."""
+    return [rgb_to_hex(c) for c in distinct_colours(used, count)]
 
 
 # ------------------------------------------------------------------------------------------------- plan
@@ -160,23 +153,6 @@ def plan_update(base_name: str, base: Checkpoint, tagged: Optional[TaggedSet], s
                       source, tuple(rejected), note)
 
 
-def watch_indices(tagged: TaggedSet, new_names: Sequence[str], count: int) -> list[int]:
-    """A few images to follow live: positives of each new class in turn, then one negative."""
-    per_class = [[i for i, t in enumerate(tagged.tags) if name in t] for name in new_names]
-    negatives = [i for i, t in enumerate(tagged.tags) if not (t & set(new_names))]
-    chosen: list[int] = []
-    room = max(count - (1 if negatives else 0), 1)
-    for rank in range(len(tagged)):
-        for items in per_class:
-            if rank < len(items) and items[rank] not in chosen and len(chosen) < room:
-                chosen.append(items[rank])
-        if len(chosen) >= room or all(rank >= len(items) for items in per_class):
-            break
-    if negatives and len(chosen) < count:
-        chosen.append(negatives[0])
-    return chosen[:count]
-
-
 # -------------------------------------------------------------------------------------------------- job
 @dataclass
 class Tick:
@@ -202,6 +178,8 @@ class UpdateJob:
         self.last_snapshots: list[Snapshot] = []
         self.update: Optional[WeakUpdate] = None
         self.train_seconds = 0.0
+        self.saved_as: Optional[str] = None   # the version its result was saved as
+        self.heldout: Optional[tuple] = None  # (info, rows, columns) of its scores on the samples' held-out set
         self._cancel = threading.Event()
         self._calls: "queue.Queue[tuple[Callable, Future]]" = queue.Queue()
         self._lock = threading.Lock()

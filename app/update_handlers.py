@@ -10,14 +10,20 @@ from typing import Iterator, Optional
 
 import gradio as gr
 import pandas as pd
+from gradio.utils import get_upload_folder
 
 from app import render
+from app.evaluation import score
+from app.frames import FrameStore
+from app.views import before_after_rows
 from app.handlers import CLASS_ROWS, Handlers, error, ok
 from app.intake import table_rows
 from app.session import Session
 from app.update import ADVANCED, UpdateJob, loss_names, make_config, plan_update, watch_indices
 from wilss.conventions import rgb_to_hex
+from wilss.checkpoint import load_checkpoint
 from wilss.data import DataError, TaggedSet
+from wilss.demo import HELDOUT_FILE, read_heldout
 from wilss.pseudo_labels import export_pseudo_labels
 
 REVIEW_PAGE = 6         # training images per review page
@@ -28,6 +34,15 @@ class UpdateHandlers:
 
     def __init__(self, base: Handlers) -> None:
         self.base, self.config, self.queue, self.device = base, base.config, base.queue, base.device
+        self._frames: dict[tuple[str, str], FrameStore] = {}
+
+    def frames(self, s: Session, kind: str) -> FrameStore:
+        """The rendered pictures of a session's ``kind`` gallery ('live', 'review'), in gradio's cache folder so
+        they are served as they are; only the last few frames stay on disk."""
+        key = (s.folder.name, kind)
+        if key not in self._frames:
+            self._frames[key] = FrameStore(Path(get_upload_folder()) / "frames" / s.folder.name / kind)
+        return self._frames[key]
 
     def session(self, request: Optional[gr.Request]) -> Session:
         return self.base.session(request)
@@ -88,7 +103,7 @@ class UpdateHandlers:
                 final = p is not None and p.iteration == p.total_iterations
                 if p is not None and (final or time.monotonic() - plotted >= self.config.plot_every_s):
                     plot, plotted = self.loss_frame(job), time.monotonic()
-                gallery = self.live_gallery(job, tick.snapshots) if tick.snapshots else gr.skip()
+                gallery = self.live_gallery(s, job, tick.snapshots) if tick.snapshots else gr.skip()
                 yield bar, start_text, plot, gallery
             yield self._finish(s, job)
         finally:
@@ -105,7 +120,7 @@ class UpdateHandlers:
             version = s.add_checkpoint(job.result(), f"added {', '.join(plan.new_names)} from {len(plan.tagged)} "
                                        "images" + (f" ({len(plan.rejected)} rejected)" if plan.rejected else ""),
                                        parent=plan.base_name)
-            s.last_update = job
+            s.last_update, job.saved_as = job, version.name
             return (render.message_html(f"Finished in {render.format_duration(job.train_seconds)}: saved as "
                                         f"{version.name}.", "done"),
                     ok(f"added {', '.join(plan.new_names)}; the model is now **{version.name}** "
@@ -125,18 +140,60 @@ class UpdateHandlers:
         job.cancel()
         return "Cancelling: the update stops before its next iteration and the model stays as it was."
 
+    def heldout_scores(self, request: gr.Request):
+        """(info, table) after an update: mIoU old / new / all and each class's IoU, before and after, on the held-out
+        images with masks that ship with the samples (``<samples>/heldout.zip``), when their classes are the
+        update's. Nothing is shown for an update that did not finish."""
+        s = self.session(request)
+        job = s.last_update
+        if job is None or s.job is not job or job.saved_as is None:
+            return gr.skip(), gr.skip()
+        if job.heldout is None:
+            job.heldout = self._score_heldout(s, job)
+        info, rows, columns = job.heldout
+        if not rows:
+            return info, gr.Dataframe(visible=False)
+        return info, gr.Dataframe(value=pd.DataFrame(rows, columns=columns), visible=True)
+
+    def _score_heldout(self, s: Session, job: UpdateJob) -> tuple:
+        path = self.config.samples / HELDOUT_FILE if self.config.samples else None
+        if path is None or not path.is_file():
+            return "", [], []
+        plan = job.plan
+        try:
+            names, pairs = read_heldout(path)
+            if names != plan.class_names:
+                return (f"The held-out images of the samples have masks for {', '.join(names[1:])}, not for this "
+                        "model's classes: score it on your own images with masks in 'Evaluate'.", [], [])
+            after = load_checkpoint(s.version(job.saved_as).path)
+            res_after = score(after, pairs, names, plan.new_names, device=self.device)
+            res_before = score(plan.base, pairs, names, plan.new_names, device=self.device)
+        except (DataError, KeyError) as err:
+            return error(f"could not score the held-out images: {err}"), [], []
+        new = ", ".join(plan.new_names)
+        info = (f"**Quality on {len(pairs)} held-out images** (`{path.name}`: never trained on, with masks): "
+                f"{new} IoU {res_after['iou'][plan.new_names[0]]:.1f} %, old classes' mIoU "
+                f"{res_after['summary']['old']:.1f} % (before: {res_before['summary']['old']:.1f} %).")
+        columns = ["metric (%)", f"before ({plan.base_name})", f"after ({job.saved_as})"]
+        return info, before_after_rows(names, plan.new_names, res_before, res_after), columns
+
+    def cancel_button(self, request: gr.Request) -> gr.Button:
+        """Cancel is clickable only while this tab's update runs (or waits for the device)."""
+        job = self.session(request).job
+        return gr.Button(interactive=bool(job is not None and job.running))
+
     def loss_frame(self, job: UpdateJob) -> pd.DataFrame:
         series = loss_names(job.plan.cfg, aux=job.plan.base.model.has_aux)
         return pd.DataFrame(render.loss_rows(job.losses, series=series))
 
-    def live_gallery(self, job: UpdateJob, snapshots) -> gr.Gallery:
+    def live_gallery(self, s: Session, job: UpdateJob, snapshots) -> gr.Gallery:
         plan = job.plan
         tiles = []
         for snap in snapshots:
             index = job.live[snap.index]
             tiles += render.snapshot_tiles(snap.image, snap.cams, snap.pseudo_label, snap.prediction, plan.colours,
                                            plan.new_names, title=job.names[index])
-        return gr.Gallery(value=tiles, columns=2 * (3 + len(plan.new_names)))   # two images per row
+        return gr.Gallery(value=self.frames(s, "live").write(tiles), columns=2 * (3 + len(plan.new_names)))
 
     # ------------------------------------------------------------------------------------------- review
     def _review_job(self, s: Session) -> Optional[UpdateJob]:
@@ -172,7 +229,8 @@ class UpdateHandlers:
         info = (f"Page {page}/{pages} of the {total} training images of the update ({state}). Click any picture of an "
                 "image to reject or accept it; then re-run from the accepted images.")
         keep = [r for r in (rejected or []) if r in job.names]
-        return (gr.Gallery(value=tiles, columns=2 * (3 + len(plan.new_names))), info, page,
+        return (gr.Gallery(value=self.frames(s, "review").write(tiles), columns=2 * (3 + len(plan.new_names))),
+                info, page,
                 gr.Dropdown(choices=job.names, value=keep))
 
     def export_pseudo_labels(self, request: gr.Request):

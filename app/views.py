@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Optional, Sequence
 
 from wilss.checkpoint import Checkpoint
+from wilss.data import TaggedSet
 
 HISTORY_HEADERS = ["step", "kind", "classes", "images", "negatives", "date", "metrics"]
 
@@ -72,3 +74,19 @@ def before_after_rows(class_names: Sequence[str], new_names: Sequence[str], befo
         b = before["iou"].get(name) if before else None
         rows.append([label, fmt(b) if before else "", fmt(after["iou"].get(name))])
     return rows
+
+
+def data_summary(tagged: TaggedSet, source: str) -> str:
+    """One line on the image set: how many, from where, how many carry each tag, how many are negatives."""
+    parts = [f"{n} tagged '{t}'" for t, n in tagged.counts().items()]
+    if not parts:
+        parts = ["none tagged yet"]
+    parts.append(f"{tagged.num_negatives} negatives (tagged with none of the classes)")
+    return f"{len(tagged)} images from {source}: " + ", ".join(parts) + "."
+
+
+def thumbnails(tagged: TaggedSet, names: Sequence[str], *, limit: int = 120) -> list[tuple[str, str]]:
+    """Gallery items (image path, 'tags: name') for the first ``limit`` images; ``names`` as the page names them.
+    The tags come first: captions are cut to the thumbnail's width."""
+    return [(str(Path(path)), f"{', '.join(sorted(tags)) or 'negative'}: {name}")
+            for path, tags, name in list(zip(tagged.paths, tagged.tags, names))[:limit]]

@@ -105,6 +105,14 @@ def test_add_class_end_to_end(app_url):
     assert {"000.png", "CAM arrow", "pseudo-label", "mask"} <= captions
     assert plots >= 1 and "v001" in final[1], final
 
+    # the samples ship held-out images with masks: the page scores the update on them (before and after)
+    info, table = c.predict(api_name="/heldout_scores")
+    assert "60 held-out images" in info and "arrow IoU" in info
+    rows = {row[0]: row[1:] for row in table["value"]["data"]} if "value" in table else \
+        {row[0]: row[1:] for row in table["data"]}
+    assert {"mIoU old", "mIoU new", "mIoU all", "IoU arrow (new)"} <= set(rows)
+    assert float(rows["IoU arrow (new)"][0]) == 0.0 and 0.0 <= float(rows["IoU arrow (new)"][1]) <= 100.0
+
     path = c.predict(api_name="/checkpoint_file")
     ckpt = load_checkpoint(path)
     assert ckpt.class_names[-1] == "arrow" and ckpt.num_classes == 9

@@ -189,3 +189,14 @@ def test_before_after_rows():
     rows = views.before_after_rows(["background", "arrow"], ["arrow"], before, after)
     assert rows[0] == ["mIoU old", "55.0", "50.0"] and rows[2] == ["mIoU all", "60.0", "n/a"]
     assert rows[4] == ["IoU arrow (new)", "n/a", "20.0"]
+
+
+def test_data_summary_and_thumbnails(tmp_path):
+    tagged = TaggedSet((tmp_path / "a.png", tmp_path / "b.png"), (frozenset({"arrow"}), frozenset()))
+    assert views.data_summary(tagged, "samples") == ("2 images from samples: 1 tagged 'arrow', 1 negatives (tagged "
+                                                     "with none of the classes).")
+    untagged = TaggedSet((tmp_path / "a.png",) * 12, (frozenset(),) * 12)
+    text = views.data_summary(untagged, "your upload (12 file(s))")
+    assert ": ," not in text and text.startswith("12 images from your upload (12 file(s)): none tagged yet, 12 neg")
+    assert views.thumbnails(tagged, ["a.png", "b.png"]) == [(str(tmp_path / "a.png"), "arrow: a.png"),
+                                                           (str(tmp_path / "b.png"), "negative: b.png")]

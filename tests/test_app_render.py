@@ -1,6 +1,7 @@
 """The app's pure rendering helpers: heat maps, palette colouring, overlays, legends, progress, loss rows."""
 import numpy as np
 import pytest
+from PIL import Image
 
 from app import render
 
@@ -142,3 +143,17 @@ def test_loss_rows_add_the_total_and_thin_long_runs():
     long = render.loss_rows([(i, {"seg": 1.0 / i}) for i in range(1, 1001)], max_points=100)
     iterations = sorted(set(long["iteration"]))
     assert len(iterations) <= 100 and iterations[0] == 1 and iterations[-1] == 1000
+
+
+def test_frame_store_keeps_only_the_last_frames(tmp_path):
+    from app.frames import FrameStore
+
+    store = FrameStore(tmp_path / "live", keep=2)
+    tiles = [(np.full((4, 5, 3), 200, dtype=np.uint8), "image"), (np.zeros((4, 5, 3), dtype=np.uint8), "mask")]
+    frames = [store.write(tiles) for _ in range(5)]
+    assert [caption for _, caption in frames[-1]] == ["image", "mask"]
+    assert np.asarray(Image.open(frames[-1][0][0])).tolist() == tiles[0][0].tolist()
+    on_disk = sorted(p.parent.name for p in (tmp_path / "live").rglob("*.png"))
+    assert on_disk == ["000003", "000003", "000004", "000004"]     # 5 frames written, the last 2 kept
+    store.clear()
+    assert not list((tmp_path / "live").rglob("*.png"))

@@ -17,7 +17,7 @@ from wilss.cli_bench import quick
 from wilss.cli_common import extend_colours, update_config
 from wilss.cli_update import cam_overlay
 from wilss.config import UpdateConfig
-from wilss.conventions import voc_palette
+from wilss.conventions import distinct_colours, voc_palette
 
 NEW = "triangle"  # world id 3; the tiny checkpoint knows disc (1) and square (2)
 FAST = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "4", "--crop-size", "64",
@@ -315,7 +315,9 @@ def test_cam_overlay_and_colours():
     assert out[0, 0, 2] > out[0, 0, 0] and out[-1, -1, 0] > out[-1, -1, 2]  # jet: blue for 0, red for 1
     palette = voc_palette(256)
     used = np.stack([palette[0], palette[1], palette[3]])  # a custom colour that is VOC's colour 3
-    assert extend_colours(used, [None, (1, 2, 3)]).tolist() == [palette[4].tolist(), [1, 2, 3]]
+    new = extend_colours(used, [None, (1, 2, 3)])
+    assert new[1].tolist() == [1, 2, 3]
+    assert new[0].tolist() == distinct_colours(np.vstack([used, [1, 2, 3]]), 1)[0].tolist()
 
 
 def test_quick_divides_epochs_keeping_a_warmup():

@@ -16,10 +16,10 @@ from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
                               check_new_folder, non_negative_int, open_checkpoint, percent, positive_int,
                               write_report)
-from wilss.config import OptimConfig, to_dict
+from wilss.config import to_dict
 from wilss.datasets import LAYOUTS, read_labelled, write_voc_tree
 from wilss.experiment_setup import (DEFAULT_CAMVID, ENCODER_DEFAULT, IMAGENET, add_encoder_flag, benchmark_setup,
-                                    encoder_network, encoder_path, world_encoder)
+                                    encoder_network, encoder_path, quick, world_encoder)
 from wilss.experiments import Benchmark, LabelledSplit, Protocol, Row, format_per_class, format_table
 from wilss.protocol import Task
 from wilss.scoring import read_world
@@ -168,15 +168,6 @@ def _pretrain_pretext(args: argparse.Namespace, out: Path, start: float) -> int:
 
 
 # --------------------------------------------------------------------------------------------- benchmark
-def quick(cfg: OptimConfig) -> OptimConfig:
-    """A smoke-run variant: epochs / 10 (at least 2), warm-up / 10 (at least 1, less than the epochs)."""
-    epochs = max(2, cfg.epochs // 10)
-    changes = {"epochs": epochs}
-    if hasattr(cfg, "warmup_epochs"):
-        changes["warmup_epochs"] = min(max(1, cfg.warmup_epochs // 10), epochs - 1)
-    return replace(cfg, **changes)
-
-
 def goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:
     """The world's goals: WILSS new >= 80% of joint new, old >= 97% of base old, all > FT all."""
     by = {r.method: r for r in rows}
@@ -225,6 +216,12 @@ def save_base(bench: Benchmark, model, path: Path, args: argparse.Namespace, tit
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    if args.dataset == "demo":
+        from wilss.cli_demo import cmd_benchmark_demo
+
+        return cmd_benchmark_demo(args)
+    if args.samples is not None:
+        raise CliError("--samples is for the demo benchmark only")
     if (args.arch is not None or args.task is not None) and args.dataset != "camvid":
         raise CliError("--arch and --task are for the CamVid benchmark (the world's are its recipe's)")
     if args.base is not None and args.save_base is not None:
@@ -336,11 +333,15 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "plain fine-tuning (FT), train the joint pixel-supervised upper bound, and print mIoU old / "
                     "new / all of each on the test split. For the world, also checks the goals (exit status 1 "
                     "when one fails, except with --quick).")
-    p.add_argument("dataset", choices=("world", "camvid"), help="world: generated in memory; camvid: from --data")
+    p.add_argument("dataset", choices=("world", "camvid", "demo"),
+                   help="world: generated in memory; camvid: from --data; demo: the app's one-click update from "
+                        "samples/, timed, scored on the world's test split and samples/heldout.zip")
     p.add_argument("--quick", action="store_true", help="smoke run: every epoch count / 10 (min 2, warm-up min 1)")
     p.add_argument("--data", type=Path, default=DEFAULT_CAMVID, metavar="PATH",
                    help="CamVid folder (default: ../shared/datasets/camvid next to the repository)")
-    p.add_argument("--base", type=Path, metavar="CKPT", help="reuse this base instead of training one")
+    p.add_argument("--base", type=Path, metavar="CKPT", help="reuse this base instead of training one (demo: the "
+                                                             "base to add to; default: the shipped one)")
+    p.add_argument("--samples", type=Path, metavar="DIR", help="demo only: the tagged images (default: samples/)")
     p.add_argument("--save-base", type=Path, metavar="CKPT", help="write the base the run trains to this checkpoint")
     p.add_argument("--arch", choices=sorted(("tiny", *IMAGENET_NETS)),
                    help=f"CamVid only: the network (default: {recipes.CAMVID.arch} from ImageNet; tiny: the "

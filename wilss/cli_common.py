@@ -23,7 +23,7 @@ from wilss import recipes
 from wilss.bases import open_model
 from wilss.checkpoint import Checkpoint, CheckpointError
 from wilss.config import UPDATE_LIMITS, UpdateConfig
-from wilss.conventions import hex_to_rgb, voc_palette
+from wilss.conventions import distinct_colours, hex_to_rgb
 from wilss.data import MAX_PIXELS
 from wilss.engine import Progress
 from wilss.inference import DEFAULT_MAX_SIDE
@@ -285,16 +285,14 @@ def parse_class_spec(text: str) -> tuple[str, Optional[RGB]]:
 
 
 def extend_colours(colours: np.ndarray, requested: Sequence[Optional[RGB]]) -> np.ndarray:
-    """Colours for ``len(requested)`` new classes: the requested one, else the next VOC palette colour that no
-    class uses yet. Returns the new rows only (``N x 3`` uint8)."""
-    palette = [tuple(int(v) for v in c) for c in voc_palette(256)]
-    used = {tuple(int(v) for v in c) for c in colours} | {c for c in requested if c is not None}
-    free = (c for c in palette[len(colours):255] + palette[1:len(colours)] if c not in used)
+    """Colours for ``len(requested)`` new classes: the requested one, else one far (in CIELAB) from every colour in
+    use and from black (``distinct_colours``, the app's choice too). Returns the new rows only (``N x 3`` uint8)."""
+    used = [tuple(int(v) for v in c) for c in colours] + [c for c in requested if c is not None]
+    free = iter(distinct_colours(np.array(used, dtype=np.uint8), sum(c is None for c in requested)))
     rows = []
     for colour in requested:
         if colour is None:
-            colour = next(free, (255, 255, 0))
-            used.add(colour)
+            colour = tuple(int(v) for v in next(free))
         elif tuple(colour) in {tuple(int(v) for v in c) for c in colours}:
             log.warning("colour %s is already used by another class", colour)
         rows.append(colour)

@@ -45,6 +45,45 @@ def rgb_to_hex(rgb) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
+def rgb_to_lab(rgb) -> np.ndarray:
+    """sRGB colours ``... x 3`` (0-255) -> CIELAB (D65) ``... x 3`` floats: L in [0, 100], where Euclidean distance
+    (CIE76 delta E) follows what a person sees: about 2 is just noticeable, above 30 is clearly another colour."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = c @ np.array([[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192], [0.1805, 0.0722, 0.9505]])
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def _candidate_colours() -> np.ndarray:
+    """Vivid and mid-tone colours, 24 hues each: the pool new classes' colours are chosen from."""
+    hues = np.arange(24) / 24.0
+    rows = []
+    for sat, val in ((1.0, 1.0), (1.0, 0.75), (0.55, 1.0), (1.0, 0.5)):
+        k = (np.array([5.0, 3.0, 1.0])[None, :] + hues[:, None] * 6) % 6
+        rgb = val - val * sat * np.clip(np.minimum(k, 4 - k), 0, 1)
+        rows.append(np.round(rgb * 255))
+    return np.concatenate(rows).astype(np.uint8)
+
+
+def distinct_colours(used, count: int) -> np.ndarray:
+    """``count`` colours (``count x 3`` uint8) for new classes, each as far as possible in CIELAB from ``used``
+    (``K x 3``, the palette in use), from black and white (background and void in the pictures) and from each
+    other: greedy farthest-point over a pool of vivid colours. Deterministic."""
+    pool = _candidate_colours()
+    pool_lab = rgb_to_lab(pool)
+    taken = [np.asarray(c, dtype=np.float64).reshape(3) for c in np.asarray(used).reshape(-1, 3)]
+    taken_lab = rgb_to_lab(np.array(taken + [(0, 0, 0), (255, 255, 255)]))
+    out = []
+    for _ in range(count):
+        distance = np.linalg.norm(pool_lab[:, None] - taken_lab[None], axis=-1).min(axis=1)
+        best = int(np.argmax(distance))
+        out.append(pool[best])
+        taken_lab = np.vstack([taken_lab, pool_lab[best]])
+    return np.array(out, dtype=np.uint8).reshape(count, 3)
+
+
 def normalize(image: np.ndarray) -> torch.Tensor:
     """``HxWx3`` uint8 RGB -> ``3xHxW`` float32 normalised tensor."""
     if image.ndim != 3 or image.shape[2] != 3:

@@ -10,6 +10,7 @@ from models import DEFAULT_ENCODER
 from models.imagenet import IMAGENET_NETS, load_imagenet_encoder
 from wilss import recipes
 from wilss.cli_common import REPO_ROOT, CliError, open_checkpoint
+from wilss.config import OptimConfig
 from wilss.data import DataError
 from wilss.datasets import camvid_classes
 from wilss.experiments import Protocol, camvid_splits
@@ -92,3 +93,12 @@ def benchmark_setup(args: argparse.Namespace):
                         ignore_ids=(11,), resize=cam.resize, background_in_all=False)
     return (protocol, lambda: camvid_splits(root), cam.pretrain, cam.update,
             f"camvid {cam.task_spec} {cam.setting} ({cam.arch}, encoder: {encoder_path(args) or 'none'})")
+
+
+def quick(cfg: OptimConfig) -> OptimConfig:
+    """A smoke-run variant: epochs / 10 (at least 2), warm-up / 10 (at least 1, less than the epochs)."""
+    epochs = max(2, cfg.epochs // 10)
+    changes = {"epochs": epochs}
+    if hasattr(cfg, "warmup_epochs"):
+        changes["warmup_epochs"] = min(max(1, cfg.warmup_epochs // 10), epochs - 1)
+    return replace(cfg, **changes)

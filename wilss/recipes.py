@@ -106,10 +106,12 @@ def world_splits():
                  for s in ("train", "test"))
 
 
-def write_samples(folder, *, n_positive: int = 40, n_negative: int = 24, seed: int = WORLD_SEEDS["samples"]):
+def write_samples(folder, *, n_positive: int = 40, n_negative: int = 24, seed: int = WORLD_SEEDS["samples"],
+                  heldout: bool = True):
     """The demo's tagged images: scenes with the demo class among base classes, and negatives without it.
 
-    Writes ``folder/NNN.png`` and ``folder/tags.csv`` (``filename,tags``; empty tags = negative).
+    Writes ``folder/NNN.png`` and ``folder/tags.csv`` (``filename,tags``; empty tags = negative), and with
+    ``heldout`` the held-out images with masks ``folder/heldout.zip`` (``wilss.demo.write_heldout``).
     Refuses a non-empty folder.
     """
     import csv
@@ -141,6 +143,10 @@ def write_samples(folder, *, n_positive: int = 40, n_negative: int = 24, seed: i
         writer = csv.writer(f)
         writer.writerow(["filename", "tags"])
         writer.writerows(rows)
+    if heldout:   # images with masks the demo never trains on, to show its quality (wilss.demo)
+        from wilss.demo import HELDOUT_FILE, write_heldout
+
+        write_heldout(folder / HELDOUT_FILE)
     return folder
 
 

@@ -1,0 +1,175 @@
+"""The demo as the app runs it, and how good its result is.
+
+The app's one-click demo adds ``arrow`` to the shipped base from the tagged images of ``samples/`` with
+``recipes.DEMO_UPDATE``. ``run_demo`` makes the same engine calls as the app's update (``read_tagged_folder``,
+``check_new_classes``, ``settle_negatives``, ``tagged_training_set``, ``WeakUpdate`` with live snapshots of the
+watched images every two seconds), so ``python -m wilss benchmark demo`` times and scores what a user gets.
+
+Quality is measured on images the update never saw, with masks:
+- ``samples/heldout.zip`` (``images/NNN.png``, ``masks/NNN.png`` in the updated model's ids, ``classes.txt``), generated
+  by the world generator from its own seed; the app scores the demo's result on it, and the Evaluate tab takes the
+  zip as it is;
+- the generated world's test split (``recipes.WORLD_SEEDS['test']``), the benchmark's figure.
+"""
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from wilss import recipes, world
+from wilss.checkpoint import Checkpoint
+from wilss.config import UpdateConfig
+from wilss.data import DataError, TaggedSet, check_new_classes, read_tagged_folder, settle_negatives
+from wilss.engine import Progress
+from wilss.inference import evaluate
+from wilss.metrics import summarize
+from wilss.protocol import eval_label_map, parse_task
+from wilss.trainer import WeakUpdate
+from wilss.training_data import PixelDataset, fitted_image, tagged_training_set
+
+HELDOUT_FILE = "heldout.zip"
+HELDOUT_SEED = 4                  # the world's seeds: train 1, test 2, samples 3 (recipes.WORLD_SEEDS)
+HELDOUT_IMAGES = 60
+LIVE_IMAGES, LIVE_EVERY_S = 4, 2.0   # the app's live gallery (app.session.AppConfig)
+
+
+# ------------------------------------------------------------------------------------------------ held out
+def demo_class_names() -> list[str]:
+    """The demo's updated model's classes, in id order: background, the base's seven, then the demo class."""
+    base = [world.WORLD_CLASSES[c] for c in recipes.world_task().seen_classes(0)]
+    return ["background", *base, recipes.DEMO_CLASS]
+
+
+def write_heldout(path: Path, *, n: int = HELDOUT_IMAGES, seed: int = HELDOUT_SEED) -> Path:
+    """Write ``n`` generated scenes of the base classes and the demo class (in every other one) with their masks as
+    a zip: ``images/NNN.png``, ``masks/NNN.png`` (ids of ``demo_class_names()``), ``classes.txt``. Refuses an
+    existing file."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; the held-out set is only written to a new file")
+    names = demo_class_names()
+    ids = [world.WORLD_CLASSES.index(n) for n in names[1:]]
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[ids] = np.arange(1, len(names), dtype=np.uint8)
+    lut[255] = 255
+    demo_id = world.WORLD_CLASSES.index(recipes.DEMO_CLASS)
+    rng = np.random.default_rng(seed)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:   # PNGs are compressed already
+        zf.writestr("classes.txt", "\n".join(names) + "\n")
+        for i in range(n):
+            image, mask = world.sample_scene(rng, size=recipes.WORLD_SIZE, allowed=ids,
+                                             required=[demo_id] if i % 2 == 0 else [])
+            for folder, array in (("images", image), ("masks", lut[mask])):
+                buffer = io.BytesIO()
+                Image.fromarray(array).save(buffer, format="PNG")
+                zf.writestr(f"{folder}/{i:03d}.png", buffer.getvalue())
+    return path
+
+
+def read_heldout(path: Path) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]]]:
+    """(class names in id order, [(``HxWx3`` uint8 image, ``HxW`` uint8 mask)]) of a held-out zip. Raises
+    ``DataError`` for a file that is not one."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n.strip() for n in zf.read("classes.txt").decode("utf-8").splitlines() if n.strip()]
+            stems = sorted(Path(n).stem for n in zf.namelist() if n.startswith("images/") and n.endswith(".png"))
+            pairs = []
+            for stem in stems:
+                with Image.open(io.BytesIO(zf.read(f"images/{stem}.png"))) as im:
+                    image = np.array(im.convert("RGB"))
+                with Image.open(io.BytesIO(zf.read(f"masks/{stem}.png"))) as im:
+                    mask = np.array(im)
+                pairs.append((image, mask))
+    except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+        raise DataError(f"'{path}' is not a held-out set (a zip with classes.txt, images/ and masks/): {err}") \
+            from None
+    if not pairs:
+        raise DataError(f"'{path}' holds no images/NNN.png")
+    return names, pairs
+
+
+def scores(model, pairs: Sequence[tuple], class_names: Sequence[str], new_names: Sequence[str], *,
+           label_map: Optional[np.ndarray] = None, device=None) -> dict:
+    """{'summary': {'old', 'new', 'all'} mIoU in %, 'iou': {name: IoU in %}} of ``model`` over (image, mask) pairs
+    whose masks hold the ids of ``class_names`` (after ``label_map``). ``model`` may know only a prefix of
+    ``class_names`` (the version before the update): its missing classes count as never predicted."""
+    matrix = evaluate(model, PixelDataset(list(pairs), label_map=label_map), num_classes=len(class_names),
+                      device=device)
+    iou = matrix.iou()
+    new_ids = [class_names.index(n) for n in new_names]
+    old_ids = [i for i in range(1, len(class_names)) if i not in new_ids]
+    return {"summary": summarize(iou, old_ids, new_ids),
+            "iou": {name: 100.0 * float(v) for name, v in zip(class_names, iou.tolist())}}
+
+
+def world_test_scores(model, *, device=None) -> dict:
+    """``scores`` on the generated world's test split (200 scenes; crescent, which the demo does not add, counts as
+    background: the MiB convention for classes a model has not been taught)."""
+    demo_id = world.WORLD_CLASSES.index(recipes.DEMO_CLASS)
+    base = recipes.world_task().seen_classes(0)
+    task = parse_task(",".join(map(str, base)) + f"|{demo_id}", len(world.WORLD_CLASSES))
+    test = world.generate(recipes.WORLD_COUNTS["test"], seed=recipes.WORLD_SEEDS["test"], size=recipes.WORLD_SIZE)
+    return scores(model, test, demo_class_names(), [recipes.DEMO_CLASS], label_map=eval_label_map(task, 1),
+                  device=device)
+
+
+# -------------------------------------------------------------------------------------------------- update
+def watch_indices(tagged: TaggedSet, new_names: Sequence[str], count: int) -> list[int]:
+    """A few images to follow live: positives of each new class in turn, then one negative."""
+    per_class = [[i for i, t in enumerate(tagged.tags) if name in t] for name in new_names]
+    negatives = [i for i, t in enumerate(tagged.tags) if not (t & set(new_names))]
+    chosen: list[int] = []
+    room = max(count - (1 if negatives else 0), 1)
+    for rank in range(len(tagged)):
+        for items in per_class:
+            if rank < len(items) and items[rank] not in chosen and len(chosen) < room:
+                chosen.append(items[rank])
+        if len(chosen) >= room or all(rank >= len(items) for items in per_class):
+            break
+    if negatives and len(chosen) < count:
+        chosen.append(negatives[0])
+    return chosen[:count]
+
+
+@dataclass
+class DemoRun:
+    model: object                 # the updated Segmenter
+    class_names: list[str]
+    seconds: float                # wall time of the update, as the app counts it (set-up, training, snapshots)
+    iterations: int
+    cfg: UpdateConfig
+
+
+def run_demo(base: Checkpoint, samples: Path, *, cfg: UpdateConfig = recipes.DEMO_UPDATE, device=None,
+             on_progress: Optional[Callable[[Progress], None]] = None) -> DemoRun:
+    """The app's default update: ``recipes.DEMO_CLASS`` added to ``base`` from the tagged images of ``samples``,
+    with the app's live snapshots (``LIVE_IMAGES`` watched images, refreshed every ``LIVE_EVERY_S``)."""
+    names = [recipes.DEMO_CLASS]
+    tagged = read_tagged_folder(samples)
+    check_new_classes(tagged, names, base.class_names[1:])
+    cfg, _ = settle_negatives(tagged, names, cfg)
+    columns = list(base.class_names[1:]) + names
+    start = time.perf_counter()
+    dataset = tagged_training_set(tagged, columns, cfg)
+    live = watch_indices(tagged, names, LIVE_IMAGES)
+    update = WeakUpdate(base.model, dataset, num_new=len(names), cfg=cfg, device=device,
+                        snapshot_items=[(fitted_image(tagged.paths[i], cfg.crop_size), dataset.targets[i])
+                                        for i in live])
+    update.snapshots()
+    shown, last = time.monotonic(), None
+    for last in update.run():
+        if last.iteration == last.total_iterations or time.monotonic() - shown >= LIVE_EVERY_S:
+            update.snapshots()
+            shown = time.monotonic()
+        if on_progress is not None:
+            on_progress(last)
+    seconds = time.perf_counter() - start
+    return DemoRun(update.model.eval(), list(base.class_names) + names, seconds,
+                   last.iteration if last else 0, cfg)
