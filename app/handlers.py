@@ -25,7 +25,8 @@ from app.update import free_colours
 from app.views import (HISTORY_HEADERS, added_in, architecture_markdown, before_after_rows, data_summary,
                        history_rows, thumbnails)
 from wilss.checkpoint import CheckpointError, load_checkpoint
-from wilss.data import DataError, image_size, list_images, load_image, read_tagged_folder
+from wilss.data import DataError, image_size, list_images, load_image
+from wilss.tags import read_tagged_folder
 from wilss.demo import HELDOUT_FILE
 from wilss.engine import resolve_device
 from wilss.files import atomic_write

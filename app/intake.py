@@ -1,6 +1,6 @@
 """Bringing tagged images into a session folder: uploaded images and zips are copied / extracted there, tags come
 from a CSV/JSON file, a zip with one folder per tag, or the page's table; reading and checking is
-``wilss.data.read_tagged_folder`` (the CLI's ``--images DIR [--tags FILE]``) on that folder.
+``wilss.tags.read_tagged_folder`` (the CLI's ``--images DIR [--tags FILE]``) on that folder.
 
 Every problem raises ``wilss.data.DataError`` with a message for the page; the caller stages into a fresh
 folder, so a failure leaves the session's data as it was.
@@ -14,8 +14,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence
 
-from wilss.data import (IMAGE_SUFFIXES, TAG_FILES, DataError, TaggedSet, check_tag_row, inside_folder, listing,
-                        read_tagged_folder, validate_images)
+from wilss.data import IMAGE_SUFFIXES, DataError, listing, validate_images
+from wilss.tags import TAG_FILES, TaggedSet, check_tag_row, inside_folder, read_tagged_folder
 
 TAG_SUFFIXES = (".csv", ".json")
 MAX_ZIP_MEMBERS = 50_000

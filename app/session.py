@@ -29,7 +29,7 @@ from app.session_files import (PREFIX, clear_running, disposable, folder_name, m
                                write_manifest)
 from wilss.bases import pretrained_base
 from wilss.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from wilss.data import TaggedSet
+from wilss.tags import TaggedSet
 from wilss.inference import DEFAULT_MAX_SIDE
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ import numpy as np
 from wilss.checkpoint import Checkpoint, history_entry
 from wilss.config import UpdateConfig, to_dict
 from wilss.conventions import distinct_colours, hex_to_rgb, rgb_to_hex
-from wilss.data import DataError, TaggedSet, check_new_classes, settle_negatives
+from wilss.data import DataError
+from wilss.tags import TaggedSet, check_new_classes, settle_negatives
 from wilss.demo import watch_indices  # noqa: F401  (the app's and the demo benchmark's choice)
 from wilss.training_data import fitted_image, tagged_training_set
 from wilss.engine import Progress, Snapshot, resolve_device
@@ -131,8 +132,8 @@ class UpdatePlan:
 def plan_update(base_name: str, base: Checkpoint, tagged: Optional[TaggedSet], specs: Sequence[tuple[str, str]],
                 cfg: UpdateConfig, *, source: str, rejected: Sequence[str] = ()) -> UpdatePlan:
     """Check a request: (name, '#rrggbb') per new class. Raises ``DataError`` (empty or existing name, bad colour,
-    no images, unknown tags, no positives: ``wilss.data.check_new_classes``); without negatives the plan uses
-    automatic old-class tags and says so in ``note`` (``wilss.data.settle_negatives``)."""
+    no images, unknown tags, no positives: ``wilss.tags.check_new_classes``); without negatives the plan uses
+    automatic old-class tags and says so in ``note`` (``wilss.tags.settle_negatives``)."""
     if not specs:
         raise DataError("A new class name is empty. Give every new class a name.")
     names, colours = [], []

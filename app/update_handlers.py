@@ -22,7 +22,8 @@ from app.session import Session
 from app.update import ADVANCED, UpdateJob, loss_names, make_config, plan_update, watch_indices
 from wilss.conventions import rgb_to_hex
 from wilss.checkpoint import load_checkpoint
-from wilss.data import DataError, TaggedSet
+from wilss.data import DataError
+from wilss.tags import TaggedSet
 from wilss.demo import HELDOUT_FILE, read_heldout
 from wilss.pseudo_labels import export_pseudo_labels
 

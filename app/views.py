@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from wilss.checkpoint import Checkpoint
-from wilss.data import TaggedSet
+from wilss.tags import TaggedSet
 
 HISTORY_HEADERS = ["step", "kind", "classes", "images", "negatives", "date", "metrics"]
 

@@ -12,7 +12,8 @@ from app.session import AppConfig, DeviceQueue, Session
 from app.testing import WORLD_BASE, tiny_checkpoint
 from app.update import loss_names, make_config, plan_update, watch_indices
 from wilss.checkpoint import CheckpointError, load_checkpoint
-from wilss.data import DataError, TaggedSet
+from wilss.data import DataError
+from wilss.tags import TaggedSet
 from wilss.recipes import DEMO_UPDATE
 
 

@@ -9,8 +9,8 @@ from PIL import Image
 
 from wilss.config import UpdateConfig
 from wilss.conventions import IGNORE_INDEX, voc_palette
-from wilss.data import (DataError, TaggedSet, check_new_classes, load_image, load_mask, read_camvid, read_mask_folder,
-                        read_tagged_folder, settle_negatives, validate_images)
+from wilss.data import DataError, load_image, load_mask, read_camvid, read_mask_folder, validate_images
+from wilss.tags import TaggedSet, check_new_classes, read_tagged_folder, settle_negatives
 from wilss.training_data import PixelDataset, TagDataset
 from wilss.transforms import RandomCrop
 

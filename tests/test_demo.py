@@ -4,7 +4,7 @@ import numpy as np
 
 from app.testing import tiny_checkpoint
 from wilss.cli import main
-from wilss.data import read_tagged_folder
+from wilss.tags import read_tagged_folder
 from wilss.demo import HELDOUT_FILE, demo_class_names, read_heldout, write_heldout
 from wilss.recipes import write_samples
 

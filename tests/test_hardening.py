@@ -11,7 +11,8 @@ from PIL import Image
 from app import intake
 from app.testing import tiny_checkpoint
 from wilss.cli import main
-from wilss.data import DataError, read_tagged_folder
+from wilss.data import DataError
+from wilss.tags import read_tagged_folder
 
 
 def png(path, size=(8, 8), value=0):
@@ -382,7 +383,7 @@ def test_the_cli_predicts_large_images_at_max_side_and_writes_masks_at_their_siz
 
 def test_training_keeps_images_fitted_to_the_crop_not_whole(tmp_path):
     from wilss.config import UpdateConfig
-    from wilss.data import TaggedSet
+    from wilss.tags import TaggedSet
     from wilss.training_data import fitted_image, tagged_training_set
 
     path = png(tmp_path / "big.png", size=(300, 200), value=70)

@@ -74,7 +74,7 @@ def cpu_default_setup(*, batch_size: int | None = None, crop_size: int | None = 
     from models import DEFAULT_CHECKPOINT
     from wilss import recipes
     from wilss.checkpoint import load_checkpoint
-    from wilss.data import read_tagged_folder
+    from wilss.tags import read_tagged_folder
     from wilss.training_data import tagged_training_set
 
     cfg = _resized(recipes.DEMO_UPDATE, batch_size, crop_size)

@@ -294,13 +294,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_generate)
 
     p = commands.add_parser(
-        "pretrain", help="train the shipped default base model by the world recipe (step 0, pixel labels), or "
-                         "the pretext network its encoder starts from",
+        "pretrain", help="train a base model (step 0, pixel labels): the shipped default by the world recipe, "
+                         "the pretext network its encoder starts from, or one on your own data (--data)",
         description="Train the base model of the world recipe (classes disc..hexagon, pixel labels) on the "
                     "recipe's in-memory world, its encoder started from the pretext network (--encoder), print its "
                     "test figures and save it. 'pretrain --out models/default_base.pt' reproduces the shipped "
                     "default. With --pretext, train that pretext network instead (per-pixel texture families of "
-                    "generic shapes, our stand-in for ImageNet pretraining).")
+                    "generic shapes, our stand-in for ImageNet pretraining). With --data, train a base for real "
+                    "photos on your own pixel labels, from ImageNet (docs/bases.md).")
     p.add_argument("--out", required=True, type=Path, metavar="CKPT", help="checkpoint file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--epochs", type=positive_int, metavar="N",

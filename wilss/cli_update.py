@@ -29,7 +29,8 @@ from wilss.cli_resume import (add_run_flags, history_extras, main_process_output
                                snapshot_dir_reusable)
 from wilss.config import UpdateConfig, to_dict
 from wilss.conventions import colorize, voc_palette
-from wilss.data import TaggedSet, check_new_classes, read_tagged_folder, settle_negatives, validate_images
+from wilss.data import validate_images
+from wilss.tags import TaggedSet, check_new_classes, read_tagged_folder, settle_negatives
 from wilss.training_data import fitted_image, tagged_training_set
 from wilss.distributed import World, cleanup, setup_from_env
 from wilss.engine import Snapshot, batches_per_epoch

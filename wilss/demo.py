@@ -26,7 +26,8 @@ from PIL import Image
 from wilss import recipes, world
 from wilss.checkpoint import Checkpoint
 from wilss.config import UpdateConfig
-from wilss.data import DataError, TaggedSet, check_new_classes, read_tagged_folder, settle_negatives
+from wilss.data import DataError
+from wilss.tags import TaggedSet, check_new_classes, read_tagged_folder, settle_negatives
 from wilss.engine import Progress
 from wilss.inference import evaluate
 from wilss.metrics import summarize

@@ -173,7 +173,7 @@ class Benchmark:
     def method_config(self, method: str, step: int = 1) -> UpdateConfig:
         """The weak step's settings of ``method``: 'wilss' as configured, with automatic old-class tags where a
         class of ``step`` is in every one of its images (single-class steps: no negatives, see
-        ``wilss.data.settle_negatives``); 'ft' (fine-tuning on the localizer's pseudo-labels) without the old
+        ``wilss.tags.settle_negatives``); 'ft' (fine-tuning on the localizer's pseudo-labels) without the old
         model's prior (l_LOC) and targets (Eq. 7), and so without old-class tags from it."""
         if method == "ft":
             return replace(self.update_cfg, old_model_prior=False, old_model_targets=False)

@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from wilss.conventions import normalize
-from wilss.data import CACHE_LIMIT, DataError, PathLike, TaggedSet, load_image, load_mask
+from wilss.data import CACHE_LIMIT, DataError, PathLike, load_image, load_mask
+from wilss.tags import TaggedSet
 from wilss.transforms import fit_longer_side, train_transform
 
 ImageLike = Union[np.ndarray, PathLike]   # an HxWx3 / HxW uint8 array, or a file to decode
