@@ -292,7 +292,7 @@ def main(argv=None) -> int:
     p.add_argument("--updates", type=int, default=4)
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (printed)")
     args = p.parse_args(argv)
-    from wilss.recipes import write_samples
+    from wilss.demo import write_samples
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # a timeout's SIGTERM still stops the app (finally)
 

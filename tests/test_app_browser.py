@@ -22,7 +22,7 @@ if not CHROMIUM.exists():
 
 from app.testing import launched, tiny_checkpoint  # noqa: E402
 from wilss.checkpoint import load_checkpoint  # noqa: E402
-from wilss.recipes import write_samples  # noqa: E402
+from wilss.demo import write_samples  # noqa: E402
 
 
 @pytest.fixture(scope="module")

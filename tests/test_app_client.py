@@ -24,7 +24,8 @@ from app.update import ADVANCED  # noqa: E402
 from wilss.checkpoint import load_checkpoint  # noqa: E402
 from wilss.data import load_image  # noqa: E402
 from wilss.inference import Predictor  # noqa: E402
-from wilss.recipes import DEMO_UPDATE, write_samples  # noqa: E402
+from wilss.demo import write_samples
+from wilss.recipes import DEMO_UPDATE  # noqa: E402
 
 SHORT = dict(epochs=2, warmup_epochs=1, batch_size=8, localizer_channels=16)
 

@@ -189,7 +189,7 @@ def test_add_class_writes_a_grown_checkpoint_with_history(trained):
     assert code == 0
     ckpt = load_checkpoint(out)
     assert ckpt.class_names == ["background", "disc", "square", NEW] and ckpt.model.num_classes == 4
-    assert np.array_equal(ckpt.colours[3], voc_palette(256)[3])  # the next free VOC colour
+    assert np.array_equal(ckpt.colours[3], distinct_colours(ckpt.colours[:3], 1)[0])  # far from those in use
     entry = ckpt.history[-1]
     assert entry["kind"] == "add-class" and entry["classes"] == [NEW] and entry["step"] == 0
     assert entry["num_images"] == 8 and entry["negatives"] == 4 and entry["settings"]["epochs"] == 2
@@ -333,14 +333,16 @@ def test_single_class_without_negatives_uses_automatic_old_tags_and_exports_pseu
                              "--export-pseudo", pseudo, *FAST], capsys)
     assert code == 0, err
     assert "note: Every image is tagged 'triangle'" in stdout and "automatic relaxed setting" in stdout
-    entry = load_checkpoint(out).history[-1]
+    grown = load_checkpoint(out)
+    entry = grown.history[-1]
     assert entry["settings"]["auto_old_tags"] is True and entry["negatives"] == 0
     masks = sorted((pseudo / "SegmentationClass").iterdir())
     assert [m.stem for m in masks] == [f"{i:02d}" for i in range(8)]
     assert (pseudo / "ImageSets" / "Segmentation" / "default.txt").read_text().split() == [m.stem for m in masks]
     labelmap = (pseudo / "labelmap.txt").read_text().splitlines()
-    assert labelmap[1:] == [f"{n}:{','.join(map(str, voc_palette(256)[i]))}::"
+    assert labelmap[1:] == [f"{n}:{','.join(map(str, grown.colours[i]))}::"
                             for i, n in enumerate(["background", "disc", "square", NEW])]
+    assert grown.colours[:3].tolist() == voc_palette(256)[:3].tolist()   # the base's colours are kept
     image = Image.open(masks[0])
     assert image.mode == "P" and image.size == (64, 64)
     assert set(np.unique(np.array(image))) <= {0, 1, 2, 3}

@@ -6,7 +6,7 @@ from app.testing import tiny_checkpoint
 from wilss.cli import main
 from wilss.tags import read_tagged_folder
 from wilss.demo import HELDOUT_FILE, demo_class_names, read_heldout, write_heldout
-from wilss.recipes import write_samples
+from wilss.demo import write_samples
 
 
 def test_heldout_zip_beside_the_tags_leaves_the_tagged_folder_as_it_was(tmp_path, caplog):

@@ -513,7 +513,7 @@ def test_the_served_app_hides_the_session_key_and_answers_parallel_identical_pre
     from gradio_client import Client, handle_file
 
     from app.testing import launched
-    from wilss.recipes import write_samples
+    from wilss.demo import write_samples
 
     samples = write_samples(tmp_path / "samples")
     work = tmp_path / "work"

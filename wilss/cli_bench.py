@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from models.imagenet import IMAGENET_NETS
-from wilss import recipes
+from wilss import demo, recipes
 from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
                               check_new_folder, non_negative_int, open_checkpoint, percent, positive_int,
@@ -37,7 +37,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise CliError(f"{', '.join(world_flags)}: only for a world (--out), not for --samples")
         check_new_folder(args.samples, flag="--samples")
         seed = {} if args.seed is None else {"seed": args.seed}
-        folder = recipes.write_samples(args.samples, **seed)
+        folder = demo.write_samples(args.samples, **seed)
         print(f"wrote {len(list(folder.glob('*.png')))} demo images and {folder / 'tags.csv'}")
         return 0
     if args.voc_layout is not None:

@@ -174,3 +174,44 @@ def run_demo(base: Checkpoint, samples: Path, *, cfg: UpdateConfig = recipes.DEM
     seconds = time.perf_counter() - start
     return DemoRun(update.model.eval(), list(base.class_names) + names, seconds,
                    last.iteration if last else 0, cfg)
+
+
+def write_samples(folder, *, n_positive: int = 40, n_negative: int = 24, seed: int = recipes.WORLD_SEEDS["samples"],
+                  heldout: bool = True):
+    """The demo's tagged images: scenes with the demo class among base classes, and negatives without it.
+
+    Writes ``folder/NNN.png`` and ``folder/tags.csv`` (``filename,tags``; empty tags = negative), and with
+    ``heldout`` the held-out images with masks ``folder/heldout.zip`` (``write_heldout``).
+    Refuses a non-empty folder.
+    """
+    import csv
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} is not empty; samples are only written into an empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    task = recipes.world_task()
+    base = list(task.seen_classes(0))
+    demo_id = world.WORLD_CLASSES.index(recipes.DEMO_CLASS)
+    rows = []
+    for i in range(n_positive + n_negative):
+        positive = i < n_positive
+        # Object-centric, like a user's photos of the new class: one to three objects per image.
+        image, _ = world.sample_scene(rng, size=recipes.WORLD_SIZE, min_objects=1, max_objects=3, allowed=base,
+                                      required=[demo_id] if positive else [])
+        name = f"{i:03d}.png"
+        Image.fromarray(image).save(folder / name)
+        rows.append((name, recipes.DEMO_CLASS if positive else ""))
+    with open(folder / "tags.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["filename", "tags"])
+        writer.writerows(rows)
+    if heldout:   # images with masks the demo never trains on, to show its quality
+        write_heldout(folder / HELDOUT_FILE)
+    return folder

@@ -106,50 +106,6 @@ def world_splits():
                  for s in ("train", "test"))
 
 
-def write_samples(folder, *, n_positive: int = 40, n_negative: int = 24, seed: int = WORLD_SEEDS["samples"],
-                  heldout: bool = True):
-    """The demo's tagged images: scenes with the demo class among base classes, and negatives without it.
-
-    Writes ``folder/NNN.png`` and ``folder/tags.csv`` (``filename,tags``; empty tags = negative), and with
-    ``heldout`` the held-out images with masks ``folder/heldout.zip`` (``wilss.demo.write_heldout``).
-    Refuses a non-empty folder.
-    """
-    import csv
-    from pathlib import Path
-
-    import numpy as np
-    from PIL import Image
-
-    from wilss import world
-
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
-        raise FileExistsError(f"{folder} is not empty; samples are only written into an empty folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    task = world_task()
-    base = list(task.seen_classes(0))
-    demo_id = WORLD_CLASSES.index(DEMO_CLASS)
-    rows = []
-    for i in range(n_positive + n_negative):
-        positive = i < n_positive
-        # Object-centric, like a user's photos of the new class: one to three objects per image.
-        image, _ = world.sample_scene(rng, size=WORLD_SIZE, min_objects=1, max_objects=3, allowed=base,
-                                      required=[demo_id] if positive else [])
-        name = f"{i:03d}.png"
-        Image.fromarray(image).save(folder / name)
-        rows.append((name, DEMO_CLASS if positive else ""))
-    with open(folder / "tags.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["filename", "tags"])
-        writer.writerows(rows)
-    if heldout:   # images with masks the demo never trains on, to show its quality (wilss.demo)
-        from wilss.demo import HELDOUT_FILE, write_heldout
-
-        write_heldout(folder / HELDOUT_FILE)
-    return folder
-
-
 def train_pretext_encoder(*, epochs: int | None = None, device=None, on_progress=None):
     """Train the tiny network on the pretext (``wilss.pretext``: texture families of generic shapes), the source
     of every world network's initial encoder. Returns (checkpoint, mIoU % over the texture families and background
