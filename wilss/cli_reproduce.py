@@ -30,17 +30,10 @@ ROW_NAMES = {"joint": "Joint (pixel labels)", "ft": "FT", "wilss": "WILSS", "bas
 # ------------------------------------------------------------------------------------------------ data
 def read_dataset(args: argparse.Namespace) -> tuple[tuple[str, ...], LabelledSplit, LabelledSplit, str]:
     """Class names, train and test splits, and a description, from ``--data`` in the chosen layout."""
-    root = Path(args.data)
-    if args.dataset == "voc":
-        classes = datasets.read_class_names(root, default=datasets.VOC_CLASSES) if root.is_dir() else ()
-        train_split = args.train_split or datasets.default_train_split(root)
-        test_split = args.test_split or "val"
-        train, test = datasets.read_voc(root, train_split), datasets.read_voc(root, test_split)
-    else:
-        classes = datasets.read_class_names(root) if root.is_dir() else ()
-        train_split = args.train_split or "train"
-        test_split = args.test_split or ("test" if (root / "test" / "images").is_dir() else "val")
-        train, test = datasets.read_split_folder(root, train_split), datasets.read_split_folder(root, test_split)
+    source = datasets.read_labelled(args.data, args.dataset, train_split=args.train_split,
+                                    test_split=args.test_split)
+    classes, train, test = source.classes, source.train, source.test
+    train_split, test_split = source.train_split, source.test_split
     log.info("reading the classes present in %d + %d masks", len(train), len(test))
     splits = LabelledSplit.from_pairs(train), LabelledSplit.from_pairs(test)
     for name, split in zip((train_split, test_split), splits):

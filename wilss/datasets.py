@@ -192,6 +192,8 @@ class LabelledSource:
     ignore_ids: tuple[int, ...]
     background_ids: tuple[int, ...]
     description: str
+    train_split: str = "train"
+    test_split: str = "test"
 
 
 def detect_layout(root: PathLike) -> str:
@@ -227,16 +229,17 @@ def read_labelled(root: PathLike, layout: str | None = None, *, train_split: str
         train_split, test_split = train_split or "train", test_split or "test"
         classes, ignore, background = camvid_classes(root), (len(CAMVID_CLASSES),), ()
         train, test = read_camvid(root, train_split), read_camvid(root, test_split)
-    elif layout == "voc":
+    elif layout == "voc":   # the pairs first: a wrong folder is said as such, before its missing class names
         train_split, test_split = train_split or default_train_split(root), test_split or "val"
-        classes, ignore, background = read_class_names(root, default=VOC_CLASSES), (255,), (0,)
         train, test = read_voc(root, train_split), read_voc(root, test_split)
+        classes, ignore, background = read_class_names(root, default=VOC_CLASSES), (255,), (0,)
     elif layout == "folder":
         train_split = train_split or "train"
         test_split = test_split or ("test" if (root / "test" / "images").is_dir() else "val")
-        classes, ignore, background = read_class_names(root), (255,), (0,)
         train, test = read_split_folder(root, train_split), read_split_folder(root, test_split)
+        classes, ignore, background = read_class_names(root), (255,), (0,)
     else:
         raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     return LabelledSource(classes, train, test, ignore, background,
-                          f"{root.name} ({layout}): {train_split} {len(train)} images -> {test_split} {len(test)}")
+                          f"{root.name} ({layout}): {train_split} {len(train)} images -> {test_split} {len(test)}",
+                          train_split, test_split)
