@@ -13,9 +13,9 @@ import numpy as np
 from models.imagenet import IMAGENET_NETS
 from wilss import demo, recipes
 from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
-from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
-                              check_new_folder, non_negative_int, open_checkpoint, percent, positive_int,
-                              write_report)
+from wilss.cli_common import (REGION_FIELDS, CliError, ProgressBar, add_common_flags, add_device_flag,
+                              add_region_flags, check_new_file, check_new_folder, non_negative_int, open_checkpoint,
+                              percent, positive_int, update_config, write_report)
 from wilss.config import to_dict
 from wilss.datasets import LAYOUTS, read_labelled, write_voc_tree
 from wilss.experiment_setup import (DEFAULT_CAMVID, ENCODER_DEFAULT, IMAGENET, add_encoder_flag, benchmark_setup,
@@ -217,6 +217,8 @@ def save_base(bench: Benchmark, model, path: Path, args: argparse.Namespace, tit
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.dataset == "demo":
+        if any(getattr(args, f) is not None for f in REGION_FIELDS):
+            raise CliError("--region-prior, --region-segments and --region-scale are for world and camvid")
         from wilss.cli_demo import cmd_benchmark_demo
 
         return cmd_benchmark_demo(args)
@@ -227,6 +229,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.base is not None and args.save_base is not None:
         raise CliError("--save-base writes the base this run trains; with --base none is trained")
     protocol, splits, pretrain_cfg, update_cfg, title = benchmark_setup(args)
+    update_cfg = update_config(args, update_cfg)   # the region prior's flags, when given
+    if update_cfg.region_prior != "none":
+        title += f", region prior {update_cfg.region_prior}"
     init = world_encoder(args)  # the base (when trained) and joint start from it
     for path in (args.out, args.save_base):
         if path is not None:
@@ -353,6 +358,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", type=methods_arg, default=("wilss", "ft", "joint"), metavar="LIST",
                    help="which rows to run besides the base (default: wilss,ft,joint)")
     add_encoder_flag(p, "the base (when trained) and the joint model")
+    add_region_flags(p)
     p.add_argument("--out", type=Path, metavar="FILE", help="also write the tables as markdown")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_device_flag(p)

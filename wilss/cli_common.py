@@ -22,7 +22,7 @@ from models import DEFAULT_CHECKPOINT
 from wilss import recipes
 from wilss.bases import open_model
 from wilss.checkpoint import Checkpoint, CheckpointError
-from wilss.config import UPDATE_LIMITS, UpdateConfig
+from wilss.config import REGION_PRIORS, UPDATE_LIMITS, UpdateConfig
 from wilss.conventions import distinct_colours, hex_to_rgb
 from wilss.data import MAX_PIXELS
 from wilss.engine import Progress
@@ -84,6 +84,14 @@ def unit_float(text: str) -> float:
     if value > 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1]")
     return value
+
+
+def region_prior_arg(text: str) -> str:
+    """``--region-prior``: one of ``REGION_PRIORS``."""
+    word = text.strip().lower()
+    if word not in REGION_PRIORS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a region prior; use {', '.join(REGION_PRIORS)}")
+    return word
 
 
 def device_arg(text: str) -> str:
@@ -150,8 +158,14 @@ UPDATE_VALUE_FLAGS = (
      "PAMR iterations of that refinement"),
     ("--pamr-refine-fine-iterations", "pamr_refine_fine_iterations", non_negative_int, "N",
      "then N more PAMR iterations at the image's full resolution, and l_SEG there (coarse to fine; 0: off)"),
+    ("--region-prior", "region_prior", region_prior_arg, "{" + ",".join(REGION_PRIORS) + "}",
+     "average the pseudo-labels over each superpixel of the image (after the PAMR refinement, when on) and train "
+     "l_SEG at the image's resolution (beyond the paper; none: off)"),
+    ("--region-segments", "region_segments", positive_int, "N", "slic: about N superpixels per image"),
+    ("--region-scale", "region_scale", positive_float, "S", "felzenszwalb: the larger, the fewer and bigger regions"),
     ("--seed", "seed", int, "S", "random seed of initialisation, shuffling and augmentation"),
 )
+REGION_FIELDS = ("region_prior", "region_segments", "region_scale")
 # (flag, field, value stored): switches that flip a default.
 UPDATE_SWITCHES = (
     ("--relaxed", "relaxed", True,
@@ -194,6 +208,15 @@ def add_update_flags(parser: argparse.ArgumentParser,
     for flag, field, value, text in UPDATE_SWITCHES:
         group.add_argument(flag, dest=field, action="store_const", const=value, default=None, help=text)
     add_device_flag(group)
+
+
+def add_region_flags(parser: argparse.ArgumentParser) -> None:
+    """The region prior's flags alone (``benchmark``), defaulting to None (= keep the recipe's value)."""
+    group = parser.add_argument_group("region prior of the weak steps' pseudo-labels, WILSS and FT (docs/method.md)")
+    for flag, field, kind, metavar, text in UPDATE_VALUE_FLAGS:
+        if field in REGION_FIELDS:
+            group.add_argument(flag, dest=field, type=kind, metavar=metavar, default=None,
+                               help=f"{text} (default: the recipe's, {getattr(UpdateConfig(), field)})")
 
 
 def update_config(args: argparse.Namespace, base: UpdateConfig) -> UpdateConfig:

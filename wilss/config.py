@@ -41,7 +41,8 @@ class PretrainConfig(OptimConfig):
 # Upper bounds of an update's settings, so that one request (the app's, or a typo in a flag) cannot hold the machine
 # for days or exhaust its memory: several times the paper's and the recipes' values (wilss.recipes).
 UPDATE_LIMITS = {"epochs": 200, "batch_size": 128, "crop_size": 1024, "localizer_channels": 1024,
-                 "pamr_refine_iterations": 100, "pamr_refine_fine_iterations": 100}
+                 "pamr_refine_iterations": 100, "pamr_refine_fine_iterations": 100, "region_segments": 4096}
+REGION_PRIORS = ("none", "slic", "felzenszwalb")   # UpdateConfig.region_prior (wilss.regions)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,12 @@ class UpdateConfig(OptimConfig):
     # Coarse to fine: after those, this many more iterations at the input's full resolution, and l_SEG there
     # (0 = off). Traces thin parts that 1/pamr_refine_stride blurs; needs pamr_refine_stride > 0.
     pamr_refine_fine_iterations: int = 0
+    # Beyond the paper: an offline region prior (wilss.regions). The target (PAMR-refined first, when that is on) is
+    # averaged over each superpixel of the image, so that each region takes one class distribution; l_SEG is then
+    # computed at the input's resolution. 'none': off; 'slic' or 'felzenszwalb': scikit-image's superpixels.
+    region_prior: str = "none"
+    region_segments: int = 100         # SLIC: about this many regions per image
+    region_scale: float = 100.0        # Felzenszwalb: the larger, the fewer and bigger the regions
 
     def __post_init__(self) -> None:
         for name, most in UPDATE_LIMITS.items():
@@ -101,6 +108,11 @@ class UpdateConfig(OptimConfig):
                              f"got {self.pamr_refine_fine_iterations}")
         if self.pamr_refine_fine_iterations and not self.pamr_refine_stride:
             raise ValueError("pamr_refine_fine_iterations needs the refinement on (pamr_refine_stride > 0)")
+        if self.region_prior not in REGION_PRIORS:
+            raise ValueError(f"region_prior must be one of {', '.join(REGION_PRIORS)}, got {self.region_prior!r}")
+        if self.region_segments < 2 or self.region_scale <= 0:
+            raise ValueError("region_segments must be at least 2 and region_scale positive, got "
+                             f"{self.region_segments} and {self.region_scale}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if not 0.0 < self.auto_tag_threshold < 1.0 or not 0.0 <= self.auto_tag_min_fraction <= 1.0:

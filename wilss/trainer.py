@@ -27,6 +27,7 @@ from wilss.engine import (Progress, Snapshot, make_loader, make_sgd, poly_schedu
                           seed_everything)
 from wilss.localizer import Localizer
 from wilss.pamr import balanced_ce, pamr, pamr_pseudo_label, refine_target
+from wilss.regions import region_prior_target
 from wilss.resume import Resumer
 from wilss.runtime import Precision, RuntimeConfig, maybe_compile, optimised
 
@@ -190,13 +191,17 @@ class WeakUpdate:
 
     def _refined(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The Eq. 5-7 target refined by PAMR on the (normalised) ``images`` at ``cfg.pamr_refine_stride`` (beyond
-        the paper: a sharper target at a higher resolution); unchanged when that is 0 (off)."""
+        the paper: a sharper target at a higher resolution), then averaged over the images' superpixels with
+        ``cfg.region_prior`` (beyond the paper, at the images' resolution); unchanged when both are off."""
         cfg = self.cfg
-        if not cfg.pamr_refine_stride:
-            return target
-        return refine_target(denormalize(images), target, stride=cfg.pamr_refine_stride, alpha=cfg.alpha,
-                             iterations=cfg.pamr_refine_iterations,
-                             fine_iterations=cfg.pamr_refine_fine_iterations)
+        if cfg.pamr_refine_stride:
+            target = refine_target(denormalize(images), target, stride=cfg.pamr_refine_stride, alpha=cfg.alpha,
+                                   iterations=cfg.pamr_refine_iterations,
+                                   fine_iterations=cfg.pamr_refine_fine_iterations)
+        if cfg.region_prior != "none":
+            target = region_prior_target(denormalize(images), target, method=cfg.region_prior,
+                                         segments=cfg.region_segments, scale=cfg.region_scale)
+        return target
 
     def _self_training_loss(self, images: torch.Tensor, z: torch.Tensor, old_logits: torch.Tensor,
                             targets: torch.Tensor) -> torch.Tensor:
