@@ -9,8 +9,14 @@ from wilss.conventions import normalize
 from wilss.engine import last
 from wilss.regions import region_average, region_prior_target, superpixels
 from wilss.trainer import WeakUpdate
+from wilss.world import generate
 
-from test_trainer import scenes, small_model, tag_dataset  # noqa: F401  (scenes: a fixture)
+from test_trainer import small_model, tag_dataset
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return generate(8, seed=0, size=32)
 
 
 def test_region_average_by_hand():
@@ -86,7 +92,7 @@ def test_update_config_refuses_bad_region_settings(field, value, message):
         UpdateConfig(**{field: value})
 
 
-def test_the_weak_step_refines_its_target_by_the_region_prior(scenes):  # noqa: F811
+def test_the_weak_step_refines_its_target_by_the_region_prior(scenes):
     cfg = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8,
                        region_prior="slic", region_segments=4)
     items = [(scenes[0][0], np.array([0, 0, 1], np.float32))]

@@ -16,6 +16,7 @@ from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
 from wilss.cli_common import (REGION_FIELDS, CliError, ProgressBar, add_common_flags, add_device_flag,
                               add_region_flags, check_new_file, check_new_folder, non_negative_int, open_checkpoint,
                               percent, positive_int, update_config, write_report)
+from wilss.cli_tags import pretrain_tags, tags_base, tags_summary
 from wilss.config import to_dict
 from wilss.datasets import LAYOUTS, read_labelled, write_voc_tree
 from wilss.experiment_setup import (DEFAULT_CAMVID, ENCODER_DEFAULT, IMAGENET, add_encoder_flag, benchmark_setup,
@@ -81,6 +82,8 @@ def _generate_voc_tree(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     out = check_new_file(args.out, overwrite=args.overwrite)
     start = time.perf_counter()
+    if args.tags is not None:
+        return pretrain_tags(args, out, start)
     if args.pretext:
         return _pretrain_pretext(args, out, start)
     if args.data is not None:
@@ -195,11 +198,14 @@ def camvid_goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:
 
 
 def methods_arg(text: str) -> tuple[str, ...]:
-    """``--methods``: a comma-separated subset of wilss, ft, joint."""
+    """``--methods``: a comma-separated subset of wilss, ft, joint; 'none': the base(s) alone."""
     methods = tuple(m.strip().lower() for m in text.split(",") if m.strip())
+    if methods == ("none",):
+        return ()
     unknown = sorted(set(methods) - {"wilss", "ft", "joint"})
     if unknown or not methods:
-        raise argparse.ArgumentTypeError(f"--methods takes a comma-separated subset of wilss,ft,joint; got {text!r}")
+        raise argparse.ArgumentTypeError("--methods takes a comma-separated subset of wilss,ft,joint, or none; "
+                                         f"got {text!r}")
     return methods
 
 
@@ -217,8 +223,8 @@ def save_base(bench: Benchmark, model, path: Path, args: argparse.Namespace, tit
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.dataset == "demo":
-        if any(getattr(args, f) is not None for f in REGION_FIELDS):
-            raise CliError("--region-prior, --region-segments and --region-scale are for world and camvid")
+        if args.tags_base or any(getattr(args, f) is not None for f in REGION_FIELDS):
+            raise CliError("--tags-base, --region-prior, --region-segments and --region-scale are for world and camvid")
         from wilss.cli_demo import cmd_benchmark_demo
 
         return cmd_benchmark_demo(args)
@@ -256,8 +262,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             bench.score("base", base, time.perf_counter() - start)
         if args.save_base is not None:   # before the weak steps: a long run's base survives their failure
             save_base(bench, base, args.save_base, args, title)
+        if args.tags_base:   # the weak steps then grow the base from tags
+            base = tags_base(bench, base, args)
         rows = bench.run(base=base, methods=args.methods)
-    report = [format_table(rows, title), "", format_per_class(rows, protocol.model_class_names(1))]
+    report = [format_table(rows, title), "", format_per_class(rows, protocol.model_class_names(1)), *tags_summary(rows)]
     failed = False
     if args.dataset == "world":
         checks = goal_checks(rows)
@@ -306,7 +314,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "test figures and save it. 'pretrain --out models/default_base.pt' reproduces the shipped "
                     "default. With --pretext, train that pretext network instead (per-pixel texture families of "
                     "generic shapes, our stand-in for ImageNet pretraining). With --data, train a base for real "
-                    "photos on your own pixel labels, from ImageNet (docs/bases.md).")
+                    "photos on your own pixel labels, from ImageNet (docs/bases.md). With --tags, "
+                    "train one from image tags alone, no masks (single-stage WSSS; docs/bases.md).")
     p.add_argument("--out", required=True, type=Path, metavar="CKPT", help="checkpoint file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--epochs", type=positive_int, metavar="N",
@@ -317,6 +326,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "ImageNet: docs/method.md); 'pretrain --pretext --out models/pretext_tiny.pt' reproduces "
                         "the shipped encoder")
     add_encoder_flag(p, "the base model")
+    p.add_argument("--tags", type=Path, metavar="FOLDER",
+                   help="train a base from image tags alone (single-stage WSSS, docs/bases.md): a folder of images "
+                        "with tags.csv, its classes the tags; uses --arch, --encoder, --epochs, --batch-size, "
+                        "--crop-size")
     own = p.add_argument_group("a base from your own pixel labels (docs/bases.md)")
     own.add_argument("--data", type=Path, metavar="PATH",
                      help="train on this labelled dataset instead of the world: every class of it, scored on its "
@@ -356,7 +369,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help=f"CamVid only: base ids | step ids (default: {recipes.CAMVID.task_spec}, Fence and Bicyclist "
                         "from tags; e.g. 0,1,2,3,4,5,6,7,10|8,9 learns Car and Pedestrian from tags)")
     p.add_argument("--methods", type=methods_arg, default=("wilss", "ft", "joint"), metavar="LIST",
-                   help="which rows to run besides the base (default: wilss,ft,joint)")
+                   help="which rows to run besides the base (default: wilss,ft,joint; none: the base alone)")
+    p.add_argument("--tags-base", action="store_true",
+                   help="also train the base from image tags alone (single-stage WSSS, docs/bases.md) on the same "
+                        "images and classes; the table shows both bases, and the weak steps grow the tags-only one")
     add_encoder_flag(p, "the base (when trained) and the joint model")
     add_region_flags(p)
     p.add_argument("--out", type=Path, metavar="FILE", help="also write the tables as markdown")

@@ -120,6 +120,38 @@ class UpdateConfig(OptimConfig):
                              f"{self.auto_tag_threshold} and {self.auto_tag_min_fraction}")
 
 
+@dataclass(frozen=True)
+class TagsBaseConfig(OptimConfig):
+    """Step 0 from image tags alone: single-stage WSSS (Araslanov & Roth, CVPR 2020; wilss.tags_base).
+
+    nGWP + focal penalty over the segmentation network's own scores (l_CLS) for ``epochs``; after ``warmup_epochs``
+    also a class-balanced CE against PAMR-refined pseudo ground truth (l_SEG, weight ``seg_weight``) computed at
+    1/``pamr_stride`` of the input. The stochastic gate mixes the deep head's scores with those of a shallow head on
+    the encoder's detail map at rate ``gate_rate`` during training (0: off); the result is an ordinary network.
+    """
+
+    epochs: int = 20
+    warmup_epochs: int = 5
+    lr: float = 1e-2                   # heads and classifier
+    encoder_lr: float = 1e-3           # the (ImageNet) encoder
+    focal_gamma: float = 3.0
+    focal_lambda: float = 0.01
+    gwp_eps: float = 1.0               # the single-stage reference code's
+    seg_weight: float = 1.0
+    pamr_stride: int = 4
+    pamr_iterations: int = 10
+    gate_rate: float = 0.3             # psi: the shallow features' share in the gate
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs}")
+        if not 0.0 <= self.gate_rate < 1.0:
+            raise ValueError(f"gate_rate must be in [0, 1), got {self.gate_rate}")
+        if self.pamr_stride < 1 or self.pamr_iterations < 1:
+            raise ValueError(f"pamr_stride and pamr_iterations must be at least 1, got {self.pamr_stride} and "
+                             f"{self.pamr_iterations}")
+
+
 def to_dict(cfg) -> dict:
     """JSON-friendly dict of a config (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}

@@ -18,13 +18,14 @@ import numpy as np
 
 from models import build_segmenter
 from models.segmenter import Segmenter
-from wilss.config import OptimConfig, PretrainConfig, UpdateConfig
+from wilss.config import OptimConfig, PretrainConfig, TagsBaseConfig, UpdateConfig
 from wilss.data import load_mask, read_camvid
 from wilss.training_data import PixelDataset, TagDataset
 from wilss.engine import Progress, seed_everything
 from wilss.inference import evaluate
 from wilss.metrics import summarize
 from wilss.protocol import Task, eval_label_map, label_map, present_classes, select_images, tags_from_mask
+from wilss.tags_base import train_tags_base
 from wilss.trainer import WeakUpdate, pretrain
 from wilss.transforms import Compose, Resize, train_transform
 
@@ -160,6 +161,22 @@ class Benchmark:
         if self.init_model is not None:
             self.init_model(model)
         for progress in pretrain(model, self.pixel_dataset(indices, step), self.pretrain_cfg, device=self.device):
+            self.on_progress(name, progress)
+        return model.eval()
+
+    def tags_model(self, name: str, cfg: TagsBaseConfig) -> Segmenter:
+        """Step 0 from image tags alone (``wilss.tags_base``) on the base images, with tags read from their masks:
+        the same network, initialisation and classes as ``train_base``'s."""
+        seed_everything(cfg.seed)
+        model = build_segmenter(arch=self.arch, num_classes=self.protocol.task.num_model_classes(0),
+                                **self.arch_options)
+        if self.init_model is not None:
+            self.init_model(model)
+        indices = self.base_indices()
+        seen = self.protocol.task.seen_classes(0)
+        targets = np.stack([tags_from_mask(self.train.present[i], seen) for i in indices])
+        dataset = TagDataset([self.train.images[i] for i in indices], targets, transform=self._transform(cfg))
+        for progress in train_tags_base(model, dataset, cfg, device=self.device):
             self.on_progress(name, progress)
         return model.eval()
 

@@ -1,0 +1,99 @@
+"""Step 0 from image tags alone (``wilss.tags_base``), as ``pretrain --tags`` and ``benchmark --tags-base`` run it.
+Not a command: the part of those two commands that trains a base from tags.
+
+    python -m wilss pretrain --tags FOLDER --out base.pt       # a folder of images + tags.csv, no masks
+    python -m wilss benchmark camvid --tags-base               # the tags-only base against the pixel base
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from models import build_segmenter
+from models.imagenet import IMAGENET_NETS
+from models.segmenter import Segmenter
+from wilss import recipes
+from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
+from wilss.cli_common import CliError, ProgressBar, percent
+from wilss.config import to_dict
+from wilss.conventions import BACKGROUND_NAME
+from wilss.engine import seed_everything
+from wilss.experiment_setup import ENCODER_DEFAULT, IMAGENET, encoder_path, quick, world_encoder
+from wilss.experiments import Benchmark, Row
+from wilss.tags import read_tagged_folder
+from wilss.tags_base import train_tags_base
+from wilss.training_data import tagged_training_set
+
+
+def pretrain_tags(args: argparse.Namespace, out: Path, start: float) -> int:
+    """``pretrain --tags FOLDER``: a base whose classes are the folder's tags, learnt from the tags alone."""
+    if args.data is not None or args.pretext or args.size is not None or args.layout is not None:
+        raise CliError("--tags trains from tagged images alone: leave out --data, --pretext, --size and --layout")
+    tagged = read_tagged_folder(args.tags)
+    classes = list(tagged.class_names)
+    if not classes or BACKGROUND_NAME in classes:
+        raise CliError(f"--tags {args.tags}: {'no image is tagged' if not classes else 'no tag may be background'} "
+                       "(tags name the classes to learn; untagged images are negatives)")
+    arch = args.arch or recipes.CAMVID.arch
+    if args.encoder is ENCODER_DEFAULT:
+        args.encoder = IMAGENET if arch in IMAGENET_NETS else None
+    if encoder_path(args) == IMAGENET and arch not in IMAGENET_NETS:
+        raise CliError(f"--encoder imagenet: the {arch} network has no installed ImageNet weights; use one of "
+                       f"{', '.join(IMAGENET_NETS)} (or --encoder none)")
+    init = world_encoder(args)
+    overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "crop_size") if getattr(args, k) is not None}
+    if "epochs" in overrides:   # the warm-up keeps its share of the recipe's epochs
+        share = recipes.TAGS_BASE.warmup_epochs / recipes.TAGS_BASE.epochs
+        overrides["warmup_epochs"] = min(max(1, round(share * args.epochs)), args.epochs - 1)
+    try:
+        cfg = replace(recipes.TAGS_BASE, **overrides)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    print(f"tags: {len(tagged)} images ({tagged.num_negatives} untagged), classes "
+          + ", ".join(f"{c} ({n})" for c, n in tagged.counts().items()) + f"; {arch}, encoder: {encoder_path(args)}")
+    seed_everything(cfg.seed)
+    model = build_segmenter(arch=arch, num_classes=len(classes) + 1)
+    if init is not None:
+        init(model)
+    with ProgressBar(quiet=args.quiet) as bar:
+        for progress in train_tags_base(model, tagged_training_set(tagged, classes, cfg), cfg, device=args.device):
+            bar.update(progress, "tags base")
+    ckpt = new_checkpoint(model.cpu(), [BACKGROUND_NAME, *classes])
+    ckpt.history.append(history_entry(
+        "pretrain", classes, num_images=len(tagged), step=0,
+        settings={"supervision": "tags", "tags": str(args.tags), "arch": arch,
+                  "encoder": str(encoder_path(args) or "none"), **to_dict(cfg)}))
+    path = save_checkpoint(ckpt, out, overwrite=args.overwrite)
+    print(f"wall time {time.perf_counter() - start:.1f} s")
+    print(f"wrote {path} (grow it with add-class; check it with evaluate or predict)")
+    return 0
+
+
+def tags_base(bench: Benchmark, pixel_base: Segmenter, args: argparse.Namespace) -> Segmenter:
+    """``benchmark --tags-base``: the pixel base's row renamed 'pixel base' (scored now if it was loaded), then the
+    base from tags alone on the same images, network and classes, scored as 'base'; returns that base, which the
+    weak steps then grow."""
+    for row in bench.rows:
+        if row.method == "base":
+            row.method = "pixel base"
+    if not any(row.method == "pixel base" for row in bench.rows):
+        bench.score("pixel base", pixel_base, 0.0)
+    cfg = recipes.tags_base_config(bench.pretrain_cfg)
+    cfg = quick(cfg) if args.quick else cfg
+    start = time.perf_counter()
+    model = bench.tags_model("tags base", cfg)
+    bench.score("base", model, time.perf_counter() - start)
+    return model
+
+
+def tags_summary(rows: Sequence[Row]) -> list[str]:
+    """The tags-only base's old-class mIoU as a share of the pixel base's (the paper: about 85 % on VOC)."""
+    by = {r.method: r for r in rows}
+    pixel, tags = by.get("pixel base"), by.get("base")
+    if pixel is None or tags is None or not pixel.old > 0:
+        return []
+    return ["", f"Tags-only base: base-class mIoU {percent(tags.old)} = {100 * tags.old / pixel.old:.0f} % of the "
+                f"pixel base's {percent(pixel.old)} (single-stage WSSS, CVPR 2020: about 85 % on VOC)"]
