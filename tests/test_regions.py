@@ -123,3 +123,5 @@ def test_the_command_line_sets_the_region_prior(capsys, tmp_path):
     assert "is not a region prior" in capsys.readouterr().err
     assert main(["benchmark", "demo", "--region-prior", "slic"]) == 2
     assert "are for world and camvid" in capsys.readouterr().err
+    args = build_parser().parse_args(["benchmark", "camvid", "--pamr-refine-stride", "2"])
+    assert update_config(args, UpdateConfig()).pamr_refine_stride == 2

@@ -13,8 +13,8 @@ import numpy as np
 from models.imagenet import IMAGENET_NETS
 from wilss import demo, recipes
 from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
-from wilss.cli_common import (REGION_FIELDS, CliError, ProgressBar, add_common_flags, add_device_flag,
-                              add_region_flags, check_new_file, check_new_folder, non_negative_int, open_checkpoint,
+from wilss.cli_common import (TARGET_FIELDS, CliError, ProgressBar, add_common_flags, add_device_flag,
+                              add_target_flags, check_new_file, check_new_folder, non_negative_int, open_checkpoint,
                               percent, positive_int, update_config, write_report)
 from wilss.cli_tags import pretrain_tags, tags_base, tags_summary
 from wilss.config import to_dict
@@ -223,8 +223,8 @@ def save_base(bench: Benchmark, model, path: Path, args: argparse.Namespace, tit
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.dataset == "demo":
-        if args.tags_base or any(getattr(args, f) is not None for f in REGION_FIELDS):
-            raise CliError("--tags-base, --region-prior, --region-segments and --region-scale are for world and camvid")
+        if args.tags_base or any(getattr(args, f) is not None for f in TARGET_FIELDS):
+            raise CliError("--tags-base, --pamr-refine-* and --region-* are for world and camvid")
         from wilss.cli_demo import cmd_benchmark_demo
 
         return cmd_benchmark_demo(args)
@@ -235,9 +235,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.base is not None and args.save_base is not None:
         raise CliError("--save-base writes the base this run trains; with --base none is trained")
     protocol, splits, pretrain_cfg, update_cfg, title = benchmark_setup(args)
-    update_cfg = update_config(args, update_cfg)   # the region prior's flags, when given
-    if update_cfg.region_prior != "none":
-        title += f", region prior {update_cfg.region_prior}"
+    update_cfg = update_config(args, update_cfg)   # the pseudo-label refinements' flags, when given
+    title += f", PAMR stride {update_cfg.pamr_refine_stride}" if update_cfg.pamr_refine_stride else ""
+    title += f", region prior {update_cfg.region_prior}" if update_cfg.region_prior != "none" else ""
     init = world_encoder(args)  # the base (when trained) and joint start from it
     for path in (args.out, args.save_base):
         if path is not None:
@@ -374,7 +374,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="also train the base from image tags alone (single-stage WSSS, docs/bases.md) on the same "
                         "images and classes; the table shows both bases, and the weak steps grow the tags-only one")
     add_encoder_flag(p, "the base (when trained) and the joint model")
-    add_region_flags(p)
+    add_target_flags(p)
     p.add_argument("--out", type=Path, metavar="FILE", help="also write the tables as markdown")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_device_flag(p)

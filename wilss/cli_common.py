@@ -165,7 +165,8 @@ UPDATE_VALUE_FLAGS = (
     ("--region-scale", "region_scale", positive_float, "S", "felzenszwalb: the larger, the fewer and bigger regions"),
     ("--seed", "seed", int, "S", "random seed of initialisation, shuffling and augmentation"),
 )
-REGION_FIELDS = ("region_prior", "region_segments", "region_scale")
+# The pseudo-label refinements ``benchmark`` can switch on over a recipe: PAMR (when the recipe's is off) and regions.
+TARGET_FIELDS = ("pamr_refine_stride", "pamr_refine_iterations", "region_prior", "region_segments", "region_scale")
 # (flag, field, value stored): switches that flip a default.
 UPDATE_SWITCHES = (
     ("--relaxed", "relaxed", True,
@@ -210,13 +211,13 @@ def add_update_flags(parser: argparse.ArgumentParser,
     add_device_flag(group)
 
 
-def add_region_flags(parser: argparse.ArgumentParser) -> None:
-    """The region prior's flags alone (``benchmark``), defaulting to None (= keep the recipe's value)."""
-    group = parser.add_argument_group("region prior of the weak steps' pseudo-labels, WILSS and FT (docs/method.md)")
+def add_target_flags(parser: argparse.ArgumentParser) -> None:
+    """The pseudo-label refinements' flags alone (``benchmark``), defaulting to None (= keep the recipe's value)."""
+    group = parser.add_argument_group("pseudo-label refinement of the weak steps, WILSS and FT (docs/method.md)")
     for flag, field, kind, metavar, text in UPDATE_VALUE_FLAGS:
-        if field in REGION_FIELDS:
+        if field in TARGET_FIELDS:
             group.add_argument(flag, dest=field, type=kind, metavar=metavar, default=None,
-                               help=f"{text} (default: the recipe's, {getattr(UpdateConfig(), field)})")
+                               help=f"{text} (default: the recipe's)")
 
 
 def update_config(args: argparse.Namespace, base: UpdateConfig) -> UpdateConfig:
