@@ -76,6 +76,9 @@ def test_a_blurry_cam_becomes_piecewise_constant_on_two_flat_regions(method):
     assert torch.allclose(left, left[0, 0].expand_as(left)) and torch.allclose(right, right[0, 0].expand_as(right))
     assert left[0, 0].item() == pytest.approx(0.25, abs=0.04) and right[0, 0].item() == pytest.approx(0.75, abs=0.04)
     assert torch.allclose(out.sum(1), torch.ones(1, 64, 64))   # distributions stay distributions
+    half = region_prior_target(images, blurry_cam(), method=method, segments=4, weight=0.5)
+    upsampled = torch.nn.functional.interpolate(blurry_cam(), size=(64, 64), mode="bilinear", align_corners=False)
+    assert torch.allclose(half, 0.5 * out + 0.5 * upsampled)
 
 
 def test_superpixels_refuse_an_unknown_method():
@@ -86,6 +89,7 @@ def test_superpixels_refuse_an_unknown_method():
 @pytest.mark.parametrize("field, value, message", [("region_prior", "sam", "region_prior"),
                                                    ("region_segments", 1, "region_segments"),
                                                    ("region_scale", 0.0, "region_scale"),
+                                                   ("region_weight", 0.0, "region_weight"),
                                                    ("region_segments", 5000, "at most")])
 def test_update_config_refuses_bad_region_settings(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -116,7 +120,7 @@ def test_the_command_line_sets_the_region_prior(capsys, tmp_path):
     args = build_parser().parse_args(["add-class", "--out", str(tmp_path / "x.pt"), "--region-prior", "Felzenszwalb",
                                       "--region-scale", "50"])
     cfg = update_config(args, UpdateConfig())
-    assert (cfg.region_prior, cfg.region_scale, cfg.region_segments) == ("felzenszwalb", 50.0, 100)
+    assert (cfg.region_prior, cfg.region_scale, cfg.region_segments) == ("felzenszwalb", 50.0, 800)
     args = build_parser().parse_args(["benchmark", "camvid", "--region-prior", "slic", "--region-segments", "150"])
     assert (args.region_prior, args.region_segments, args.region_scale) == ("slic", 150, None)
     assert main(["add-class", "--out", str(tmp_path / "x.pt"), "--region-prior", "sam"]) == 2

@@ -163,10 +163,13 @@ UPDATE_VALUE_FLAGS = (
      "l_SEG at the image's resolution (beyond the paper; none: off)"),
     ("--region-segments", "region_segments", positive_int, "N", "slic: about N superpixels per image"),
     ("--region-scale", "region_scale", positive_float, "S", "felzenszwalb: the larger, the fewer and bigger regions"),
+    ("--region-weight", "region_weight", unit_float, "W",
+     "the target becomes W x its region means + (1 - W) x itself (1: the region means alone)"),
     ("--seed", "seed", int, "S", "random seed of initialisation, shuffling and augmentation"),
 )
 # The pseudo-label refinements ``benchmark`` can switch on over a recipe: PAMR (when the recipe's is off) and regions.
-TARGET_FIELDS = ("pamr_refine_stride", "pamr_refine_iterations", "region_prior", "region_segments", "region_scale")
+TARGET_FIELDS = ("pamr_refine_stride", "pamr_refine_iterations", "region_prior", "region_segments", "region_scale",
+                 "region_weight")
 # (flag, field, value stored): switches that flip a default.
 UPDATE_SWITCHES = (
     ("--relaxed", "relaxed", True,

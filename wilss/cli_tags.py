@@ -54,6 +54,10 @@ def pretrain_tags(args: argparse.Namespace, out: Path, start: float) -> int:
         raise CliError(str(err)) from None
     print(f"tags: {len(tagged)} images ({tagged.num_negatives} untagged), classes "
           + ", ".join(f"{c} ({n})" for c, n in tagged.counts().items()) + f"; {arch}, encoder: {encoder_path(args)}")
+    always = [c for c, n in tagged.counts().items() if n == len(tagged)]
+    if always:
+        print(f"note: {', '.join(always)} tag every image, so the tags cannot tell where they are not; add images "
+              "without them for a better base")
     seed_everything(cfg.seed)
     model = build_segmenter(arch=arch, num_classes=len(classes) + 1)
     if init is not None:

@@ -89,9 +89,11 @@ class UpdateConfig(OptimConfig):
     # Beyond the paper: an offline region prior (wilss.regions). The target (PAMR-refined first, when that is on) is
     # averaged over each superpixel of the image, so that each region takes one class distribution; l_SEG is then
     # computed at the input's resolution. 'none': off; 'slic' or 'felzenszwalb': scikit-image's superpixels.
+    # Defaults: what kept most of a coarse (stride-8) ground truth on CamVid at 240x180 (docs/method.md).
     region_prior: str = "none"
-    region_segments: int = 100         # SLIC: about this many regions per image
-    region_scale: float = 100.0        # Felzenszwalb: the larger, the fewer and bigger the regions
+    region_segments: int = 800         # SLIC: about this many regions per image
+    region_scale: float = 10.0         # Felzenszwalb: the larger, the fewer and bigger the regions
+    region_weight: float = 1.0         # 1: the region means alone; w: w x those + (1 - w) x the target
 
     def __post_init__(self) -> None:
         for name, most in UPDATE_LIMITS.items():
@@ -110,6 +112,8 @@ class UpdateConfig(OptimConfig):
             raise ValueError("pamr_refine_fine_iterations needs the refinement on (pamr_refine_stride > 0)")
         if self.region_prior not in REGION_PRIORS:
             raise ValueError(f"region_prior must be one of {', '.join(REGION_PRIORS)}, got {self.region_prior!r}")
+        if not 0.0 < self.region_weight <= 1.0:
+            raise ValueError(f"region_weight must be in (0, 1], got {self.region_weight}")
         if self.region_segments < 2 or self.region_scale <= 0:
             raise ValueError("region_segments must be at least 2 and region_scale positive, got "
                              f"{self.region_segments} and {self.region_scale}")

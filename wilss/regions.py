@@ -17,8 +17,8 @@ FELZENSZWALB_SIGMA = 0.5       # Gaussian pre-smoothing, scikit-image's default
 FELZENSZWALB_MIN_SIZE = 20     # smallest region in pixels: fewer specks of texture
 
 
-def superpixels(images: np.ndarray, *, method: str = "slic", segments: int = 100,
-                scale: float = 100.0) -> np.ndarray:
+def superpixels(images: np.ndarray, *, method: str = "slic", segments: int = 800,
+                scale: float = 10.0) -> np.ndarray:
     """Superpixel labels of ``images`` (``BxHxWx3`` uint8 RGB): ``BxHxW`` int64, each image's regions numbered
     0, 1, ... on their own.
 
@@ -73,9 +73,15 @@ def region_average(target: torch.Tensor, segments: torch.Tensor) -> torch.Tensor
     return means[ids].reshape(b, *size, k).permute(0, 3, 1, 2).contiguous()
 
 
-def region_prior_target(images: torch.Tensor, target: torch.Tensor, *, method: str, segments: int = 100,
-                        scale: float = 100.0) -> torch.Tensor:
+def region_prior_target(images: torch.Tensor, target: torch.Tensor, *, method: str, segments: int = 800,
+                        scale: float = 10.0, weight: float = 1.0) -> torch.Tensor:
     """A weak step's soft target ``BxKxhxw`` averaged over the superpixels of ``images`` (``Bx3xHxW`` in [0, 1]):
-    ``BxKxHxW``, piecewise constant on the regions (``region_average``)."""
+    ``BxKxHxW``, piecewise constant on the regions (``region_average``) with ``weight`` 1; otherwise ``weight`` x
+    that + (1 - ``weight``) x the target bilinearly upsampled (regions cut across thin objects; the mix keeps some of
+    what the target knows inside them)."""
     labels = superpixels(to_uint8(images), method=method, segments=segments, scale=scale)
-    return region_average(target, torch.from_numpy(labels))
+    averaged = region_average(target, torch.from_numpy(labels))
+    if weight == 1.0:
+        return averaged
+    upsampled = F.interpolate(target.float(), size=averaged.shape[-2:], mode="bilinear", align_corners=False)
+    return weight * averaged + (1.0 - weight) * upsampled

@@ -200,7 +200,8 @@ class WeakUpdate:
                                    fine_iterations=cfg.pamr_refine_fine_iterations)
         if cfg.region_prior != "none":
             target = region_prior_target(denormalize(images), target, method=cfg.region_prior,
-                                         segments=cfg.region_segments, scale=cfg.region_scale)
+                                         segments=cfg.region_segments, scale=cfg.region_scale,
+                                         weight=cfg.region_weight)
         return target
 
     def _self_training_loss(self, images: torch.Tensor, z: torch.Tensor, old_logits: torch.Tensor,
