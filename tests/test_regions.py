@@ -117,13 +117,12 @@ def test_the_command_line_sets_the_region_prior(capsys, tmp_path):
     from wilss.cli import build_parser, main
     from wilss.cli_common import update_config
 
-    args = build_parser().parse_args(["add-class", "--out", str(tmp_path / "x.pt"), "--region-prior", "Felzenszwalb",
-                                      "--region-scale", "50"])
+    args = build_parser().parse_args(["benchmark", "world", "--region-prior", "Felzenszwalb", "--region-scale", "50"])
     cfg = update_config(args, UpdateConfig())
     assert (cfg.region_prior, cfg.region_scale, cfg.region_segments) == ("felzenszwalb", 50.0, 800)
     args = build_parser().parse_args(["benchmark", "camvid", "--region-prior", "slic", "--region-segments", "150"])
     assert (args.region_prior, args.region_segments, args.region_scale) == ("slic", 150, None)
-    assert main(["add-class", "--out", str(tmp_path / "x.pt"), "--region-prior", "sam"]) == 2
+    assert main(["benchmark", "world", "--region-prior", "sam"]) == 2
     assert "is not a region prior" in capsys.readouterr().err
     assert main(["benchmark", "demo", "--region-prior", "slic"]) == 2
     assert "are for world and camvid" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """What every ``python -m wilss`` command shares: argument types, output-path checks, the progress bar, the
-mapping of flags onto ``UpdateConfig``, checkpoint loading and colour helpers.
+mapping of flags onto ``UpdateConfig``, checkpoint loading and ``--class`` specs.
 
 Nothing here trains or writes; commands call these to validate *all* their input before any work starts.
 """
@@ -10,23 +10,21 @@ import logging
 import os
 import sys
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from models import DEFAULT_CHECKPOINT
 from wilss import recipes
-from wilss.bases import open_model
-from wilss.checkpoint import Checkpoint, CheckpointError
+from wilss.bases import open_model as open_checkpoint  # noqa: F401  (the commands' --checkpoint)
 from wilss.config import REGION_PRIORS, UPDATE_LIMITS, UpdateConfig
-from wilss.conventions import distinct_colours, hex_to_rgb
+from wilss.conventions import hex_to_rgb
 from wilss.data import MAX_PIXELS
 from wilss.engine import Progress
 from wilss.inference import DEFAULT_MAX_SIDE
+from wilss.service import with_settings
+from wilss.metrics import percent  # noqa: F401  (the commands' table figures)
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +145,8 @@ UPDATE_VALUE_FLAGS = (
     ("--lr-backbone", "lr_backbone", positive_float, "LR", "learning rate of the encoder"),
     ("--lr-head", "lr_head", positive_float, "LR", "learning rate of the decoder head and classifier"),
     ("--lr-localizer", "lr_localizer", positive_float, "LR", "learning rate of the localizer"),
+    ("--focal-gamma", "focal_gamma", non_negative_float, "G", "Eq. 2: exponent of the aggregation's focal penalty"),
+    ("--focal-lambda", "focal_lambda", non_negative_float, "L", "Eq. 2: offset of the aggregation's focal penalty"),
     ("--alpha", "alpha", unit_float, "A", "Eq. 6: weight of the hard (one-hot) pseudo-label vs the soft one"),
     ("--localizer-channels", "localizer_channels", positive_int, "C", "hidden channels of the localizer"),
     ("--feature-distillation", "feature_distillation", non_negative_float, "W",
@@ -158,6 +158,12 @@ UPDATE_VALUE_FLAGS = (
      "PAMR iterations of that refinement"),
     ("--pamr-refine-fine-iterations", "pamr_refine_fine_iterations", non_negative_int, "N",
      "then N more PAMR iterations at the image's full resolution, and l_SEG there (coarse to fine; 0: off)"),
+    ("--seed", "seed", int, "S", "random seed of initialisation, shuffling and augmentation"),
+)
+# The pseudo-label refinements ``benchmark`` can switch on over a recipe: PAMR (when the recipe's is off) and regions.
+# Only ``benchmark`` offers the region prior for now: add-class's flags, the service's UPDATE_OPTIONS and the app's
+# advanced settings list the same fields (tests/test_service.py), and the app is another change's.
+REGION_VALUE_FLAGS = (
     ("--region-prior", "region_prior", region_prior_arg, "{" + ",".join(REGION_PRIORS) + "}",
      "average the pseudo-labels over each superpixel of the image (after the PAMR refinement, when on) and train "
      "l_SEG at the image's resolution (beyond the paper; none: off)"),
@@ -165,9 +171,7 @@ UPDATE_VALUE_FLAGS = (
     ("--region-scale", "region_scale", positive_float, "S", "felzenszwalb: the larger, the fewer and bigger regions"),
     ("--region-weight", "region_weight", unit_float, "W",
      "the target becomes W x its region means + (1 - W) x itself (1: the region means alone)"),
-    ("--seed", "seed", int, "S", "random seed of initialisation, shuffling and augmentation"),
 )
-# The pseudo-label refinements ``benchmark`` can switch on over a recipe: PAMR (when the recipe's is off) and regions.
 TARGET_FIELDS = ("pamr_refine_stride", "pamr_refine_iterations", "region_prior", "region_segments", "region_scale",
                  "region_weight")
 # (flag, field, value stored): switches that flip a default.
@@ -217,7 +221,7 @@ def add_update_flags(parser: argparse.ArgumentParser,
 def add_target_flags(parser: argparse.ArgumentParser) -> None:
     """The pseudo-label refinements' flags alone (``benchmark``), defaulting to None (= keep the recipe's value)."""
     group = parser.add_argument_group("pseudo-label refinement of the weak steps, WILSS and FT (docs/method.md)")
-    for flag, field, kind, metavar, text in UPDATE_VALUE_FLAGS:
+    for flag, field, kind, metavar, text in UPDATE_VALUE_FLAGS + REGION_VALUE_FLAGS:
         if field in TARGET_FIELDS:
             group.add_argument(flag, dest=field, type=kind, metavar=metavar, default=None,
                                help=f"{text} (default: the recipe's)")
@@ -225,13 +229,13 @@ def add_target_flags(parser: argparse.ArgumentParser) -> None:
 
 def update_config(args: argparse.Namespace, base: UpdateConfig) -> UpdateConfig:
     """``base`` with the flags the user gave. Raises ValueError for inconsistent values (warm-up >= epochs)."""
-    fields = [f for _, f, *_ in UPDATE_VALUE_FLAGS] + [f for _, f, *_ in UPDATE_SWITCHES]
+    fields = [f for _, f, *_ in UPDATE_VALUE_FLAGS + REGION_VALUE_FLAGS] + [f for _, f, *_ in UPDATE_SWITCHES]
     overrides = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     for flag, field, *_ in UPDATE_VALUE_FLAGS:
         if field in UPDATE_LIMITS and overrides.get(field, 0) > UPDATE_LIMITS[field]:
             raise CliError(f"{flag} {overrides[field]} is above the limit of {UPDATE_LIMITS[field]}")
     try:
-        return replace(base, **overrides)
+        return with_settings(base, overrides)
     except ValueError as err:
         raise CliError(f"{err} (set with --epochs / --warmup-epochs)" if "warmup" in str(err) else str(err)) from None
 
@@ -286,16 +290,6 @@ def check_writable_folder(folder: Path, *, flag: str, target: Optional[Path] = N
         raise CliError(f"{flag} {target}: the folder '{existing}' is not writable")
 
 
-def open_checkpoint(path: Path) -> Checkpoint:
-    """A checkpoint file, or a pretrained base 'torchvision:NAME' (``wilss.bases``), with a hint when the shipped
-    default base has not been made yet."""
-    path = Path(path)
-    if not path.exists() and path.resolve() == DEFAULT_CHECKPOINT.resolve():
-        raise CheckpointError(f"the default base checkpoint {path} does not exist yet: create it with "
-                              f"'python -m wilss pretrain --out {path}', or pass --checkpoint")
-    return open_model(path)
-
-
 # ---------------------------------------------------------------------------------------------- colours
 def parse_class_spec(text: str) -> tuple[str, Optional[RGB]]:
     """'NAME' or 'NAME=#RRGGBB' -> (name, colour or None)."""
@@ -309,21 +303,6 @@ def parse_class_spec(text: str) -> tuple[str, Optional[RGB]]:
         return name, hex_to_rgb(colour)
     except ValueError as err:
         raise CliError(f"--class {text!r}: {err} (e.g. --class {name}=#ff8000)") from None
-
-
-def extend_colours(colours: np.ndarray, requested: Sequence[Optional[RGB]]) -> np.ndarray:
-    """Colours for ``len(requested)`` new classes: the requested one, else one far (in CIELAB) from every colour in
-    use and from black (``distinct_colours``, the app's choice too). Returns the new rows only (``N x 3`` uint8)."""
-    used = [tuple(int(v) for v in c) for c in colours] + [c for c in requested if c is not None]
-    free = iter(distinct_colours(np.array(used, dtype=np.uint8), sum(c is None for c in requested)))
-    rows = []
-    for colour in requested:
-        if colour is None:
-            colour = tuple(int(v) for v in next(free))
-        elif tuple(colour) in {tuple(int(v) for v in c) for c in colours}:
-            log.warning("colour %s is already used by another class", colour)
-        rows.append(colour)
-    return np.array(rows, dtype=np.uint8).reshape(len(rows), 3)
 
 
 # ------------------------------------------------------------------------------------------------ progress
@@ -359,8 +338,3 @@ class ProgressBar:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def percent(value: float) -> str:
-    """A figure in percent for a table, 'n/a' for NaN (a group without classes)."""
-    return "n/a" if value != value else f"{value:.1f}"
