@@ -174,7 +174,9 @@ def test_coarse_to_fine_refined_targets_train_at_full_resolution(scenes):
                                                    ("pamr_refine_iterations", 0, "pamr_refine_iterations"),
                                                    ("pamr_refine_fine_iterations", -1, "pamr_refine_fine_iterations"),
                                                    ("pamr_refine_fine_iterations", 5, "needs the refinement on"),
-                                                   ("alpha", 1.5, "alpha")])
+                                                   ("alpha", 1.5, "alpha"),
+                                                   ("output_distillation", -1.0, "output_distillation"),
+                                                   ("unbiased_kd", -0.5, "unbiased_kd")])
 def test_update_config_refuses_out_of_range_settings(field, value, message):
     with pytest.raises(ValueError, match=message):
         UpdateConfig(**{field: value})

@@ -85,6 +85,13 @@ class UpdateConfig(OptimConfig):
     # Coarse to fine: after those, this many more iterations at the input's full resolution, and l_SEG there
     # (0 = off). Traces thin parts that 1/pamr_refine_stride blurs; needs pamr_refine_stride > 0.
     pamr_refine_fine_iterations: int = 0
+    # ILT (Michieli & Zanuttigh, 2019), off by default: weight of the output-layer distillation L'_D on the old
+    # classes' logits (losses.output_distillation; MiB's ILT runs use 100), and a frozen encoder.
+    output_distillation: float = 0.0
+    freeze_encoder: bool = False
+    # The pixel-supervised MiB step only (wilss.masked_update; WILSON's step ignores it): weight of MiB's unbiased
+    # knowledge distillation (losses.unbiased_kd), 10 as in MiB's runs.
+    unbiased_kd: float = 10.0
 
     def __post_init__(self) -> None:
         for name, most in UPDATE_LIMITS.items():
@@ -101,6 +108,9 @@ class UpdateConfig(OptimConfig):
                              f"got {self.pamr_refine_fine_iterations}")
         if self.pamr_refine_fine_iterations and not self.pamr_refine_stride:
             raise ValueError("pamr_refine_fine_iterations needs the refinement on (pamr_refine_stride > 0)")
+        for name in ("output_distillation", "unbiased_kd", "feature_distillation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} is a loss weight, at least 0; got {getattr(self, name)}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if not 0.0 < self.auto_tag_threshold < 1.0 or not 0.0 <= self.auto_tag_min_fraction <= 1.0:
