@@ -123,6 +123,19 @@ def run_loop(*, loader: DataLoader, epochs: int, step: StepFn, phase_of: Callabl
                            snapshots=snapshot(iteration) if snapshot else [], first_iteration=first)
 
 
+def set_training(model: torch.nn.Module, training: bool, *, frozen_encoder: bool = False) -> None:
+    """``model.train(training)``, its encoder kept in eval mode when frozen (ILT's option): a frozen encoder's
+    batch-norm statistics stay those of the old model, so its weights and buffers are left bit-identical."""
+    model.train(training)
+    if frozen_encoder:
+        model.encoder.eval()
+
+
+def freeze_encoder(model: torch.nn.Module) -> None:
+    """No gradients for ``model.encoder`` (and eval mode): ILT's frozen feature extractor."""
+    model.encoder.requires_grad_(False).eval()
+
+
 def last(progress: Iterator[Progress]) -> Progress | None:
     """Drain a loop, returning its final progress (for callers that do not watch)."""
     final = None
