@@ -36,7 +36,7 @@ class Progress:
     iteration: int                      # 1-based, after the optimiser step
     total_iterations: int
     epoch: int
-    phase: str                          # 'pretrain', 'warmup' (localizer only) or 'joint'
+    phase: str                          # 'pretrain', 'warmup' (localizer only), 'joint', or 'mib' (masks)
     losses: dict[str, float]
     lr: float                           # learning rate of the first parameter group
     elapsed_s: float
