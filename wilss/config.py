@@ -43,6 +43,9 @@ class PretrainConfig(OptimConfig):
 UPDATE_LIMITS = {"epochs": 200, "batch_size": 128, "crop_size": 1024, "localizer_channels": 1024,
                  "pamr_refine_iterations": 100, "pamr_refine_fine_iterations": 100}
 
+# The weight of ILT's output distillation in the benchmark's 'ilt' row: MiB's runs of ILT (its argparser: loss_kd 100).
+ILT_OUTPUT_DISTILLATION = 100.0
+
 
 @dataclass(frozen=True)
 class UpdateConfig(OptimConfig):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from wilss.masked_update import MaskedUpdate
 from wilss.pseudo_labels import pseudo_label_mask
 from wilss.runtime import RuntimeConfig
 from wilss.trainer import WeakUpdate
-from wilss.training_data import TagDataset, masked_training_set
+from wilss.training_data import PixelDataset, TagDataset, masked_training_set
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,16 @@ class OfflinePipeline:
     """Localizer from the tags, frozen pseudo-labels, MiB step: ``run()`` yields the progress of the localizer
     ('warmup') and then of the MiB step ('mib'); afterwards ``pseudo_labels`` holds the frozen labels and ``model``
     the result. ``localizer_epochs``: default ``cfg.epochs`` (WILSON's localizer learns l_CLS + l_LOC during the
-    whole step). The input model is never modified."""
+    whole step). ``pixel_transform``: the MiB step's augmentation of (image, pseudo-label) pairs (default: fitted
+    to ``cfg.crop_size``, then ``cfg``'s scale, crop and flip). The input model is never modified."""
 
     def __init__(self, old_model: Segmenter, dataset: TagDataset, *, num_new: int, cfg: UpdateConfig = UpdateConfig(),
                  device: str | torch.device | None = None, localizer_epochs: int | None = None,
-                 min_confidence: float = 0.0, runtime: RuntimeConfig | None = None) -> None:
+                 min_confidence: float = 0.0, runtime: RuntimeConfig | None = None,
+                 pixel_transform: Callable | None = None) -> None:
         self.old_model, self.dataset, self.num_new, self.cfg = old_model, dataset, num_new, cfg
         self.device, self.runtime, self.min_confidence = device, runtime, min_confidence
+        self.pixel_transform = pixel_transform
         self.localizer_epochs = cfg.epochs if localizer_epochs is None else localizer_epochs
         if self.localizer_epochs < 1:
             raise ValueError(f"localizer_epochs must be at least 1, got {self.localizer_epochs}")
@@ -80,8 +83,10 @@ class OfflinePipeline:
         self.pseudo_labels = frozen_pseudo_labels(localizing, self.dataset, self.min_confidence)
         del localizing   # the localizer and its encoder copy are done with
         pairs = [(self.dataset.load(i), labels) for i, labels in enumerate(self.pseudo_labels)]
-        step = MaskedUpdate(self.old_model, masked_training_set(pairs, self.cfg), num_new=self.num_new, cfg=self.cfg,
-                            device=self.device, runtime=self.runtime)
+        data = masked_training_set(pairs, self.cfg) if self.pixel_transform is None else \
+            PixelDataset(pairs, transform=self.pixel_transform)
+        step = MaskedUpdate(self.old_model, data, num_new=self.num_new, cfg=self.cfg, device=self.device,
+                            runtime=self.runtime)
         yield from step.run()
         self.model = step.model
 
