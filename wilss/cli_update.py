@@ -31,11 +31,13 @@ from wilss.config import UpdateConfig, to_dict
 from wilss.conventions import colorize, voc_palette
 from wilss.data import validate_images
 from wilss.tags import TaggedSet, check_new_classes, read_tagged_folder, settle_negatives
-from wilss.training_data import fitted_image, tagged_training_set
+from wilss.training_data import fitted_image, masked_training_set, tagged_training_set
 from wilss.distributed import World, cleanup, setup_from_env
 from wilss.engine import Snapshot, batches_per_epoch
 from wilss.protocol import select_images
 from wilss.pseudo_labels import export_pseudo_labels
+from wilss.masked_update import MaskedUpdate
+from wilss.step_masks import read_step_masks
 from wilss.trainer import WeakUpdate
 from wilss.render import cam_overlay
 from wilss.runtime import PLAIN
@@ -62,6 +64,7 @@ class UpdatePlan:
     snapshot_dir: Optional[Path] = None
     snapshot_every: int = 0
     note: str = ""                       # what the plan decided for the user (e.g. automatic old-class tags)
+    masks: Optional[list[Path]] = None   # the images' masks (--masks): a MiB step instead of WILSON's
 
     @property
     def columns(self) -> list[str]:
@@ -87,6 +90,8 @@ def _common_checks(args: argparse.Namespace, base_cfg: UpdateConfig) -> tuple[Pa
         check_new_folder(args.snapshot_dir, flag="--snapshot-dir")
     if args.export_pseudo is not None:
         check_new_folder(args.export_pseudo, flag="--export-pseudo")
+    if args.masks is not None and (args.export_pseudo is not None or args.snapshot_dir is not None):
+        raise CliError("--export-pseudo and --snapshot-dir show pseudo-labels and CAMs: a step with --masks has none")
     if (args.eval_images is None) != (args.eval_masks is None):
         raise CliError("give --eval-images DIR and --eval-masks DIR together")
     return out, cfg
@@ -94,7 +99,8 @@ def _common_checks(args: argparse.Namespace, base_cfg: UpdateConfig) -> tuple[Pa
 
 def _finish_plan(plan: UpdatePlan, args: argparse.Namespace) -> UpdatePlan:
     check_new_classes(plan.tagged, plan.new_names, plan.ckpt.class_names[1:])
-    plan.cfg, plan.note = settle_negatives(plan.tagged, plan.new_names, plan.cfg)
+    if plan.masks is None:   # l_CLS's negatives: WILSON's step only
+        plan.cfg, plan.note = settle_negatives(plan.tagged, plan.new_names, plan.cfg)
     if args.eval_images is not None:
         plan.eval_set = mask_eval_set(args.eval_images, args.eval_masks, len(plan.class_names))
     if args.snapshot_dir is not None:
@@ -113,14 +119,19 @@ def plan_from_folder(args: argparse.Namespace) -> UpdatePlan:
     ckpt = open_checkpoint(args.checkpoint)
     tagged = read_tagged_folder(args.images, args.tags)
     names = [name for name, _ in specs]
+    masks = None
+    if args.masks is not None:   # the images' tags are read from their masks
+        tagged, masks = read_step_masks(tagged, args.images, args.masks, class_names=ckpt.class_names + names,
+                                        num_old=len(ckpt.class_names))
     plan = UpdatePlan(Path(args.checkpoint), ckpt, out, cfg, tagged, names,
-                      extend_colours(ckpt.colours, [colour for _, colour in specs]), str(args.images))
+                      extend_colours(ckpt.colours, [colour for _, colour in specs]), str(args.images), masks=masks)
     return _finish_plan(plan, args)
 
 
 def plan_from_world(args: argparse.Namespace) -> UpdatePlan:
-    if args.images is not None or args.tags is not None or args.classes:
-        raise CliError("--world brings its own images, tags and classes: leave out --images, --tags and --class")
+    if args.images is not None or args.tags is not None or args.classes or args.masks is not None:
+        raise CliError("--world brings its own images, tags and classes: leave out --images, --tags, --class and "
+                       "--masks")
     out, cfg = _common_checks(args, recipes.WORLD_UPDATE)
     ckpt = open_checkpoint(args.checkpoint)
     strangers = [n for n in ckpt.class_names[1:] if n not in WORLD_CLASSES]
@@ -174,11 +185,17 @@ def run_plan(plan: UpdatePlan, args: argparse.Namespace, world: World = World(),
     without_new = sum(not (tags & set(plan.new_names)) for tags in tagged.tags)
     print(f"adding {', '.join(f'{n} ({counts[n]} images)' for n in plan.new_names)} to {plan.checkpoint_path} "
           f"({len(plan.ckpt.class_names) - 1} classes) from {len(tagged)} images, {without_new} showing none of "
-          f"the new classes; {cfg.epochs} epochs ({cfg.warmup_epochs} warm-up)")
+          f"the new classes; {cfg.epochs} epochs " +
+          (f"({cfg.warmup_epochs} warm-up)" if plan.masks is None else "of MiB on their masks"))
     start = time.perf_counter()
-    update = WeakUpdate(plan.ckpt.model, dataset, num_new=len(plan.new_names), cfg=cfg, device=device,
-                        snapshot_items=snapshot_items, snapshot_every=plan.snapshot_every, sync_bn=args.sync_bn,
-                        runtime=PLAIN if args.plain_fp32 else None)
+    runtime = PLAIN if args.plain_fp32 else None
+    if plan.masks is not None:
+        update = MaskedUpdate(plan.ckpt.model, masked_training_set(list(zip(tagged.paths, plan.masks)), cfg),
+                              num_new=len(plan.new_names), cfg=cfg, device=device, runtime=runtime)
+    else:
+        update = WeakUpdate(plan.ckpt.model, dataset, num_new=len(plan.new_names), cfg=cfg, device=device,
+                            snapshot_items=snapshot_items, snapshot_every=plan.snapshot_every, sync_bn=args.sync_bn,
+                            runtime=runtime)
     final = None
     with ProgressBar(quiet=args.quiet) as bar:
         for final in update.run(resumer):
@@ -202,7 +219,8 @@ def run_plan(plan: UpdatePlan, args: argparse.Namespace, world: World = World(),
     ckpt.history.append(history_entry(
         "add-class", plan.new_names, num_images=len(tagged), step=len(plan.ckpt.history), settings=to_dict(cfg),
         metrics=metrics, negatives=tagged.num_negatives, source=plan.source, tag_counts=counts,
-        base_checkpoint=str(plan.checkpoint_path), **history_extras(world, resumer)))
+        base_checkpoint=str(plan.checkpoint_path), method="wilss" if plan.masks is None else "mib",
+        **history_extras(world, resumer)))
     path = save_checkpoint(ckpt, plan.out, protect=(plan.checkpoint_path,), overwrite=args.overwrite)
     resumer.remove()
     if args.export_pseudo is not None:
@@ -259,6 +277,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     src.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME[=#RRGGBB]",
                      help="a new class and, optionally, its colour (default: the next free VOC palette colour); "
                           "repeat for several classes")
+    src.add_argument("--masks", type=Path, metavar="DIR",
+                     help="pixel masks of the images, DIR/NAME.png for IMAGES/NAME.* (same sub-folders), in the NEW "
+                          "model's ids (0 background, the old ids, then the new classes in --class order; 255 void): "
+                          "the step then trains MiB (unbiased cross-entropy and distillation) instead of WILSON, and "
+                          "the tags come from the masks (docs/methods.md)")
     src.add_argument("--world", type=Path, metavar="DIR",
                      help="instead: step 1 of the world benchmark (adds crescent and arrow) on a folder written "
                           "by 'generate --out'; scored on its test split")
