@@ -48,3 +48,21 @@ def test_shortened_schedules_scale_the_warmup():
     assert (pre.epochs, upd.epochs, upd.warmup_epochs) == (30, 4, 1) and title == "world (shortened: steps 4 epochs)"
     np.testing.assert_equal(shortened_schedules(argparse.Namespace(quick=False, epochs_step=None, epochs_base=None),
                                                 PretrainConfig(), cfg, "t")[2], "t")
+
+
+@pytest.mark.slow
+def test_benchmark_command_runs_the_new_rows_on_a_small_world(monkeypatch, tmp_path, capsys):
+    from wilss import recipes
+    from wilss.cli import main
+
+    small = (LabelledSplit.from_pairs(world.generate(24, seed=1, size=64, min_objects=1, max_objects=3)),
+             LabelledSplit.from_pairs(world.generate(4, seed=2, size=64)))
+    monkeypatch.setattr(recipes, "world_splits", lambda: small)
+    out = tmp_path / "table.md"
+    code = main(["benchmark", "world", "--methods", "ilt,offline,mib", "--epochs-step", "1", "--epochs-base", "1",
+                 "--device", "cpu", "--quiet", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "(shortened: steps 1 epochs, base and joint 1 epochs)" in text
+    assert [line.split("|")[1].strip() for line in out.read_text().splitlines()[4:8]] == ["base", "ilt", "offline",
+                                                                                          "mib"]
