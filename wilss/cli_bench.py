@@ -340,7 +340,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "benchmark", help="base, WILSS, fine-tuning and joint training on a protocol, as mIoU tables",
         description="Train the base model with pixel labels, add the step-1 classes from tags with WILSS and with "
                     "plain fine-tuning (FT), train the joint pixel-supervised upper bound, and print mIoU old / "
-                    "new / all of each on the test split. For the world, also checks the goals (exit status 1 "
+                    "new / all of each on the test split; --methods adds the other incremental methods (ILT, the "
+                    "offline pseudo-label pipeline, MiB with masks) on the same data and schedule. For the world, also checks the goals (exit status 1 "
                     "when one fails, except in a shortened run: --quick, --epochs-step, --epochs-base).")
     p.add_argument("dataset", choices=("world", "camvid", "demo"),
                    help="world: generated in memory; camvid: from --data; demo: the app's one-click update from "

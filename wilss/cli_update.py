@@ -257,7 +257,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "method contrasts images with and without each new class, so give negatives too: images "
                     "showing none of the new classes. Without negatives (e.g. one class at a time from images "
                     "that all show it), the old classes' tags are read from the model's confident predictions "
-                    "(automatic relaxed setting, beyond the paper).",
+                    "(automatic relaxed setting, beyond the paper). With pixel masks of the new classes (--masks), "
+                    "the step trains MiB on them instead.",
         epilog="examples:\n"
                "  python -m wilss add-class --images samples/ --class arrow=#ff8000 --out arrow.pt\n"
                "  python -m wilss add-class --world world/ --out world_step1.pt\n"
