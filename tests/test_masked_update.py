@@ -72,3 +72,26 @@ def test_ilt_options_in_the_mib_step(scenes):
     assert final.losses["fd"] == 0.0   # a frozen encoder gives the old features
     for name, value in model.encoder.state_dict().items():
         assert torch.equal(update.model.encoder.state_dict()[name], value), name
+
+
+def test_a_stopped_mib_step_resumes_to_the_uninterrupted_result(scenes, tmp_path):
+    from wilss.config import to_dict
+    from wilss.resume import Resumer, read_snapshot
+
+    cfg = UpdateConfig(epochs=3, warmup_epochs=1, batch_size=4, crop_size=32, scale_range=(0.5, 2.0))
+    whole = MaskedUpdate(small_model(), masked_set(scenes, cfg), num_new=1, cfg=cfg, device="cpu")
+    uninterrupted = [p.losses for p in whole.run()]
+    path, fingerprint = tmp_path / "out.resume.pt", {"settings": to_dict(cfg)}
+    first = MaskedUpdate(small_model(), masked_set(scenes, cfg), num_new=1, cfg=cfg, device="cpu")
+    run = first.run(Resumer(path, fingerprint=fingerprint, every_s=1e9, every_iterations=3, min_gap_s=0))
+    for progress in run:
+        if progress.iteration == 3:   # mid-epoch (2 iterations an epoch)
+            break
+    run.close()
+    second = MaskedUpdate(small_model(), masked_set(scenes, cfg), num_new=1, cfg=cfg, device="cpu")
+    resumed = list(second.run(Resumer(path, fingerprint=fingerprint, snapshot=read_snapshot(path, fingerprint))))
+    assert [p.iteration for p in resumed] == [4, 5, 6]
+    for got, want in zip(resumed, uninterrupted[3:]):
+        assert got.losses == pytest.approx(want, rel=1e-6)
+    for name, value in whole.model.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[name], value, rtol=1e-6, atol=1e-7)

@@ -202,7 +202,8 @@ def test_output_distillation_adds_ilt_l_d_equal_to_the_function(scenes):
 def test_frozen_encoder_stays_bit_identical_while_the_rest_learns(scenes):
     cfg = replace(CFG, freeze_encoder=True, output_distillation=1.0)
     model = small_model()
-    update = WeakUpdate(model, tag_dataset(scenes), num_new=1, cfg=cfg)
+    items = [(scenes[0][0], np.array([0, 0, 1], np.float32))]   # snapshots switch modes: the encoder stays frozen
+    update = WeakUpdate(model, tag_dataset(scenes), num_new=1, cfg=cfg, snapshot_items=items, snapshot_every=1)
     assert [g["name"] for g in update.parameter_groups()] == ["head", "localizer"]
     final = last(update.run())
     assert set(final.losses) == {"cls", "loc", "seg", "od"} and all(np.isfinite(v) for v in final.losses.values())
