@@ -170,6 +170,13 @@ def write_snapshots(folder: Path, iteration: int, snapshots: Sequence[Snapshot],
 
 
 # ---------------------------------------------------------------------------------------------- training
+def masked_update(plan: UpdatePlan, device: str, runtime) -> MaskedUpdate:
+    """The MiB step of a plan with masks (``--masks``): its images and masks, fitted and augmented as in training."""
+    dataset = masked_training_set(list(zip(plan.tagged.paths, plan.masks)), plan.cfg)
+    return MaskedUpdate(plan.ckpt.model, dataset, num_new=len(plan.new_names), cfg=plan.cfg, device=device,
+                        runtime=runtime)
+
+
 def run_plan(plan: UpdatePlan, args: argparse.Namespace, world: World = World(), device: str = "auto") -> int:
     """Train and write the checkpoint. Under torchrun every process trains, rank 0 alone reports and writes."""
     cfg, tagged = plan.cfg, plan.tagged
@@ -188,14 +195,12 @@ def run_plan(plan: UpdatePlan, args: argparse.Namespace, world: World = World(),
           f"the new classes; {cfg.epochs} epochs " +
           (f"({cfg.warmup_epochs} warm-up)" if plan.masks is None else "of MiB on their masks"))
     start = time.perf_counter()
-    runtime = PLAIN if args.plain_fp32 else None
-    if plan.masks is not None:
-        update = MaskedUpdate(plan.ckpt.model, masked_training_set(list(zip(tagged.paths, plan.masks)), cfg),
-                              num_new=len(plan.new_names), cfg=cfg, device=device, runtime=runtime)
+    if plan.masks is not None:   # MiB on the user's masks
+        update = masked_update(plan, device, PLAIN if args.plain_fp32 else None)
     else:
         update = WeakUpdate(plan.ckpt.model, dataset, num_new=len(plan.new_names), cfg=cfg, device=device,
                             snapshot_items=snapshot_items, snapshot_every=plan.snapshot_every, sync_bn=args.sync_bn,
-                            runtime=runtime)
+                            runtime=PLAIN if args.plain_fp32 else None)
     final = None
     with ProgressBar(quiet=args.quiet) as bar:
         for final in update.run(resumer):
