@@ -17,20 +17,19 @@ import pandas as pd
 from PIL import Image
 
 from app import render
-from app.evaluation import bring_eval_set, same_size, score
-from app.export import ExportError, export_onnx
+from app.evaluation import bring_eval_set
 from app.intake import apply_table, bring_tagged, table_rows, tag_summary
 from app.session import AppConfig, DeviceQueue, Session, SessionStore, base_file
-from app.update import free_colours
 from app.views import (HISTORY_HEADERS, added_in, architecture_markdown, before_after_rows, data_summary,
-                       history_rows, thumbnails)
+                       history_rows, spare_colours, thumbnails)
 from wilss.checkpoint import CheckpointError, load_checkpoint
-from wilss.data import DataError, image_size, list_images, load_image
+from wilss.data import DataError, list_images, load_image
 from wilss.tags import read_tagged_folder
 from wilss.demo import HELDOUT_FILE
 from wilss.engine import resolve_device
 from wilss.files import atomic_write
-from wilss.inference import Predictor
+from wilss.export import ONNX_MISSING, onnx_available
+from wilss.service import ExportError, Predictor, export_onnx, score
 from wilss.recipes import DEMO_CLASS, DEMO_COLOUR, DEMO_UPDATE
 from wilss.transforms import fit_longer_side
 
@@ -198,6 +197,8 @@ class Handlers:
         s = self.session(request)
         version = s.current
         path = s.subfolder("exports") / f"{version.name}.onnx"
+        if not onnx_available():
+            return None, error(f"{ONNX_MISSING} and restart the app. The .pt checkpoint download works without it.")
         try:
             if not path.exists():
                 export_onnx(s.ckpt, path, size=DEMO_UPDATE.crop_size)
@@ -215,12 +216,12 @@ class Handlers:
             empty = pd.DataFrame(columns=["filename", "tags"])
             return ((status or s.data_message or "No images yet."),
                     pd.DataFrame(columns=["tag", "images", "role"]), "", empty,
-                    gr.Dropdown(choices=[], value=[]), *([""] * CLASS_ROWS), *free_colours(s.ckpt.colours, CLASS_ROWS),
+                    gr.Dropdown(choices=[], value=[]), *([""] * CLASS_ROWS), *spare_colours(s.ckpt.colours, CLASS_ROWS),
                     [])
         rows, warnings = tag_summary(s.tagged, known)
         names = table_rows(s.tagged, s.data_root)
         new_tags = [t for t in s.tagged.class_names if t not in known][:CLASS_ROWS]
-        spare = iter(free_colours(s.ckpt.colours, CLASS_ROWS))
+        spare = iter(spare_colours(s.ckpt.colours, CLASS_ROWS))
         colours = [DEMO_COLOUR if t == DEMO_CLASS else next(spare) for t in new_tags]
         colours += [next(spare) for _ in range(CLASS_ROWS - len(colours))]
         summary = data_summary(s.tagged, s.data_source)
@@ -322,14 +323,12 @@ class Handlers:
             before_v = None if not before_label or before_label == "(none)" else s.version(before_label)
             after = load_checkpoint(after_v.path)
             before = load_checkpoint(before_v.path) if before_v else None
-            pairs = bring_eval_set(_files(image_files), _files(mask_files), dest, max_bytes=self.max_bytes,
-                                   num_classes=after.num_classes)
-            new = after.last_added
-            limit = self.config.max_side
-            batch = same_size(pairs) and max(image_size(pairs[0][0])) <= limit   # large ones: one at a time
-            res_after = score(after, pairs, after.class_names, new, device=self.device, batch=batch, max_side=limit)
-            res_before = (score(before, pairs, after.class_names, new, device=self.device, batch=batch,
-                                max_side=limit) if before else None)
+            eval_set = bring_eval_set(_files(image_files), _files(mask_files), dest, max_bytes=self.max_bytes,
+                                      num_classes=after.num_classes)
+            new, limit = after.last_added, self.config.max_side   # images larger than the limit: one at a time
+            res_after = score(after, eval_set, device=self.device, max_side=limit).as_dict()
+            res_before = (score(before, eval_set, after.class_names, new, device=self.device,
+                                max_side=limit).as_dict() if before else None)
         except Exception as err:   # the staging folder never stays behind, whatever went wrong
             shutil.rmtree(dest, ignore_errors=True)
             if not isinstance(err, USER_ERRORS):   # a case the checks miss: a message here, the rest in the log
@@ -344,4 +343,4 @@ class Handlers:
         rows = before_after_rows(after.class_names, new, res_before, res_after)
         columns = ["metric (%)", before_v.name if before_v else "before", after_v.name]
         return (pd.DataFrame(rows, columns=columns),
-                ok(f"scored on {len(pairs)} images; 'new' = {', '.join(new) or 'none (a base model)'}."))
+                ok(f"scored on {len(eval_set.pairs)} images; 'new' = {', '.join(new) or 'none (a base model)'}."))

@@ -1,30 +1,26 @@
-"""One add-class update as the app runs it: the same engine calls as ``python -m wilss add-class`` (a ``TagDataset``
-over the tagged images with the recipe's augmentation, ``WeakUpdate(...).run()``, a history entry, a checkpoint),
-plus what a page needs: cancel between iterations, time-throttled live snapshots of a few images, and rendering
-any training image's CAM and pseudo-label on demand for the Review tab (also while the update runs).
+"""One add-class update as the app runs it: the page's inputs become a ``wilss.service.UpdateRequest`` (the one
+``python -m wilss add-class`` builds from its flags) and ``run_update`` trains it, plus what a page needs: cancel
+between iterations, time-throttled live snapshots of a few images, and rendering any training image's CAM and
+pseudo-label on demand for the Review tab (also while the update runs).
 """
 from __future__ import annotations
 
-import copy
 import logging
 import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
-import numpy as np
-
-from wilss.checkpoint import Checkpoint, history_entry
-from wilss.config import UpdateConfig, to_dict
-from wilss.conventions import distinct_colours, hex_to_rgb, rgb_to_hex
+from wilss.checkpoint import Checkpoint
+from wilss.config import UpdateConfig
 from wilss.data import DataError
-from wilss.tags import TaggedSet, check_new_classes, settle_negatives
 from wilss.demo import watch_indices  # noqa: F401  (the app's and the demo benchmark's choice)
-from wilss.training_data import fitted_image, tagged_training_set
 from wilss.engine import Progress, Snapshot, resolve_device
 from wilss.recipes import DEMO_UPDATE
+from wilss.service import UpdatePlan, UpdateRequest, UpdateRun, run_update, with_settings
+from wilss.tags import TaggedSet
 from wilss.trainer import WeakUpdate
 
 log = logging.getLogger(__name__)
@@ -53,7 +49,12 @@ ADVANCED = (
     ("pamr_refine_iterations", "PAMR-refined pseudo-labels: iterations", "PAMR iterations of that refinement"),
     ("pamr_refine_fine_iterations", "PAMR-refined pseudo-labels: full-resolution iterations",
      "coarse to fine: then this many iterations at the image's full size, and l_SEG there; 0 = off"),
-)
+    ("auto_old_tags", "automatic old-class tags",
+     "beyond the paper: relaxed l_CLS with the old classes' tags read from the model's confident predictions "
+     "(switched on by itself when a new class has no negatives)"),
+    ("localizer_detail", "localizer reads the detail map",
+     "beyond the paper: the localizer also reads the encoder's stride-4 map (tiny network): sharper CAMs"),
+)   # new entries go at the end: API clients pass these values in this order (docs/app.md)
 _FIELD_TYPES = {f.name: type(getattr(DEMO_UPDATE, f.name)) for f in fields(UpdateConfig)}
 
 
@@ -82,7 +83,7 @@ def make_config(values: Mapping[str, object], base: UpdateConfig = DEMO_UPDATE) 
         if name in overrides and overrides[name] < 1:
             raise DataError(f"The setting '{name}' must be at least 1 (got {overrides[name]}).")
     try:
-        return replace(base, **overrides)
+        return with_settings(base, overrides)
     except ValueError as err:
         raise DataError(f"Invalid settings: {err}.") from None
 
@@ -94,64 +95,15 @@ def loss_names(cfg: UpdateConfig, *, aux: bool = False) -> list[str]:
     return names + ["seg"] + (["aux"] if aux else []) + (["self"] if cfg.pamr_self_training else []) + ["total"]
 
 
-def free_colours(used: np.ndarray, count: int) -> list[str]:
-    """``count`` hex colours for new classes, distinct from ``used`` (``K x 3``): the CLI's choice too
-    (``wilss.conventions.distinct_colours``)."""
-    return [rgb_to_hex(c) for c in distinct_colours(used, count)]
-
-
 # ------------------------------------------------------------------------------------------------- plan
-@dataclass
-class UpdatePlan:
-    """A checked update request: nothing has been trained or written when one exists."""
-
-    base_name: str                       # version the update starts from
-    base: Checkpoint
-    tagged: TaggedSet
-    new_names: list[str]
-    new_colours: np.ndarray              # N x 3 uint8
-    cfg: UpdateConfig
-    source: str
-    rejected: tuple[str, ...] = ()       # training images left out after review
-    note: str = ""                       # what the check decided for the user (automatic old-class tags)
-
-    @property
-    def columns(self) -> list[str]:
-        """Target columns: old non-background classes, then the new ones (WeakUpdate's order)."""
-        return list(self.base.class_names[1:]) + list(self.new_names)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.base.class_names) + list(self.new_names)
-
-    @property
-    def colours(self) -> np.ndarray:
-        return np.vstack([self.base.colours, self.new_colours]).astype(np.uint8)
-
-
 def plan_update(base_name: str, base: Checkpoint, tagged: Optional[TaggedSet], specs: Sequence[tuple[str, str]],
                 cfg: UpdateConfig, *, source: str, rejected: Sequence[str] = ()) -> UpdatePlan:
-    """Check a request: (name, '#rrggbb') per new class. Raises ``DataError`` (empty or existing name, bad colour,
-    no images, unknown tags, no positives: ``wilss.tags.check_new_classes``); without negatives the plan uses
-    automatic old-class tags and says so in ``note`` (``wilss.tags.settle_negatives``)."""
-    if not specs:
-        raise DataError("A new class name is empty. Give every new class a name.")
-    names, colours = [], []
-    for name, colour in specs:
-        name = (name or "").strip()
-        if not name:
-            raise DataError("A new class name is empty. Give every new class a name.")
-        try:
-            colours.append(hex_to_rgb(colour or ""))
-        except ValueError as err:
-            raise DataError(f"The colour of '{name}': {err}.") from None
-        names.append(name)
+    """The page's request, checked (``UpdateRequest.validate``): (name, '#rrggbb') per new class. Raises
+    ``DataError``; without negatives the plan uses automatic old-class tags and says so in ``note``."""
     if tagged is None or len(tagged) == 0:
         raise DataError("There are no images. Bring tagged images in the 'Data' tab first.")
-    check_new_classes(tagged, names, base.class_names[1:])
-    cfg, note = settle_negatives(tagged, names, cfg)
-    return UpdatePlan(base_name, base, tagged, names, np.array(colours, dtype=np.uint8).reshape(-1, 3), cfg,
-                      source, tuple(rejected), note)
+    return UpdateRequest(base, tagged, list(specs), cfg, base_name=base_name, source=source,
+                         rejected=tuple(rejected), tool="app").validate()
 
 
 # -------------------------------------------------------------------------------------------------- job
@@ -177,14 +129,21 @@ class UpdateJob:
         self.losses: list[tuple[int, dict[str, float]]] = []
         self.last: Optional[Progress] = None
         self.last_snapshots: list[Snapshot] = []
-        self.update: Optional[WeakUpdate] = None
+        self.update: Optional[WeakUpdate] = None   # the runner's, while it may be shown (None once it stopped)
         self.train_seconds = 0.0
         self.saved_as: Optional[str] = None   # the version its result was saved as
         self.heldout: Optional[tuple] = None  # (info, rows, columns) of its scores on the samples' held-out set
         self._cancel = threading.Event()
         self._calls: "queue.Queue[tuple[Callable, Future]]" = queue.Queue()
         self._lock = threading.Lock()
-        self.dataset = tagged_training_set(plan.tagged, plan.columns, plan.cfg)
+        self.runner: Optional[UpdateRun] = None
+
+    @property
+    def dataset(self):
+        """The training set (its ``targets``: ``N x K-1`` multi-hot tags), once the update started."""
+        if self.runner is None:
+            raise RuntimeError("this update has not started")
+        return self.runner.dataset
 
     @property
     def running(self) -> bool:
@@ -204,22 +163,17 @@ class UpdateJob:
         if self.state == "waiting":
             self.state = "cancelled"
 
-    def item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Training image ``index`` as the update sees it (fitted to the crop size) with its targets."""
-        return fitted_image(self.plan.tagged.paths[index], self.plan.cfg.crop_size), self.dataset.targets[index]
-
     def run(self) -> Iterator[Tick]:
         """Train; one ``Tick`` per iteration (the first, with no progress, shows the images before training)."""
-        plan, cfg = self.plan, self.plan.cfg
         self.state = "running"
         start = time.perf_counter()
         gen = None
         try:
-            self.update = WeakUpdate(plan.base.model, self.dataset, num_new=len(plan.new_names), cfg=cfg,
-                                     device=self.device, snapshot_items=[self.item(i) for i in self.live])
+            self.runner = run_update(self.plan, device=self.device, snapshot_indices=self.live)
+            self.update = self.runner.update
             self.last_snapshots = self.update.snapshots() if self.live else []
             yield Tick(None, self.last_snapshots)
-            gen = self.update.run()
+            gen = iter(self.runner)
             shown = time.monotonic()
             for progress in gen:
                 self.last = progress
@@ -234,7 +188,7 @@ class UpdateJob:
                 if self._cancel.is_set():
                     break
             self.train_seconds = time.perf_counter() - start
-            self.state = "cancelled" if self._cancel.is_set() and not self._finished() else "done"
+            self.state = "cancelled" if self._cancel.is_set() and not self.runner.finished else "done"
         except Exception as err:  # shown in the page; the base model is untouched
             log.exception("update failed")
             self.state, self.error = "failed", f"{type(err).__name__}: {err}"
@@ -245,10 +199,7 @@ class UpdateJob:
                 self.state = "cancelled"
             self._serve_calls()
             if self.state != "done":
-                self.update = None           # frees the copies; nothing of a stopped update is kept
-
-    def _finished(self) -> bool:
-        return self.last is not None and self.last.iteration == self.last.total_iterations
+                self.update = self.runner = None   # frees the copies; nothing of a stopped update is kept
 
     def _serve_calls(self) -> None:
         while True:
@@ -280,9 +231,8 @@ class UpdateJob:
 
     def render(self, indices: Sequence[int]) -> list[Snapshot]:
         """CAMs, pseudo-labels and predictions of the given training images, from the update's current state."""
-        items = [self.item(i) for i in indices]
-
         def work(update: WeakUpdate) -> list[Snapshot]:
+            items = [self.runner.item(i) for i in indices]
             saved = update.snapshot_items
             update.snapshot_items = items
             try:
@@ -293,19 +243,8 @@ class UpdateJob:
         return self.between(work)
 
     def result(self) -> Checkpoint:
-        """The updated checkpoint, its history extended the way ``add-class`` does it."""
+        """The updated checkpoint (``UpdateRun.checkpoint``: the history entry ``add-class`` writes too, by the app);
+        the update's own model stays for the Review tab."""
         if self.state != "done" or self.update is None:
             raise RuntimeError(f"the update is {self.state}, there is no result")
-        plan = self.plan
-        metrics = {"train_seconds": round(self.train_seconds, 1)}
-        if self.last is not None:
-            metrics.update({f"final_loss_{k}": round(v, 4) for k, v in self.last.losses.items()})
-        model = copy.deepcopy(self.update.model).cpu().eval()   # the update's own copy stays for the Review tab
-        ckpt = Checkpoint(model=model, class_names=plan.class_names, colours=plan.colours,
-                          history=list(plan.base.history))
-        ckpt.history.append(history_entry(
-            "add-class", plan.new_names, num_images=len(plan.tagged), step=len(plan.base.history),
-            settings=to_dict(plan.cfg), metrics=metrics, negatives=plan.tagged.num_negatives, source=plan.source,
-            tag_counts=plan.tagged.counts(), base_checkpoint=plan.base_name, rejected=list(plan.rejected),
-            tool="app"))
-        return ckpt
+        return self.runner.checkpoint()

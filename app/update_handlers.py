@@ -13,7 +13,6 @@ import pandas as pd
 from gradio.utils import get_upload_folder
 
 from app import render
-from app.evaluation import score
 from app.frames import FrameStore
 from app.views import before_after_rows
 from app.handlers import CLASS_ROWS, Handlers, error, ok
@@ -26,6 +25,8 @@ from wilss.data import DataError
 from wilss.tags import TaggedSet
 from wilss.demo import HELDOUT_FILE, read_heldout
 from wilss.pseudo_labels import export_pseudo_labels
+from wilss.scoring import EvalSet
+from wilss.service import score
 
 REVIEW_PAGE = 6         # training images per review page
 
@@ -77,7 +78,7 @@ class UpdateHandlers:
         ticket = self.queue.join(self.device)
         ticks = None
         what = ", ".join(plan.new_names)
-        start_text = (f"Adding **{what}** to {plan.base_name} from {len(plan.tagged)} images "
+        start_text = (f"Adding **{what}** to {plan.request.base_name} from {len(plan.tagged)} images "
                       f"({plan.tagged.num_negatives} negatives) on `{self.device}`: {plan.cfg.epochs} epochs, "
                       f"{plan.cfg.warmup_epochs} of localizer warm-up." + (f" Note: {plan.note}" if plan.note else ""))
         try:
@@ -119,8 +120,8 @@ class UpdateHandlers:
         done_iters = job.last.iteration if job.last else 0
         if job.state == "done":
             version = s.add_checkpoint(job.result(), f"added {', '.join(plan.new_names)} from {len(plan.tagged)} "
-                                       "images" + (f" ({len(plan.rejected)} rejected)" if plan.rejected else ""),
-                                       parent=plan.base_name)
+                                       "images" + (f" ({len(plan.request.rejected)} rejected)" if plan.request.rejected else ""),
+                                       parent=plan.request.base_name)
             s.last_update, job.saved_as = job, version.name
             return (render.message_html(f"Finished in {render.format_duration(job.train_seconds)}: saved as "
                                         f"{version.name}.", "done"),
@@ -167,15 +168,16 @@ class UpdateHandlers:
                 return (f"The held-out images of the samples have masks for {', '.join(names[1:])}, not for this "
                         "model's classes: score it on your own images with masks in 'Evaluate'.", [], [])
             after = load_checkpoint(s.version(job.saved_as).path)
-            res_after = score(after, pairs, names, plan.new_names, device=self.device)
-            res_before = score(plan.base, pairs, names, plan.new_names, device=self.device)
+            heldout = EvalSet(pairs, None, path.name, same_size=True)
+            res_after = score(after, heldout, names, plan.new_names, device=self.device).as_dict()
+            res_before = score(plan.base, heldout, names, plan.new_names, device=self.device).as_dict()
         except (DataError, KeyError) as err:
             return error(f"could not score the held-out images: {err}"), [], []
         new = ", ".join(plan.new_names)
         info = (f"**Quality on {len(pairs)} held-out images** (`{path.name}`: never trained on, with masks): "
                 f"{new} IoU {res_after['iou'][plan.new_names[0]]:.1f} %, old classes' mIoU "
                 f"{res_after['summary']['old']:.1f} % (before: {res_before['summary']['old']:.1f} %).")
-        columns = ["metric (%)", f"before ({plan.base_name})", f"after ({job.saved_as})"]
+        columns = ["metric (%)", f"before ({plan.request.base_name})", f"after ({job.saved_as})"]
         return info, before_after_rows(names, plan.new_names, res_before, res_after), columns
 
     def cancel_button(self, request: gr.Request) -> gr.Button:
@@ -226,7 +228,7 @@ class UpdateHandlers:
                                            plan.new_names, title=title)
         s.review_view = (job, indices, 3 + len(plan.new_names))
         state = ("running, from the model as it is now" if job.state == "running"
-                 else f"{plan.base_name} + {', '.join(plan.new_names)}")
+                 else f"{plan.request.base_name} + {', '.join(plan.new_names)}")
         info = (f"Page {page}/{pages} of the {total} training images of the update ({state}). Click any picture of an "
                 "image to reject or accept it; then re-run from the accepted images.")
         keep = [r for r in (rejected or []) if r in job.names]
@@ -284,7 +286,8 @@ class UpdateHandlers:
         tagged = TaggedSet(tuple(old.tagged.paths[i] for i in keep), tuple(old.tagged.tags[i] for i in keep))
         specs = [(n, rgb_to_hex(c)) for n, c in zip(old.new_names, old.new_colours)]
         try:
-            plan = plan_update(old.base_name, old.base, tagged, specs, old.cfg, source=old.source + " (reviewed)",
+            plan = plan_update(old.request.base_name, old.base, tagged, specs, old.cfg,
+                               source=old.request.source + " (reviewed)",
                                rejected=[n for n in job.names if n in set(rejected or [])])
         except DataError as err:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), error(f"{err} Nothing was started.")

@@ -7,7 +7,10 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from wilss.checkpoint import Checkpoint
+from wilss.conventions import extend_colours, rgb_to_hex
 from wilss.tags import TaggedSet
 
 HISTORY_HEADERS = ["step", "kind", "classes", "images", "negatives", "date", "metrics"]
@@ -23,6 +26,12 @@ def added_in(history: Sequence[dict]) -> dict[str, str]:
         for name in entry.get("classes", []):
             out.setdefault(name, text)
     return out
+
+
+def spare_colours(used: np.ndarray, count: int) -> list[str]:
+    """'#rrggbb' colours for the page's new-class rows, far from those in use: ``wilss.conventions.extend_colours``,
+    the CLI's choice for a ``--class`` without a colour."""
+    return [rgb_to_hex(c) for c in extend_colours(used, [None] * count)]
 
 
 def _metric_text(metrics: dict) -> str:

@@ -203,7 +203,7 @@ def test_the_app_saves_a_base_once_and_reuses_it(cached_weights, tmp_path, monke
 
 def test_onnx_export_of_a_grown_lraspp(tmp_path):
     onnx = pytest.importorskip("onnx")
-    from app.export import export_onnx
+    from wilss.service import export_onnx
 
     torch.manual_seed(0)
     model = build_segmenter(arch="lraspp_mobilenet_v3_large", num_classes=21, activation="softmax").eval()

@@ -14,10 +14,10 @@ from wilss import recipes, world
 from wilss.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
 from wilss.cli import build_parser, main
 from wilss.cli_bench import quick
-from wilss.cli_common import extend_colours, update_config
+from wilss.cli_common import update_config
 from wilss.cli_update import cam_overlay
 from wilss.config import UpdateConfig
-from wilss.conventions import distinct_colours, voc_palette
+from wilss.conventions import distinct_colours, extend_colours, voc_palette
 
 NEW = "triangle"  # world id 3; the tiny checkpoint knows disc (1) and square (2)
 FAST = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "4", "--crop-size", "64",

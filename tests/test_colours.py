@@ -2,9 +2,8 @@
 app and the CLI)."""
 import numpy as np
 
-from app.update import free_colours
-from wilss.cli_common import extend_colours
-from wilss.conventions import distinct_colours, hex_to_rgb, rgb_to_lab, voc_palette
+from app.views import spare_colours
+from wilss.conventions import distinct_colours, extend_colours, hex_to_rgb, rgb_to_lab, voc_palette
 
 
 def delta_e(a, b) -> np.ndarray:
@@ -27,5 +26,5 @@ def test_new_colours_are_far_from_the_palette_black_and_each_other():
     pairwise = delta_e(new, new)[~np.eye(3, dtype=bool)]
     assert pairwise.min() > 50
     # the app and the CLI offer the same colours
-    assert [hex_to_rgb(c) for c in free_colours(base, 3)] == [tuple(c) for c in new.tolist()]
+    assert [hex_to_rgb(c) for c in spare_colours(base, 3)] == [tuple(c) for c in new.tolist()]
     assert extend_colours(base, [None, None, None]).tolist() == new.tolist()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models import TORCHVISION_NETS, pretrained_torchvision
+from models import DEFAULT_CHECKPOINT, TORCHVISION_NETS, pretrained_torchvision
 from wilss.checkpoint import Checkpoint, CheckpointError, history_entry, load_checkpoint, new_checkpoint
 from wilss.conventions import BACKGROUND_NAME
 
@@ -47,5 +47,12 @@ def pretrained_base(spec: str) -> Checkpoint:
 
 
 def open_model(source: str | Path) -> Checkpoint:
-    """A checkpoint file, or a pretrained base spec ``torchvision:NAME``."""
-    return pretrained_base(str(source)) if is_base_spec(source) else load_checkpoint(source)
+    """A checkpoint file, or a pretrained base spec ``torchvision:NAME``, with a hint when the shipped default base
+    has not been made yet."""
+    if is_base_spec(source):
+        return pretrained_base(str(source))
+    path = Path(source)
+    if not path.exists() and path.resolve() == DEFAULT_CHECKPOINT.resolve():
+        raise CheckpointError(f"the default base checkpoint {path} does not exist yet: create it with "
+                              f"'python -m wilss pretrain --out {path}', or pass --checkpoint")
+    return load_checkpoint(path)

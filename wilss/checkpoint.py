@@ -23,6 +23,7 @@ import torch
 
 from models import build_segmenter
 from models.segmenter import Segmenter
+from wilss.config import UpdateConfig, from_dict
 from wilss.conventions import BACKGROUND_NAME, voc_palette
 from wilss.files import atomic_write
 
@@ -47,19 +48,89 @@ class Checkpoint:
     @property
     def last_added(self) -> list[str]:
         """Classes added by the last add-class step ([] for a base model): the "new" classes of its metrics."""
-        steps = [h for h in self.history if h.get("kind") == "add-class"]
-        return list(steps[-1].get("classes", [])) if steps else []
+        steps = [h for h in self.steps if h.kind == "add-class"]
+        return list(steps[-1].classes) if steps else []
+
+    @property
+    def steps(self) -> list["HistoryEntry"]:
+        """The history, typed."""
+        return [HistoryEntry.from_dict(h) for h in self.history]
 
 
 def default_colours(num_classes: int) -> np.ndarray:
     return voc_palette(256)[:num_classes].copy()
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class HistoryEntry:
+    """One step of a checkpoint's history: which classes it added, from how many images, with which settings.
+
+    Stored in the file as a plain dict (``to_dict``: the keys below, optional ones only when set, then ``extra``).
+    ``settings`` of an update step is ``config.to_dict(UpdateConfig)``, possibly with keys of the protocol that
+    made it (``method``, ``task``), so ``update_config()`` rebuilds the exact configuration to repeat the step.
+    """
+
+    kind: str                                # 'pretrain', 'pretext' or 'add-class'
+    classes: list[str]                       # the classes this step introduced
+    num_images: int
+    settings: dict
+    metrics: dict = field(default_factory=dict)
+    step: int = 0
+    date: str = field(default_factory=_now)
+    # optional: set by the steps that have them
+    source: str | None = None                # where the images came from (a folder, a world, weights' name)
+    base_checkpoint: str | None = None       # what an add-class step started from (a path or a version)
+    negatives: int | None = None             # images tagged with none of the new classes
+    tag_counts: dict | None = None           # tag -> images carrying it
+    rejected: list[str] | None = None        # training images left out after review (the app)
+    tool: str | None = None                  # 'app' when the page made it (the CLI leaves it out)
+    seconds: float | None = None             # wall time of a benchmark step
+    processes: int | None = None             # torchrun processes, when more than one
+    resumed_from_iteration: list[int] | None = None
+    extra: dict = field(default_factory=dict)   # keys of older or newer files, kept as they are
+
+    REQUIRED = ("step", "kind", "classes", "num_images", "settings", "metrics", "date")
+
+    def to_dict(self) -> dict:
+        out = {"step": self.step, "kind": self.kind, "classes": list(self.classes), "num_images": int(self.num_images),
+               "settings": self.settings, "metrics": self.metrics or {}, "date": self.date}
+        out.update({name: value for name, value in _optional_items(self) if value is not None})
+        out.update({k: v for k, v in self.extra.items() if k not in out})
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "HistoryEntry":
+        """Any stored step (old files lack some keys: they get empty values; unknown keys go to ``extra``)."""
+        known = set(cls.REQUIRED) | {name for name, _ in _optional_items(cls)}
+        entry = cls(kind=values.get("kind", ""), classes=list(values.get("classes", [])),
+                    num_images=int(values.get("num_images", 0) or 0), settings=dict(values.get("settings") or {}),
+                    metrics=dict(values.get("metrics") or {}), step=values.get("step", 0),
+                    date=values.get("date", ""), extra={k: v for k, v in values.items() if k not in known})
+        for name, _ in _optional_items(cls):
+            setattr(entry, name, values.get(name))
+        return entry
+
+    def update_config(self) -> UpdateConfig:
+        """The ``UpdateConfig`` this add-class step trained with (``config.from_dict``: unknown keys are ignored)."""
+        return from_dict(UpdateConfig, self.settings)
+
+
+_OPTIONAL = ("source", "base_checkpoint", "negatives", "tag_counts", "rejected", "tool", "seconds", "processes",
+             "resumed_from_iteration")
+
+
+def _optional_items(entry) -> list[tuple[str, object]]:
+    return [(name, getattr(entry, name, None)) for name in _OPTIONAL]
+
+
 def history_entry(kind: str, classes: list[str], *, num_images: int, settings: dict, metrics: dict | None = None,
-                  step: int = 0, **extra) -> dict:
-    return {"step": step, "kind": kind, "classes": list(classes), "num_images": int(num_images),
-            "settings": settings, "metrics": metrics or {},
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
+                  step: int = 0, **optional) -> dict:
+    """``HistoryEntry(...).to_dict()``: the stored form. ``optional``: fields of ``HistoryEntry`` only."""
+    return HistoryEntry(kind, list(classes), num_images, settings, metrics or {}, step, **optional).to_dict()
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path, *, protect: tuple[str | Path, ...] = (),

@@ -1,7 +1,7 @@
 """``python -m wilss <command>``: the command-line entry point.
 
 The only place that configures logging and turns bad input into ``error: ...`` (exit status 2). Commands live in
-``cli_bench`` (generate, pretrain, benchmark), ``cli_update`` (add-class), ``cli_use`` (evaluate, predict) and
+``cli_bench`` (generate, pretrain, benchmark), ``cli_update`` (add-class), ``cli_use`` (evaluate, predict, export) and
 ``cli_reproduce`` (reproduce), ``cli_study`` (study) and ``cli_perf`` (bench, the speed of an update);
 each validates all of its input before it trains or writes anything.
 """
@@ -37,11 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     cli_bench.register(commands)   # generate, pretrain, benchmark
     cli_update.register(commands)  # add-class
-    cli_use.register(commands)     # evaluate, predict
+    cli_use.register(commands)     # evaluate, predict, export
     cli_reproduce.register(commands)  # reproduce
     cli_study.register(commands)   # study
     cli_perf.register(commands)    # bench
-    order = ["generate", "pretrain", "add-class", "evaluate", "predict", "benchmark", "reproduce", "study", "bench"]
+    order = ["generate", "pretrain", "add-class", "evaluate", "predict", "export", "benchmark", "reproduce", "study",
+             "bench"]
     commands._choices_actions.sort(key=lambda a: order.index(a.dest))  # help lists them in workflow order
     return parser
 

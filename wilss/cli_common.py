@@ -1,5 +1,5 @@
 """What every ``python -m wilss`` command shares: argument types, output-path checks, the progress bar, the
-mapping of flags onto ``UpdateConfig``, checkpoint loading and colour helpers.
+mapping of flags onto ``UpdateConfig``, checkpoint loading and ``--class`` specs.
 
 Nothing here trains or writes; commands call these to validate *all* their input before any work starts.
 """
@@ -10,23 +10,21 @@ import logging
 import os
 import sys
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from models import DEFAULT_CHECKPOINT
 from wilss import recipes
-from wilss.bases import open_model
-from wilss.checkpoint import Checkpoint, CheckpointError
+from wilss.bases import open_model as open_checkpoint  # noqa: F401  (the commands' --checkpoint)
 from wilss.config import UPDATE_LIMITS, UpdateConfig
-from wilss.conventions import distinct_colours, hex_to_rgb
+from wilss.conventions import hex_to_rgb
 from wilss.data import MAX_PIXELS
 from wilss.engine import Progress
 from wilss.inference import DEFAULT_MAX_SIDE
+from wilss.service import with_settings
+from wilss.metrics import percent  # noqa: F401  (the commands' table figures)
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +137,8 @@ UPDATE_VALUE_FLAGS = (
     ("--lr-backbone", "lr_backbone", positive_float, "LR", "learning rate of the encoder"),
     ("--lr-head", "lr_head", positive_float, "LR", "learning rate of the decoder head and classifier"),
     ("--lr-localizer", "lr_localizer", positive_float, "LR", "learning rate of the localizer"),
+    ("--focal-gamma", "focal_gamma", non_negative_float, "G", "Eq. 2: exponent of the aggregation's focal penalty"),
+    ("--focal-lambda", "focal_lambda", non_negative_float, "L", "Eq. 2: offset of the aggregation's focal penalty"),
     ("--alpha", "alpha", unit_float, "A", "Eq. 6: weight of the hard (one-hot) pseudo-label vs the soft one"),
     ("--localizer-channels", "localizer_channels", positive_int, "C", "hidden channels of the localizer"),
     ("--feature-distillation", "feature_distillation", non_negative_float, "W",
@@ -210,7 +210,7 @@ def update_config(args: argparse.Namespace, base: UpdateConfig) -> UpdateConfig:
         if field in UPDATE_LIMITS and overrides.get(field, 0) > UPDATE_LIMITS[field]:
             raise CliError(f"{flag} {overrides[field]} is above the limit of {UPDATE_LIMITS[field]}")
     try:
-        return replace(base, **overrides)
+        return with_settings(base, overrides)
     except ValueError as err:
         raise CliError(f"{err} (set with --epochs / --warmup-epochs)" if "warmup" in str(err) else str(err)) from None
 
@@ -265,16 +265,6 @@ def check_writable_folder(folder: Path, *, flag: str, target: Optional[Path] = N
         raise CliError(f"{flag} {target}: the folder '{existing}' is not writable")
 
 
-def open_checkpoint(path: Path) -> Checkpoint:
-    """A checkpoint file, or a pretrained base 'torchvision:NAME' (``wilss.bases``), with a hint when the shipped
-    default base has not been made yet."""
-    path = Path(path)
-    if not path.exists() and path.resolve() == DEFAULT_CHECKPOINT.resolve():
-        raise CheckpointError(f"the default base checkpoint {path} does not exist yet: create it with "
-                              f"'python -m wilss pretrain --out {path}', or pass --checkpoint")
-    return open_model(path)
-
-
 # ---------------------------------------------------------------------------------------------- colours
 def parse_class_spec(text: str) -> tuple[str, Optional[RGB]]:
     """'NAME' or 'NAME=#RRGGBB' -> (name, colour or None)."""
@@ -288,21 +278,6 @@ def parse_class_spec(text: str) -> tuple[str, Optional[RGB]]:
         return name, hex_to_rgb(colour)
     except ValueError as err:
         raise CliError(f"--class {text!r}: {err} (e.g. --class {name}=#ff8000)") from None
-
-
-def extend_colours(colours: np.ndarray, requested: Sequence[Optional[RGB]]) -> np.ndarray:
-    """Colours for ``len(requested)`` new classes: the requested one, else one far (in CIELAB) from every colour in
-    use and from black (``distinct_colours``, the app's choice too). Returns the new rows only (``N x 3`` uint8)."""
-    used = [tuple(int(v) for v in c) for c in colours] + [c for c in requested if c is not None]
-    free = iter(distinct_colours(np.array(used, dtype=np.uint8), sum(c is None for c in requested)))
-    rows = []
-    for colour in requested:
-        if colour is None:
-            colour = tuple(int(v) for v in next(free))
-        elif tuple(colour) in {tuple(int(v) for v in c) for c in colours}:
-            log.warning("colour %s is already used by another class", colour)
-        rows.append(colour)
-    return np.array(rows, dtype=np.uint8).reshape(len(rows), 3)
 
 
 # ------------------------------------------------------------------------------------------------ progress
@@ -338,8 +313,3 @@ class ProgressBar:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def percent(value: float) -> str:
-    """A figure in percent for a table, 'n/a' for NaN (a group without classes)."""
-    return "n/a" if value != value else f"{value:.1f}"

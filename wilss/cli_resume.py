@@ -54,7 +54,8 @@ def resuming(args: argparse.Namespace) -> bool:
 
 def fingerprint(plan, world: World, sync_bn: bool) -> dict:
     """What a snapshot must have been made by to be resumed: same input checkpoint (bytes), classes, settings,
-    tagged images (paths, tags, sizes), masks (a MiB step) and number of processes."""
+    tagged images (paths, tags, sizes), masks (a MiB step) and number of processes. ``plan``:
+    ``wilss.cli_update.AddClass``."""
     images = [(str(p.resolve()), sorted(t), p.stat().st_size) for p, t in zip(plan.tagged.paths, plan.tagged.tags)]
     found = {"checkpoint": file_digest(plan.checkpoint_path), "classes": list(plan.class_names),
              "settings": to_dict(plan.cfg), "images": hashlib.sha256(json.dumps(images).encode()).hexdigest(),
@@ -95,16 +96,6 @@ def main_process_output(world: World, args: argparse.Namespace) -> Iterator[None
             yield
     finally:
         logger.setLevel(level)
-
-
-def history_extras(world: World, resumer: Resumer) -> dict:
-    """Entries of the step's history that only long runs have."""
-    extras = {}
-    if world.world_size > 1:
-        extras["processes"] = world.world_size
-    if resumer.resumed_from:
-        extras["resumed_from_iteration"] = resumer.resumed_from
-    return extras
 
 
 def snapshot_dir_reusable(args: argparse.Namespace) -> bool:

@@ -1,8 +1,9 @@
 """``add-class``: teach a checkpoint new classes from image-level tags (one WILSON step).
 
 Two sources of tagged images: a user folder (tags.csv / tags.json / one sub-folder per tag), or the train split of
-a generated world, whose tags come from world.json under the benchmark's protocol. Everything is checked first
-(``plan_*``), then the update runs and the new checkpoint is written (``run_plan``).
+a generated world, whose tags come from world.json under the benchmark's protocol. The flags become a
+``wilss.service.UpdateRequest``, checked with every output path first (``plan_*``); then ``run_update`` trains and
+the new checkpoint is written (``run_plan``).
 """
 from __future__ import annotations
 
@@ -14,33 +15,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 from PIL import Image
 
 from models import DEFAULT_CHECKPOINT
 from wilss import recipes
-from wilss.checkpoint import Checkpoint, history_entry, save_checkpoint
+from wilss.checkpoint import save_checkpoint
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_max_side_flag, add_update_flags,
-                              check_new_file, check_new_folder, extend_colours, open_checkpoint, parse_class_spec,
-                              positive_int, unit_float, update_config)
-from wilss.scoring import (EvalSet, format_scores, mask_eval_set, nan_to_none, read_world, score, world_eval_set,
-                           world_split)
-from wilss.cli_resume import (add_run_flags, history_extras, main_process_output, make_resumer,
-                               snapshot_dir_reusable)
-from wilss.config import UpdateConfig, to_dict
+                              check_new_file, check_new_folder, open_checkpoint, parse_class_spec, positive_int,
+                              unit_float, update_config)
+from wilss.cli_resume import add_run_flags, main_process_output, make_resumer, snapshot_dir_reusable
+from wilss.config import UpdateConfig
 from wilss.conventions import colorize, voc_palette
 from wilss.data import validate_images
-from wilss.tags import TaggedSet, check_new_classes, read_tagged_folder, settle_negatives
-from wilss.training_data import fitted_image, masked_training_set, tagged_training_set
 from wilss.distributed import World, cleanup, setup_from_env
 from wilss.engine import Snapshot, batches_per_epoch
 from wilss.protocol import select_images
 from wilss.pseudo_labels import export_pseudo_labels
-from wilss.masked_update import MaskedUpdate
-from wilss.step_masks import read_step_masks
-from wilss.trainer import WeakUpdate
 from wilss.render import cam_overlay
 from wilss.runtime import PLAIN
+from wilss.scoring import EvalSet, mask_eval_set, read_world, score, world_eval_set, world_split
+from wilss.service import UpdatePlan, UpdateRequest, run_update
+from wilss.step_masks import read_step_masks
+from wilss.tags import TaggedSet, read_tagged_folder
 from wilss.world import WORLD_CLASSES
 
 log = logging.getLogger(__name__)
@@ -49,35 +45,33 @@ SNAPSHOT_IMAGES = 4
 
 
 @dataclass
-class UpdatePlan:
-    """Everything an update needs, validated: nothing has been written when one exists."""
+class AddClass:
+    """A checked update (``wilss.service.UpdatePlan``) and what the command does around it: nothing has been
+    written when one exists."""
 
+    plan: UpdatePlan
     checkpoint_path: Path
-    ckpt: Checkpoint
     out: Path
-    cfg: UpdateConfig
-    tagged: TaggedSet
-    new_names: list[str]
-    new_colours: np.ndarray              # N x 3 uint8
-    source: str
     eval_set: Optional[EvalSet] = None
     snapshot_dir: Optional[Path] = None
     snapshot_every: int = 0
-    note: str = ""                       # what the plan decided for the user (e.g. automatic old-class tags)
-    masks: Optional[list[Path]] = None   # the images' masks (--masks): a MiB step instead of WILSON's
 
-    @property
-    def columns(self) -> list[str]:
-        """Target columns: the old non-background classes, then the new ones (WeakUpdate's order)."""
-        return self.ckpt.class_names[1:] + self.new_names
-
+    # what the resumable snapshots' fingerprint reads (wilss.cli_resume)
     @property
     def class_names(self) -> list[str]:
-        return self.ckpt.class_names + self.new_names
+        return self.plan.class_names
 
     @property
-    def colours(self) -> np.ndarray:
-        return np.vstack([self.ckpt.colours, self.new_colours]).astype(np.uint8)
+    def cfg(self) -> UpdateConfig:
+        return self.plan.cfg
+
+    @property
+    def tagged(self) -> TaggedSet:
+        return self.plan.tagged
+
+    @property
+    def masks(self):
+        return self.plan.request.masks
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -97,19 +91,17 @@ def _common_checks(args: argparse.Namespace, base_cfg: UpdateConfig) -> tuple[Pa
     return out, cfg
 
 
-def _finish_plan(plan: UpdatePlan, args: argparse.Namespace) -> UpdatePlan:
-    check_new_classes(plan.tagged, plan.new_names, plan.ckpt.class_names[1:])
-    if plan.masks is None:   # l_CLS's negatives: WILSON's step only
-        plan.cfg, plan.note = settle_negatives(plan.tagged, plan.new_names, plan.cfg)
+def _finish_plan(request: UpdateRequest, out: Path, args: argparse.Namespace) -> AddClass:
+    job = AddClass(request.validate(), Path(args.checkpoint), out)
     if args.eval_images is not None:
-        plan.eval_set = mask_eval_set(args.eval_images, args.eval_masks, len(plan.class_names))
+        job.eval_set = mask_eval_set(args.eval_images, args.eval_masks, len(job.class_names))
     if args.snapshot_dir is not None:
-        plan.snapshot_dir = Path(args.snapshot_dir)
-        plan.snapshot_every = args.snapshot_every or batches_per_epoch(len(plan.tagged), plan.cfg.batch_size)
-    return plan
+        job.snapshot_dir = Path(args.snapshot_dir)
+        job.snapshot_every = args.snapshot_every or batches_per_epoch(len(job.tagged), job.cfg.batch_size)
+    return job
 
 
-def plan_from_folder(args: argparse.Namespace) -> UpdatePlan:
+def plan_from_folder(args: argparse.Namespace) -> AddClass:
     if args.world is not None:
         raise CliError("give either --images (your tagged images) or --world (a generated world), not both")
     if not args.classes:
@@ -118,17 +110,16 @@ def plan_from_folder(args: argparse.Namespace) -> UpdatePlan:
     specs = [parse_class_spec(text) for text in args.classes]
     ckpt = open_checkpoint(args.checkpoint)
     tagged = read_tagged_folder(args.images, args.tags)
-    names = [name for name, _ in specs]
     masks = None
-    if args.masks is not None:   # the images' tags are read from their masks
-        tagged, masks = read_step_masks(tagged, args.images, args.masks, class_names=ckpt.class_names + names,
-                                        num_old=len(ckpt.class_names))
-    plan = UpdatePlan(Path(args.checkpoint), ckpt, out, cfg, tagged, names,
-                      extend_colours(ckpt.colours, [colour for _, colour in specs]), str(args.images), masks=masks)
-    return _finish_plan(plan, args)
+    if args.masks is not None:   # a MiB step; the images' tags are read from their masks
+        tagged, masks = read_step_masks(tagged, args.images, args.masks, num_old=len(ckpt.class_names),
+                                        class_names=list(ckpt.class_names) + [name for name, _ in specs])
+    request = UpdateRequest(ckpt, tagged, specs, cfg, base_name=str(args.checkpoint), source=str(args.images),
+                            masks=None if masks is None else tuple(masks))
+    return _finish_plan(request, out, args)
 
 
-def plan_from_world(args: argparse.Namespace) -> UpdatePlan:
+def plan_from_world(args: argparse.Namespace) -> AddClass:
     if args.images is not None or args.tags is not None or args.classes or args.masks is not None:
         raise CliError("--world brings its own images, tags and classes: leave out --images, --tags, --class and "
                        "--masks")
@@ -148,15 +139,16 @@ def plan_from_world(args: argparse.Namespace) -> UpdatePlan:
     tagged = TaggedSet(tuple(images[i] for i in chosen), tuple(tags))
     validate_images(tagged.paths)
     colours = voc_palette(256)[[WORLD_CLASSES.index(n) for n in names]]
-    plan = UpdatePlan(Path(args.checkpoint), ckpt, out, cfg, tagged, names, colours, str(args.world))
-    plan = _finish_plan(plan, args)
-    if plan.eval_set is None and (meta.get("splits") or {}).get("test"):
-        plan.eval_set = world_eval_set(args.world, "test", plan.class_names)
-    return plan
+    request = UpdateRequest(ckpt, tagged, list(zip(names, colours.tolist())), cfg, base_name=str(args.checkpoint),
+                            source=str(args.world))
+    job = _finish_plan(request, out, args)
+    if job.eval_set is None and (meta.get("splits") or {}).get("test"):
+        job.eval_set = world_eval_set(args.world, "test", job.class_names)
+    return job
 
 
 # ---------------------------------------------------------------------------------------------- rendering
-def write_snapshots(folder: Path, iteration: int, snapshots: Sequence[Snapshot], colours: np.ndarray,
+def write_snapshots(folder: Path, iteration: int, snapshots: Sequence[Snapshot], colours,
                     new_names: Sequence[str]) -> None:
     """Per image: one CAM overlay per new class, the pseudo-label and the prediction, as PNGs."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -170,73 +162,43 @@ def write_snapshots(folder: Path, iteration: int, snapshots: Sequence[Snapshot],
 
 
 # ---------------------------------------------------------------------------------------------- training
-def masked_update(plan: UpdatePlan, device: str, runtime) -> MaskedUpdate:
-    """The MiB step of a plan with masks (``--masks``): its images and masks, fitted and augmented as in training."""
-    dataset = masked_training_set(list(zip(plan.tagged.paths, plan.masks)), plan.cfg)
-    return MaskedUpdate(plan.ckpt.model, dataset, num_new=len(plan.new_names), cfg=plan.cfg, device=device,
-                        runtime=runtime)
-
-
-def run_plan(plan: UpdatePlan, args: argparse.Namespace, world: World = World(), device: str = "auto") -> int:
+def run_plan(job: AddClass, args: argparse.Namespace, world: World = World(), device: str = "auto") -> int:
     """Train and write the checkpoint. Under torchrun every process trains, rank 0 alone reports and writes."""
-    cfg, tagged = plan.cfg, plan.tagged
-    resumer = make_resumer(plan, args, world)
-    dataset = tagged_training_set(tagged, plan.columns, cfg)
-    snapshot_items = []
-    if plan.snapshot_dir is not None and world.is_main:
-        snapshot_items = [(fitted_image(tagged.paths[i], cfg.crop_size), dataset.targets[i])
-                          for i in range(min(SNAPSHOT_IMAGES, len(tagged)))]
+    plan = job.plan
+    resumer = make_resumer(job, args, world)
     if plan.note:
         print(f"note: {plan.note}")
-    counts = tagged.counts()
-    without_new = sum(not (tags & set(plan.new_names)) for tags in tagged.tags)
-    print(f"adding {', '.join(f'{n} ({counts[n]} images)' for n in plan.new_names)} to {plan.checkpoint_path} "
-          f"({len(plan.ckpt.class_names) - 1} classes) from {len(tagged)} images, {without_new} showing none of "
-          f"the new classes; {cfg.epochs} epochs " +
-          (f"({cfg.warmup_epochs} warm-up)" if plan.masks is None else "of MiB on their masks"))
+    print(plan.describe())
     start = time.perf_counter()
-    if plan.masks is not None:   # MiB on the user's masks
-        update = masked_update(plan, device, PLAIN if args.plain_fp32 else None)
-    else:
-        update = WeakUpdate(plan.ckpt.model, dataset, num_new=len(plan.new_names), cfg=cfg, device=device,
-                            snapshot_items=snapshot_items, snapshot_every=plan.snapshot_every, sync_bn=args.sync_bn,
-                            runtime=PLAIN if args.plain_fp32 else None)
-    final = None
+    shown = range(min(SNAPSHOT_IMAGES, len(plan.tagged))) if job.snapshot_dir is not None and world.is_main else ()
+    run = run_update(plan, device=device, runtime=PLAIN if args.plain_fp32 else None, resumer=resumer,
+                     snapshot_indices=shown, snapshot_every=job.snapshot_every, sync_bn=args.sync_bn)
     with ProgressBar(quiet=args.quiet) as bar:
-        for final in update.run(resumer):
-            bar.update(final)
-            if final.snapshots:
-                write_snapshots(plan.snapshot_dir, final.iteration, final.snapshots, plan.colours, plan.new_names)
+        for progress in run:
+            bar.update(progress)
+            if progress.snapshots:
+                write_snapshots(job.snapshot_dir, progress.iteration, progress.snapshots, plan.colours,
+                                plan.new_names)
     if not world.is_main:
         return 0
-    train_seconds = time.perf_counter() - start
-    metrics = {"train_seconds": round(resumer.elapsed_s, 1)}
-    metrics.update({f"final_loss_{k}": round(v, 4) for k, v in (final.losses if final else {}).items()})
-    if plan.eval_set is not None:
-        iou, figures = score(update.model, plan.eval_set, plan.class_names, plan.new_names, device=device,
-                             max_side=args.max_side)
-        print(f"\nevaluated on {len(plan.eval_set.pairs)} images from {plan.eval_set.source}")
-        print(format_scores(iou, figures, plan.class_names, plan.new_names))
-        metrics.update({f"eval_mIoU_{k}": nan_to_none(v) for k, v in figures.items()})
-        metrics.update(eval_images=len(plan.eval_set.pairs), eval_source=plan.eval_set.source)
-    ckpt = Checkpoint(model=update.model.cpu().eval(), class_names=plan.class_names, colours=plan.colours,
-                      history=list(plan.ckpt.history))
-    ckpt.history.append(history_entry(
-        "add-class", plan.new_names, num_images=len(tagged), step=len(plan.ckpt.history), settings=to_dict(cfg),
-        metrics=metrics, negatives=tagged.num_negatives, source=plan.source, tag_counts=counts,
-        base_checkpoint=str(plan.checkpoint_path), method="wilss" if plan.masks is None else "mib",
-        **history_extras(world, resumer)))
-    path = save_checkpoint(ckpt, plan.out, protect=(plan.checkpoint_path,), overwrite=args.overwrite)
+    metrics = {}
+    if job.eval_set is not None:
+        scores = score(run.update.model, job.eval_set, plan.class_names, plan.new_names, device=device,
+                       max_side=args.max_side)
+        print(f"\nevaluated on {len(job.eval_set.pairs)} images from {job.eval_set.source}")
+        print(scores.table())
+        metrics = scores.history_metrics(job.eval_set)
+    ckpt = run.checkpoint(metrics)
+    path = save_checkpoint(ckpt, job.out, protect=(job.checkpoint_path,), overwrite=args.overwrite)
     resumer.remove()
     if args.export_pseudo is not None:
-        update.model.to(update.device)   # saving moved it to the CPU
-        count = export_pseudo_labels(update, tagged.paths, dataset.targets, args.export_pseudo,
-                                     class_names=plan.class_names, colours=plan.colours, side=cfg.crop_size,
+        count = export_pseudo_labels(run.update, plan.tagged.paths, run.dataset.targets, args.export_pseudo,
+                                     class_names=plan.class_names, colours=plan.colours, side=plan.cfg.crop_size,
                                      min_confidence=args.pseudo_min_confidence)
         print(f"wrote {count} pseudo-label masks (VOC palette PNGs, labelmap.txt) to {args.export_pseudo}")
-    print(f"\nwall time {time.perf_counter() - start:.1f} s (training {train_seconds:.1f} s)")
-    if plan.snapshot_dir is not None:
-        print(f"snapshots in {plan.snapshot_dir}")
+    print(f"\nwall time {time.perf_counter() - start:.1f} s (training {run.seconds:.1f} s)")
+    if job.snapshot_dir is not None:
+        print(f"snapshots in {job.snapshot_dir}")
     print(f"wrote {path} ({len(ckpt.class_names)} classes: {', '.join(ckpt.class_names[1:])})")
     return 0
 
@@ -247,8 +209,8 @@ def cmd_add_class(args: argparse.Namespace) -> int:
     world, device = setup_from_env(args.device)  # joins torchrun's process group, if launched by it
     try:
         with main_process_output(world, args):
-            plan = plan_from_world(args) if args.world is not None else plan_from_folder(args)
-            return run_plan(plan, args, world, str(device))
+            job = plan_from_world(args) if args.world is not None else plan_from_folder(args)
+            return run_plan(job, args, world, str(device))
     finally:
         cleanup()
 

@@ -1,4 +1,5 @@
-"""``evaluate`` and ``predict``: using a checkpoint (labelled sets and their scores: ``wilss.scoring``)."""
+"""``evaluate``, ``predict`` and ``export``: using a checkpoint (through ``wilss.service``: ``score``, ``Predictor``,
+``export_onnx``)."""
 from __future__ import annotations
 
 import argparse
@@ -8,13 +9,13 @@ import numpy as np
 from PIL import Image
 
 from models import DEFAULT_CHECKPOINT
-from wilss.cli_common import (CliError, add_common_flags, add_device_flag, add_max_side_flag, check_writable_folder,
-                              open_checkpoint)
+from wilss.cli_common import (CliError, add_common_flags, add_device_flag, add_max_side_flag, check_new_file,
+                              check_writable_folder, open_checkpoint, positive_int)
 from wilss.conventions import rgb_to_hex
 from wilss.data import DataError, list_images, load_image, validate_images
-from wilss.inference import Predictor
 from wilss.render import mask_overlay
-from wilss.scoring import format_scores, mask_eval_set, score, world_eval_set
+from wilss.scoring import mask_eval_set, world_eval_set
+from wilss.service import ExportError, Predictor, export_onnx, score
 
 # --------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -28,12 +29,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise CliError("give --images DIR and --masks DIR together (or --world DIR)")
         eval_set = mask_eval_set(args.images, args.masks, ckpt.num_classes)
     new_names = ckpt.last_added
-    iou, figures = score(ckpt.model, eval_set, ckpt.class_names, new_names, device=args.device,
-                         max_side=args.max_side)
+    scores = score(ckpt, eval_set, device=args.device, max_side=args.max_side)
     print(f"checkpoint {args.checkpoint}: {ckpt.num_classes} classes; "
           f"last added: {', '.join(new_names) if new_names else 'none (a base model)'}")
     print(f"evaluated on {len(eval_set.pairs)} images from {eval_set.source}\n")
-    print(format_scores(iou, figures, ckpt.class_names, new_names))
+    print(scores.table())
     return 0
 
 
@@ -102,6 +102,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    out = check_new_file(args.onnx, flag="--onnx", overwrite=args.overwrite)
+    ckpt = open_checkpoint(args.checkpoint)
+    try:
+        path = export_onnx(ckpt, out, size=args.size)
+    except ExportError as err:
+        raise CliError(str(err)) from None
+    print(f"wrote {path} ({ckpt.num_classes} classes: {', '.join(ckpt.class_names[1:])}; input 'image' 1x3xHxW "
+          "float32 normalised, output 'logits' 1xKxHxW; class names, colours and normalisation in its metadata)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parsers
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
@@ -138,3 +151,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(run=cmd_predict)
+
+    p = commands.add_parser(
+        "export", help="write a checkpoint's network as ONNX (class names and colours in its metadata)",
+        description="Export a checkpoint's segmenter to ONNX, the same file as the app's 'Versions & export' tab: "
+                    "input 'image' 1x3xHxW float32 (RGB in [0,1] normalised with the ImageNet mean/std, H and W "
+                    "dynamic), output 'logits' 1xKxHxW (argmax over K = class id). The metadata holds the class "
+                    "names, colours and normalisation. Needs the 'onnx' package.",
+        epilog="example:\n  python -m wilss export --checkpoint arrow.pt --onnx arrow.onnx")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="CKPT",
+                   help="a checkpoint file, or torchvision:NAME for a pretrained VOC base (see docs/bases.md) "
+                        "(default: the shipped base, models/default_base.pt)")
+    p.add_argument("--onnx", required=True, type=Path, metavar="OUT", help="the ONNX file to write")
+    p.add_argument("--size", type=positive_int, default=128, metavar="PX",
+                   help="side of the square input the network is traced at; H and W stay dynamic (default: 128)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --onnx file")
+    add_common_flags(p)
+    p.set_defaults(run=cmd_export)

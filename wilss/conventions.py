@@ -7,9 +7,14 @@
 """
 from __future__ import annotations
 
+import logging
+from typing import Optional, Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
 BACKGROUND = 0
@@ -82,6 +87,21 @@ def distinct_colours(used, count: int) -> np.ndarray:
         out.append(pool[best])
         taken_lab = np.vstack([taken_lab, pool_lab[best]])
     return np.array(out, dtype=np.uint8).reshape(count, 3)
+
+
+def extend_colours(colours: np.ndarray, requested: Sequence[Optional[tuple[int, int, int]]]) -> np.ndarray:
+    """Colours for ``len(requested)`` new classes: the requested one, else one far (in CIELAB) from every colour in
+    use and from black (``distinct_colours``). Returns the new rows only (``N x 3`` uint8)."""
+    used = [tuple(int(v) for v in c) for c in colours] + [c for c in requested if c is not None]
+    free = iter(distinct_colours(np.array(used, dtype=np.uint8), sum(c is None for c in requested)))
+    rows = []
+    for colour in requested:
+        if colour is None:
+            colour = tuple(int(v) for v in next(free))
+        elif tuple(colour) in {tuple(int(v) for v in c) for c in colours}:
+            log.warning("colour %s is already used by another class", colour)
+        rows.append(colour)
+    return np.array(rows, dtype=np.uint8).reshape(len(rows), 3)
 
 
 def normalize(image: np.ndarray) -> torch.Tensor:

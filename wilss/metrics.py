@@ -95,3 +95,8 @@ def per_class_table(iou: torch.Tensor, class_names: Sequence[str]) -> list[tuple
     if len(class_names) != len(iou):
         raise ValueError(f"{len(class_names)} class names for {len(iou)} IoU values")
     return [(name, float(v) * 100.0) for name, v in zip(class_names, iou.tolist())]
+
+
+def percent(value: float) -> str:
+    """A figure in percent for a table, 'n/a' for NaN (a group without classes)."""
+    return "n/a" if value != value else f"{value:.1f}"

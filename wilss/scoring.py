@@ -1,5 +1,6 @@
-"""Labelled sets (a mask folder or a generated world) read in a checkpoint's class ids, and their scores: what
-``evaluate`` prints and what ``add-class`` records after training. Shared by the commands, so none imports another."""
+"""Labelled sets (a mask folder, an upload, a generated world) read in a checkpoint's class ids, and their scores:
+what ``evaluate`` prints, what ``add-class`` records after training and what the app's Evaluate tab shows (one
+``score`` for all of them)."""
 from __future__ import annotations
 
 import json
@@ -12,12 +13,12 @@ import numpy as np
 import torch
 
 from models.segmenter import Segmenter
-from wilss.cli_common import percent
+from wilss.checkpoint import Checkpoint
 from wilss.conventions import BACKGROUND, IGNORE_INDEX
 from wilss.data import DataError, check_mask_pairs, read_mask_folder
 from wilss.training_data import PixelDataset
 from wilss.inference import evaluate
-from wilss.metrics import per_class_table, summarize
+from wilss.metrics import per_class_table, percent, summarize
 from wilss.world import WORLD_CLASSES
 
 
@@ -41,8 +42,14 @@ def mask_eval_set(images_dir: Path, masks_dir: Path, num_classes: int,
     """Pair and check a VOC-style set now, so that scoring after a long training cannot fail on the data:
     every image opens, every mask has its image's size and only ids ``< num_classes`` (or 255, void)."""
     pairs = read_mask_folder(images_dir, masks_dir)
+    return checked_eval_set(pairs, num_classes, f"{images_dir} + {masks_dir}", label_map)
+
+
+def checked_eval_set(pairs: Sequence[tuple[Path, Path]], num_classes: int, source: str,
+                     label_map: Optional[np.ndarray] = None) -> EvalSet:
+    """``pairs`` checked (``wilss.data.check_mask_pairs``) as an ``EvalSet``."""
     sizes = check_mask_pairs(pairs, num_classes, label_map)
-    return EvalSet(pairs, label_map, f"{images_dir} + {masks_dir}", len(sizes) == 1, max(max(s) for s in sizes))
+    return EvalSet(list(pairs), label_map, source, len(sizes) == 1, max(max(s) for s in sizes))
 
 
 def read_world(root: Path) -> dict:
@@ -103,16 +110,55 @@ def old_new_ids(class_names: Sequence[str], new_names: Sequence[str]) -> tuple[l
     return [i for i in range(1, len(class_names)) if i not in new], new
 
 
-def score(model: Segmenter, eval_set: EvalSet, class_names: Sequence[str], new_names: Sequence[str], *,
-          device: Optional[str] = None, max_side: Optional[int] = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Per-class IoU (``K``, in [0, 1], NaN for absent classes) and mIoU old / new / all in percent. Images larger
-    than ``max_side`` are segmented at that size (one at a time), and scored at their masks' size."""
+@dataclass
+class Scores:
+    """A model's scores on a labelled set: per-class IoU and the paper's mIoU old / new / all."""
+
+    iou: torch.Tensor                    # K, in [0, 1]; NaN for a class neither in the masks nor predicted
+    summary: dict[str, float]            # 'old', 'new', 'all': mIoU in percent (NaN: a group without classes)
+    class_names: list[str]
+    new_names: list[str]
+
+    def by_name(self) -> dict[str, float]:
+        """Class name -> IoU in percent (NaN as above)."""
+        return {name: 100.0 * float(v) for name, v in zip(self.class_names, self.iou.tolist())}
+
+    def as_dict(self) -> dict:
+        """{'summary': {'old', 'new', 'all'}, 'iou': {name: value}}, in percent (the app's tables)."""
+        return {"summary": dict(self.summary), "iou": self.by_name()}
+
+    def table(self) -> str:
+        """What ``evaluate`` prints: IoU per class (new ones marked), then the mIoU line."""
+        return format_scores(self.iou, self.summary, self.class_names, self.new_names)
+
+    def history_metrics(self, eval_set: EvalSet) -> dict:
+        """The figures an add-class step records in its history."""
+        return {**{f"eval_mIoU_{k}": nan_to_none(v) for k, v in self.summary.items()},
+                "eval_images": len(eval_set.pairs), "eval_source": eval_set.source}
+
+
+def score(model: Segmenter | Checkpoint, eval_set: EvalSet, class_names: Optional[Sequence[str]] = None,
+          new_names: Optional[Sequence[str]] = None, *, device: Optional[str] = None,
+          max_side: Optional[int] = None) -> Scores:
+    """Scores of ``model`` over ``eval_set``, whose masks hold the ids of ``class_names`` (default: the checkpoint's
+    own; "new" by default: its last add-class step's). The model must know a prefix of ``class_names`` (an earlier
+    version: its missing classes are scored as never predicted). Images larger than ``max_side`` are segmented at
+    that size (one at a time), and scored at their masks' size."""
+    network = model.model if isinstance(model, Checkpoint) else model
+    if isinstance(model, Checkpoint):
+        class_names = list(model.class_names) if class_names is None else list(class_names)
+        new_names = model.last_added if new_names is None else new_names
+        if class_names[: model.num_classes] != list(model.class_names):
+            raise DataError(f"This version's classes ({', '.join(model.class_names)}) are not the first classes of "
+                            f"the version being compared ({', '.join(class_names)}), so their ids differ.")
+    if class_names is None or new_names is None:
+        raise TypeError("score needs class_names and new_names for a bare network")
     batched = eval_set.same_size and (max_side is None or eval_set.largest_side <= max_side)
-    matrix = evaluate(model, eval_set.dataset(), num_classes=len(class_names), batch_size=8 if batched else 1,
+    matrix = evaluate(network, eval_set.dataset(), num_classes=len(class_names), batch_size=8 if batched else 1,
                       device=device, max_side=max_side)
     iou = matrix.iou()
     old, new = old_new_ids(class_names, new_names)
-    return iou, summarize(iou, old, new)
+    return Scores(iou, summarize(iou, old, new), list(class_names), list(new_names))
 
 
 def nan_to_none(value: float) -> Optional[float]:

@@ -1,5 +1,6 @@
 """ONNX export of a checkpoint's segmenter: input ``image`` ``1x3xHxW`` float (ImageNet-normalised, H and W
-dynamic), output ``logits`` ``1xKxHxW``; class names, colours and the normalisation go into the file's metadata."""
+dynamic), output ``logits`` ``1xKxHxW``; class names, colours and the normalisation go into the file's metadata.
+``python -m wilss export`` and the app's 'Versions & export' tab both call ``export_onnx``."""
 from __future__ import annotations
 
 import copy
@@ -14,6 +15,7 @@ from wilss.conventions import MEAN, STD
 from wilss.files import atomic_write
 
 OPSET = 17
+ONNX_MISSING = "ONNX export needs the 'onnx' package, which is not installed here: run 'pip install onnx'"
 
 
 class ExportError(RuntimeError):
@@ -29,10 +31,10 @@ def onnx_available() -> bool:
 
 
 def export_onnx(ckpt: Checkpoint, path: Path, *, size: int = 128) -> Path:
-    """Write ``ckpt.model`` as ONNX to ``path`` (atomically). Raises ``ExportError`` without the ``onnx`` package."""
+    """Write ``ckpt.model`` as ONNX to ``path`` (atomically), traced at ``size`` x ``size`` (H and W stay dynamic).
+    Raises ``ExportError`` without the ``onnx`` package, or when the network cannot be exported."""
     if not onnx_available():
-        raise ExportError("ONNX export needs the 'onnx' package, which is not installed here: run "
-                          "'pip install onnx' and restart the app. The .pt checkpoint download works without it.")
+        raise ExportError(f"{ONNX_MISSING}.")
     import onnx
 
     model = copy.deepcopy(ckpt.model).cpu().eval()   # never move or retrain the session's model

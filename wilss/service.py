@@ -1,0 +1,235 @@
+"""The product's front door: the few objects a demo, the app and the CLI need (the segment-anything anchor).
+
+    from wilss import service
+    base = service.load("models/default_base.pt")                 # or "torchvision:deeplabv3_resnet50"
+    request = service.UpdateRequest(base, service.read_tagged_folder("samples/"), [("arrow", "#ff8000")],
+                                    cfg=service.DEMO_UPDATE)
+    run = service.run_update(request)                             # checks the request first (UpdateRequest.validate)
+    for progress in run: print(progress.iteration, progress.total_iterations, progress.losses)
+    service.save_checkpoint(run.checkpoint(), "arrow.pt")
+
+``python -m wilss add-class`` (``wilss.cli_update``) and the app's update (``app.update``) translate their inputs into
+an ``UpdateRequest`` and iterate ``run_update``; ``score`` serves ``evaluate``, ``add-class --eval-*`` and the app's
+Evaluate tab; ``export_onnx`` serves ``python -m wilss export`` and the app's export button. Neither face holds
+method logic.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, fields, replace
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from wilss.bases import open_model
+from wilss.checkpoint import Checkpoint, HistoryEntry, save_checkpoint  # noqa: F401  (part of the API)
+from wilss.config import UpdateConfig, to_dict
+from wilss.conventions import extend_colours, hex_to_rgb
+from wilss.data import DataError
+from wilss.distributed import current_world
+from wilss.engine import Progress, Snapshot  # noqa: F401  (part of the API)
+from wilss.export import ExportError, export_onnx  # noqa: F401  (part of the API)
+from wilss.inference import Prediction, Predictor  # noqa: F401  (part of the API)
+from wilss.recipes import DEMO_UPDATE  # noqa: F401  (the CPU-sized settings of the samples)
+from wilss.resume import Resumer
+from wilss.runtime import RuntimeConfig
+from wilss.scoring import EvalSet, Scores, mask_eval_set, score  # noqa: F401  (part of the API)
+from wilss.tags import TaggedSet, check_new_classes, read_tagged_folder, settle_negatives  # noqa: F401
+from wilss.trainer import WeakUpdate
+from wilss.masked_update import MaskedUpdate
+from wilss.training_data import fitted_image, masked_training_set, tagged_training_set
+
+log = logging.getLogger(__name__)
+
+Colour = Union[str, Sequence[int], None]   # '#rrggbb', (r, g, b), or None: a free colour far from those in use
+
+# The UpdateConfig fields both faces offer (CLI flags in wilss.cli_common, the app's advanced panel in app.update);
+# tests/test_service.py holds both to this list.
+UPDATE_OPTIONS = ("epochs", "warmup_epochs", "batch_size", "crop_size", "lr_backbone", "lr_head", "lr_localizer",
+                  "localizer_channels", "localizer_detail", "focal_gamma", "focal_lambda", "alpha",
+                  "feature_distillation", "seed", "mib_init", "relaxed", "auto_old_tags", "drop_unlocalized",
+                  "pamr_self_training", "pamr_refine_stride", "pamr_refine_iterations", "pamr_refine_fine_iterations",
+                  "output_distillation", "freeze_encoder", "unbiased_kd")
+
+
+def load(source) -> Checkpoint:
+    """A checkpoint file, or a pretrained base 'torchvision:NAME' (``wilss.bases``). Raises ``CheckpointError``."""
+    return open_model(source)
+
+
+# ------------------------------------------------------------------------------------------------ request
+@dataclass(frozen=True)
+class UpdateRequest:
+    """One add-class step as asked for: nothing is checked until ``validate``."""
+
+    base: Checkpoint                         # the model to extend (never changed)
+    tagged: TaggedSet                        # images with image-level tags (empty tags: a negative)
+    classes: Sequence[tuple[str, Colour]]    # the new classes, in id order, each with its colour
+    cfg: UpdateConfig = UpdateConfig()
+    auto_negatives: bool = True              # a class without negatives: old classes' tags from the model (note)
+    base_name: str = ""                      # how the base is known (a path, a version): recorded in the history
+    source: str = ""                         # where the images came from: recorded in the history
+    rejected: Optional[tuple[str, ...]] = None   # images left out after review: recorded when given
+    tool: Optional[str] = None               # who made it ('app'): recorded when given
+    masks: Optional[tuple] = None            # a mask file per image (wilss.step_masks): a MiB step, not WILSON's
+
+    def validate(self) -> UpdatePlan:
+        """The checked plan. Raises ``DataError`` for an empty or existing class name, a bad colour, no images,
+        unknown tags or a class without positives (``wilss.tags.check_new_classes``). With ``auto_negatives``, a
+        class without negatives switches on automatic old-class tags, and the plan's ``note`` says so."""
+        if not self.classes:
+            raise DataError("A new class name is empty. Give every new class a name.")
+        names, colours = [], []
+        for name, colour in self.classes:
+            name = (name or "").strip()
+            if not name:
+                raise DataError("A new class name is empty. Give every new class a name.")
+            if isinstance(colour, str):
+                try:
+                    colour = hex_to_rgb(colour)
+                except ValueError as err:
+                    raise DataError(f"The colour of '{name}': {err}.") from None
+            names.append(name)
+            colours.append(None if colour is None else tuple(int(v) for v in colour))
+        check_new_classes(self.tagged, names, self.base.class_names[1:])
+        wilson = self.auto_negatives and self.masks is None   # l_CLS's negatives: WILSON's step only
+        cfg, note = settle_negatives(self.tagged, names, self.cfg) if wilson else (self.cfg, "")
+        return UpdatePlan(self, names, extend_colours(self.base.colours, colours), cfg, note)
+
+
+@dataclass(frozen=True)
+class UpdatePlan:
+    """A checked ``UpdateRequest``: its class names and colours resolved, the configuration to train with."""
+
+    request: UpdateRequest
+    new_names: list[str]
+    new_colours: np.ndarray                  # N x 3 uint8
+    cfg: UpdateConfig                        # the request's, with automatic old-class tags when the note says so
+    note: str = ""                           # what the check decided for the user
+
+    @property
+    def base(self) -> Checkpoint:
+        return self.request.base
+
+    @property
+    def tagged(self) -> TaggedSet:
+        return self.request.tagged
+
+    @property
+    def columns(self) -> list[str]:
+        """Target columns: the old non-background classes, then the new ones (``WeakUpdate``'s order)."""
+        return list(self.base.class_names[1:]) + list(self.new_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.base.class_names) + list(self.new_names)
+
+    @property
+    def colours(self) -> np.ndarray:
+        return np.vstack([self.base.colours, self.new_colours]).astype(np.uint8)
+
+    def describe(self) -> str:
+        """One line: what is added to what, from how many images."""
+        counts, tagged = self.tagged.counts(), self.tagged
+        without_new = sum(not (tags & set(self.new_names)) for tags in tagged.tags)
+        return (f"adding {', '.join(f'{n} ({counts[n]} images)' for n in self.new_names)} to "
+                f"{self.request.base_name} ({len(self.base.class_names) - 1} classes) from {len(tagged)} images, "
+                f"{without_new} showing none of the new classes; {self.cfg.epochs} epochs " +
+                (f"({self.cfg.warmup_epochs} warm-up)" if self.request.masks is None else "of MiB on their masks"))
+
+
+# --------------------------------------------------------------------------------------------------- run
+class UpdateRun:
+    """An update under way: iterating it trains, one ``Progress`` per iteration (stop iterating to cancel: the base
+    is untouched); after the last, ``checkpoint()`` is the result. ``update`` (the ``WeakUpdate``) and ``dataset``
+    stay for pictures and pseudo-label exports, also between iterations."""
+
+    def __init__(self, plan: UpdatePlan, *, device=None, runtime: Optional[RuntimeConfig] = None,
+                 resumer: Optional[Resumer] = None, snapshot_indices: Sequence[int] = (), snapshot_every: int = 0,
+                 sync_bn: bool = False) -> None:
+        self.plan, self.resumer = plan, resumer
+        self._start = time.perf_counter()
+        if plan.request.masks is not None:   # MiB on the user's masks: no CAMs, no pseudo-labels
+            self.dataset = masked_training_set(list(zip(plan.tagged.paths, plan.request.masks)), plan.cfg)
+            self.update = MaskedUpdate(plan.base.model, self.dataset, num_new=len(plan.new_names), cfg=plan.cfg,
+                                       device=device, runtime=runtime)
+        else:
+            self.dataset = tagged_training_set(plan.tagged, plan.columns, plan.cfg)
+            self.update = WeakUpdate(plan.base.model, self.dataset, num_new=len(plan.new_names), cfg=plan.cfg,
+                                     device=device, snapshot_items=[self.item(i) for i in snapshot_indices],
+                                     snapshot_every=snapshot_every, sync_bn=sync_bn, runtime=runtime)
+        self.last: Optional[Progress] = None
+        self.seconds = 0.0                   # wall time of this process's training (set when iteration ends)
+
+    def item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Training image ``index`` as the update sees it (``HxWx3`` uint8 fitted to the crop size), with its
+        targets (``K-1`` multi-hot over ``plan.columns``)."""
+        return fitted_image(self.plan.tagged.paths[index], self.plan.cfg.crop_size), self.dataset.targets[index]
+
+    def __iter__(self) -> Iterator[Progress]:
+        try:
+            for progress in self.update.run(self.resumer):
+                self.last = progress
+                yield progress
+        finally:
+            self.seconds = time.perf_counter() - self._start
+
+    @property
+    def finished(self) -> bool:
+        return self.last is not None and self.last.iteration == self.last.total_iterations
+
+    @property
+    def train_seconds(self) -> float:
+        """Training time over every run of this update (a resumed one included)."""
+        return self.resumer.elapsed_s if self.resumer is not None else self.seconds
+
+    def checkpoint(self, metrics: Optional[dict] = None) -> Checkpoint:
+        """The updated checkpoint (a CPU copy: the run keeps its model), its history extended by this step's
+        ``HistoryEntry``; ``metrics`` (e.g. ``Scores.history_metrics``) join the time and the final losses."""
+        if not self.finished:
+            raise RuntimeError("the update has not finished, there is no result")
+        plan, request = self.plan, self.plan.request
+        figures = {"train_seconds": round(self.train_seconds, 1),
+                   **{f"final_loss_{k}": round(v, 4) for k, v in self.last.losses.items()}, **(metrics or {})}
+        world = current_world()
+        entry = HistoryEntry(
+            "add-class", list(plan.new_names), len(plan.tagged), to_dict(plan.cfg), figures,
+            step=len(plan.base.history), source=request.source, base_checkpoint=request.base_name,
+            negatives=plan.tagged.num_negatives, tag_counts=plan.tagged.counts(),
+            rejected=list(request.rejected) if request.rejected is not None else None, tool=request.tool,
+            processes=world.world_size if world.world_size > 1 else None,
+            resumed_from_iteration=(self.resumer.resumed_from or None) if self.resumer is not None else None,
+            extra={"method": "mib"} if request.masks is not None else {})
+        model = copy.deepcopy(self.update.model).cpu().eval()
+        return Checkpoint(model=model, class_names=plan.class_names, colours=plan.colours,
+                          history=[*plan.base.history, entry.to_dict()])
+
+
+def run_update(request: Union[UpdateRequest, UpdatePlan], *, device=None, runtime: Optional[RuntimeConfig] = None,
+               resumer: Optional[Resumer] = None, snapshot_indices: Sequence[int] = (), snapshot_every: int = 0,
+               sync_bn: bool = False) -> UpdateRun:
+    """Start one WILSON step (the request is validated first; a plan is taken as it is). ``device``: 'auto' / None
+    (CUDA when available), 'cpu', 'cuda:N'...; ``runtime``: how it runs (``wilss.runtime``, default: the optimised
+    path for the device); ``resumer``: periodic resumable snapshots (``wilss.resume``); ``snapshot_indices``: training
+    images whose CAMs, pseudo-labels and predictions come with the progress every ``snapshot_every`` iterations (and
+    ``run.update.snapshots()`` on demand); ``sync_bn``: batch-norm over the global batch under torchrun."""
+    plan = request.validate() if isinstance(request, UpdateRequest) else request
+    return UpdateRun(plan, device=device, runtime=runtime, resumer=resumer, snapshot_indices=snapshot_indices,
+                     snapshot_every=snapshot_every, sync_bn=sync_bn)
+
+
+def with_settings(base: UpdateConfig, values: dict) -> UpdateConfig:
+    """``base`` with ``values`` (typed already) for some of its fields. Raises ``ValueError`` with the config's own
+    reason (a bound of ``UPDATE_LIMITS``, warm-up >= epochs...)."""
+    unknown = sorted(set(values) - {f.name for f in fields(UpdateConfig)})
+    if unknown:
+        raise ValueError(f"unknown update setting(s): {', '.join(unknown)}")
+    return replace(base, **values)
+
+
+__all__ = ["Checkpoint", "DEMO_UPDATE", "EvalSet", "ExportError", "HistoryEntry", "Prediction", "Predictor",
+           "Progress", "Scores", "Snapshot", "TaggedSet", "UPDATE_OPTIONS", "UpdateConfig", "UpdatePlan",
+           "UpdateRequest", "UpdateRun", "export_onnx", "load", "mask_eval_set", "read_tagged_folder", "run_update",
+           "save_checkpoint", "score", "with_settings"]
