@@ -275,8 +275,12 @@ def test_benchmark_input_errors(tmp_path, capsys):
     camvid = ["benchmark", "camvid", "--data", tmp_path / "nowhere"]
     code, _, err = run(["benchmark", "world", "--arch", "tiny"], capsys)
     assert code == 2 and "for the CamVid benchmark" in err
-    code, _, err = run(["benchmark", "world", "--methods", "wilss,mib"], capsys)
-    assert code == 2 and "subset of wilss,ft,joint" in err
+    code, _, err = run(["benchmark", "world", "--methods", "wilss,hrhf"], capsys)
+    assert code == 2 and "subset of wilss,ft,ilt,offline,mib,joint" in err
+    code, _, err = run(["benchmark", "world", "--methods", "wilss,wilss"], capsys)
+    assert code == 2 and "each once" in err
+    code, _, err = run(["benchmark", "world", "--quick", "--epochs-step", "3"], capsys)
+    assert code == 2 and "leave out --epochs-step" in err
     code, _, err = run([*camvid, "--base", tmp_path / "b.pt", "--save-base", tmp_path / "c.pt"], capsys)
     assert code == 2 and "with --base none is trained" in err
 

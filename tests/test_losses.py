@@ -116,3 +116,34 @@ def test_new_targets_capped_by_the_old_background_where_asked():
     assert plain[0, 2].item() > 0.99                      # Eq. 7: target_new = q_new
     assert capped[0, 2].item() == pytest.approx(0.2)      # min(q_new, sigmoid(o_bg))
     torch.testing.assert_close(capped[:, :2], plain[:, :2])   # background and old targets unchanged
+
+
+def test_unbiased_ce_background_is_background_or_old_by_hand():
+    # channels: background, one old class, one new class (num_old = 2); four pixels in a row
+    logits = torch.tensor([[[[0.0, math.log(2), 0.0, 5.0]],
+                            [[math.log(3), 0.0, 0.0, 5.0]],
+                            [[math.log(4), 0.0, 0.0, 5.0]]]])
+    labels = torch.tensor([[[0, 2, 1, 255]]])   # background, new, old (counts as background), void
+    # pixel a: p = (1, 3, 4)/8, background or old = 4/8; pixel b: p = (2, 1, 1)/4, new = 1/4;
+    # pixel c: p = (1, 1, 1)/3, background or old = 2/3; pixel d: void, left out of the mean
+    expected = -(math.log(1 / 2) + math.log(1 / 4) + math.log(2 / 3)) / 3
+    assert L.unbiased_ce(logits, labels, num_old=2).item() == pytest.approx(expected, abs=1e-6)
+    # with no old class it is the ordinary cross-entropy
+    plain = torch.nn.functional.cross_entropy(logits, torch.tensor([[[0, 2, 1, 255]]]), ignore_index=255)
+    assert L.unbiased_ce(logits, torch.tensor([[[0, 2, 1, 255]]]), num_old=1).item() == pytest.approx(plain.item())
+
+
+def test_unbiased_kd_old_background_matched_by_background_and_new_by_hand():
+    new = torch.tensor([0.0, math.log(2), math.log(3)]).view(1, 3, 1, 1)   # p = (1, 2, 3)/6: bg, old, new
+    old = torch.tensor([0.0, math.log(3)]).view(1, 2, 1, 1)                # q = (1, 3)/4: bg, old
+    expected = -(0.25 * math.log(1 / 6 + 3 / 6) + 0.75 * math.log(2 / 6)) / 2
+    assert L.unbiased_kd(new, old).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_output_distillation_ilt_on_the_old_channels_by_hand():
+    new = torch.tensor([0.0, math.log(2), 7.0]).view(1, 3, 1, 1)   # the new class's logit is left out
+    old = torch.tensor([0.0, math.log(3)]).view(1, 2, 1, 1)        # q = (1, 3)/4
+    expected = -(0.25 * math.log(1 / 3) + 0.75 * math.log(2 / 3)) / 2   # p~ = (1, 2)/3 over the old channels
+    assert L.output_distillation(new, old).item() == pytest.approx(expected, abs=1e-6)
+    # its minimum over the new model's logits is where they equal the old model's
+    assert L.output_distillation(torch.cat([old, new[:, 2:]], 1), old).item() < L.output_distillation(new, old).item()

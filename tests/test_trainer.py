@@ -1,4 +1,6 @@
 """Mechanics of the update loop on a tiny model: phases, learning rates, snapshots, cancel, input untouched."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -174,7 +176,38 @@ def test_coarse_to_fine_refined_targets_train_at_full_resolution(scenes):
                                                    ("pamr_refine_iterations", 0, "pamr_refine_iterations"),
                                                    ("pamr_refine_fine_iterations", -1, "pamr_refine_fine_iterations"),
                                                    ("pamr_refine_fine_iterations", 5, "needs the refinement on"),
-                                                   ("alpha", 1.5, "alpha")])
+                                                   ("alpha", 1.5, "alpha"),
+                                                   ("output_distillation", -1.0, "output_distillation"),
+                                                   ("unbiased_kd", -0.5, "unbiased_kd")])
 def test_update_config_refuses_out_of_range_settings(field, value, message):
     with pytest.raises(ValueError, match=message):
         UpdateConfig(**{field: value})
+
+
+def test_output_distillation_adds_ilt_l_d_equal_to_the_function(scenes):
+    plain = first_batch_losses(scenes)
+    ilt = first_batch_losses(scenes, output_distillation=2.0)
+    assert set(ilt) == {"cls", "loc", "seg", "od"} and all(ilt[n] == plain[n] for n in ("cls", "loc", "seg"))
+    cfg = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8)
+    update = WeakUpdate(small_model(), tag_dataset(scenes), num_new=1, cfg=cfg)
+    images = torch.stack([update.dataset[i][0] for i in range(4)])
+    with torch.no_grad():
+        want = L.output_distillation(update.model.forward_features(images)[0],
+                                     update.old_model.forward_features(images)[0])
+    assert want.item() > 0   # MiB's init lowers the background logit: the old channels' softmax moved
+    assert ilt["od"] == pytest.approx(2.0 * want.item(), rel=1e-5)
+    assert "od" not in first_batch_losses(scenes, output_distillation=0.0)
+
+
+def test_frozen_encoder_stays_bit_identical_while_the_rest_learns(scenes):
+    cfg = replace(CFG, freeze_encoder=True, output_distillation=1.0)
+    model = small_model()
+    items = [(scenes[0][0], np.array([0, 0, 1], np.float32))]   # snapshots switch modes: the encoder stays frozen
+    update = WeakUpdate(model, tag_dataset(scenes), num_new=1, cfg=cfg, snapshot_items=items, snapshot_every=1)
+    assert [g["name"] for g in update.parameter_groups()] == ["head", "localizer"]
+    final = last(update.run())
+    assert set(final.losses) == {"cls", "loc", "seg", "od"} and all(np.isfinite(v) for v in final.losses.values())
+    for name, value in model.encoder.state_dict().items():   # weights and batch-norm statistics
+        assert torch.equal(update.model.encoder.state_dict()[name], value), name
+    changed = [n for n, v in model.head.state_dict().items() if not torch.equal(update.model.head.state_dict()[n], v)]
+    assert changed   # the decoder did learn

@@ -158,6 +158,10 @@ UPDATE_VALUE_FLAGS = (
      "PAMR iterations of that refinement"),
     ("--pamr-refine-fine-iterations", "pamr_refine_fine_iterations", non_negative_int, "N",
      "then N more PAMR iterations at the image's full resolution, and l_SEG there (coarse to fine; 0: off)"),
+    ("--output-distillation", "output_distillation", non_negative_float, "W",
+     "ILT: weight of the output-layer distillation L'_D on the old classes' logits (0: off; MiB's ILT runs use 100)"),
+    ("--unbiased-kd", "unbiased_kd", non_negative_float, "W",
+     "with --masks (MiB): weight of the unbiased knowledge distillation from the old model"),
     ("--seed", "seed", int, "S", "random seed of initialisation, shuffling and augmentation"),
 )
 # The pseudo-label refinements ``benchmark`` can switch on over a recipe: PAMR (when the recipe's is off) and regions.
@@ -192,6 +196,8 @@ UPDATE_SWITCHES = (
      "the localizer reads the encoder's last map only, as in the paper"),
     ("--drop-unlocalized", "drop_unlocalized", True,
      "give weight 0 in l_SEG to images whose pseudo-label misses a tagged class"),
+    ("--freeze-encoder", "freeze_encoder", True,
+     "ILT: freeze the encoder (weights and batch-norm statistics); only the heads, classifier and localizer learn"),
 )
 
 

@@ -54,11 +54,15 @@ def resuming(args: argparse.Namespace) -> bool:
 
 def fingerprint(plan, world: World, sync_bn: bool) -> dict:
     """What a snapshot must have been made by to be resumed: same input checkpoint (bytes), classes, settings,
-    tagged images (paths, tags, sizes) and number of processes. ``plan``: ``wilss.cli_update.AddClass``."""
+    tagged images (paths, tags, sizes), masks (a MiB step) and number of processes. ``plan``:
+    ``wilss.cli_update.AddClass``."""
     images = [(str(p.resolve()), sorted(t), p.stat().st_size) for p, t in zip(plan.tagged.paths, plan.tagged.tags)]
-    return {"checkpoint": file_digest(plan.checkpoint_path), "classes": list(plan.class_names),
-            "settings": to_dict(plan.cfg), "images": hashlib.sha256(json.dumps(images).encode()).hexdigest(),
-            "processes": world.world_size, "sync_bn": sync_bn}
+    found = {"checkpoint": file_digest(plan.checkpoint_path), "classes": list(plan.class_names),
+             "settings": to_dict(plan.cfg), "images": hashlib.sha256(json.dumps(images).encode()).hexdigest(),
+             "processes": world.world_size, "sync_bn": sync_bn}
+    if getattr(plan, "masks", None) is not None:   # a MiB step (--masks): its masks too
+        found["masks"] = hashlib.sha256(b"".join(file_digest(m).encode() for m in plan.masks)).hexdigest()
+    return found
 
 
 def make_resumer(plan, args: argparse.Namespace, world: World) -> Resumer:

@@ -35,6 +35,7 @@ from wilss.render import cam_overlay
 from wilss.runtime import PLAIN
 from wilss.scoring import EvalSet, mask_eval_set, read_world, score, world_eval_set, world_split
 from wilss.service import UpdatePlan, UpdateRequest, run_update
+from wilss.step_masks import read_step_masks
 from wilss.tags import TaggedSet, read_tagged_folder
 from wilss.world import WORLD_CLASSES
 
@@ -68,6 +69,10 @@ class AddClass:
     def tagged(self) -> TaggedSet:
         return self.plan.tagged
 
+    @property
+    def masks(self):
+        return self.plan.request.masks
+
 
 # ------------------------------------------------------------------------------------------------ planning
 def _common_checks(args: argparse.Namespace, base_cfg: UpdateConfig) -> tuple[Path, UpdateConfig]:
@@ -79,6 +84,8 @@ def _common_checks(args: argparse.Namespace, base_cfg: UpdateConfig) -> tuple[Pa
         check_new_folder(args.snapshot_dir, flag="--snapshot-dir")
     if args.export_pseudo is not None:
         check_new_folder(args.export_pseudo, flag="--export-pseudo")
+    if args.masks is not None and (args.export_pseudo is not None or args.snapshot_dir is not None):
+        raise CliError("--export-pseudo and --snapshot-dir show pseudo-labels and CAMs: a step with --masks has none")
     if (args.eval_images is None) != (args.eval_masks is None):
         raise CliError("give --eval-images DIR and --eval-masks DIR together")
     return out, cfg
@@ -103,13 +110,19 @@ def plan_from_folder(args: argparse.Namespace) -> AddClass:
     specs = [parse_class_spec(text) for text in args.classes]
     ckpt = open_checkpoint(args.checkpoint)
     tagged = read_tagged_folder(args.images, args.tags)
-    request = UpdateRequest(ckpt, tagged, specs, cfg, base_name=str(args.checkpoint), source=str(args.images))
+    masks = None
+    if args.masks is not None:   # a MiB step; the images' tags are read from their masks
+        tagged, masks = read_step_masks(tagged, args.images, args.masks, num_old=len(ckpt.class_names),
+                                        class_names=list(ckpt.class_names) + [name for name, _ in specs])
+    request = UpdateRequest(ckpt, tagged, specs, cfg, base_name=str(args.checkpoint), source=str(args.images),
+                            masks=None if masks is None else tuple(masks))
     return _finish_plan(request, out, args)
 
 
 def plan_from_world(args: argparse.Namespace) -> AddClass:
-    if args.images is not None or args.tags is not None or args.classes:
-        raise CliError("--world brings its own images, tags and classes: leave out --images, --tags and --class")
+    if args.images is not None or args.tags is not None or args.classes or args.masks is not None:
+        raise CliError("--world brings its own images, tags and classes: leave out --images, --tags, --class and "
+                       "--masks")
     out, cfg = _common_checks(args, recipes.WORLD_UPDATE)
     ckpt = open_checkpoint(args.checkpoint)
     strangers = [n for n in ckpt.class_names[1:] if n not in WORLD_CLASSES]
@@ -211,7 +224,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "method contrasts images with and without each new class, so give negatives too: images "
                     "showing none of the new classes. Without negatives (e.g. one class at a time from images "
                     "that all show it), the old classes' tags are read from the model's confident predictions "
-                    "(automatic relaxed setting, beyond the paper).",
+                    "(automatic relaxed setting, beyond the paper). With pixel masks of the new classes (--masks), "
+                    "the step trains MiB on them instead.",
         epilog="examples:\n"
                "  python -m wilss add-class --images samples/ --class arrow=#ff8000 --out arrow.pt\n"
                "  python -m wilss add-class --world world/ --out world_step1.pt\n"
@@ -231,6 +245,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     src.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME[=#RRGGBB]",
                      help="a new class and, optionally, its colour (default: the next free VOC palette colour); "
                           "repeat for several classes")
+    src.add_argument("--masks", type=Path, metavar="DIR",
+                     help="pixel masks of the images, DIR/NAME.png for IMAGES/NAME.* (same sub-folders), in the NEW "
+                          "model's ids (0 background, the old ids, then the new classes in --class order; 255 void): "
+                          "the step then trains MiB (unbiased cross-entropy and distillation) instead of WILSON, and "
+                          "the tags come from the masks (docs/methods.md)")
     src.add_argument("--world", type=Path, metavar="DIR",
                      help="instead: step 1 of the world benchmark (adds crescent and arrow) on a folder written "
                           "by 'generate --out'; scored on its test split")

@@ -44,6 +44,9 @@ UPDATE_LIMITS = {"epochs": 200, "batch_size": 128, "crop_size": 1024, "localizer
                  "pamr_refine_iterations": 100, "pamr_refine_fine_iterations": 100, "region_segments": 4096}
 REGION_PRIORS = ("none", "slic", "felzenszwalb")   # UpdateConfig.region_prior (wilss.regions)
 
+# The weight of ILT's output distillation in the benchmark's 'ilt' row: MiB's runs of ILT (its argparser: loss_kd 100).
+ILT_OUTPUT_DISTILLATION = 100.0
+
 
 @dataclass(frozen=True)
 class UpdateConfig(OptimConfig):
@@ -94,6 +97,13 @@ class UpdateConfig(OptimConfig):
     region_segments: int = 800         # SLIC: about this many regions per image
     region_scale: float = 10.0         # Felzenszwalb: the larger, the fewer and bigger the regions
     region_weight: float = 1.0         # 1: the region means alone; w: w x those + (1 - w) x the target
+    # ILT (Michieli & Zanuttigh, 2019), off by default: weight of the output-layer distillation L'_D on the old
+    # classes' logits (losses.output_distillation; MiB's ILT runs use 100), and a frozen encoder.
+    output_distillation: float = 0.0
+    freeze_encoder: bool = False
+    # The pixel-supervised MiB step only (wilss.masked_update; WILSON's step ignores it): weight of MiB's unbiased
+    # knowledge distillation (losses.unbiased_kd), 10 as in MiB's runs.
+    unbiased_kd: float = 10.0
 
     def __post_init__(self) -> None:
         for name, most in UPDATE_LIMITS.items():
@@ -117,6 +127,9 @@ class UpdateConfig(OptimConfig):
         if self.region_segments < 2 or self.region_scale <= 0:
             raise ValueError("region_segments must be at least 2 and region_scale positive, got "
                              f"{self.region_segments} and {self.region_scale}")
+        for name in ("output_distillation", "unbiased_kd", "feature_distillation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} is a loss weight, at least 0; got {getattr(self, name)}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if not 0.0 < self.auto_tag_threshold < 1.0 or not 0.0 <= self.auto_tag_min_fraction <= 1.0:

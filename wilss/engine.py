@@ -36,7 +36,7 @@ class Progress:
     iteration: int                      # 1-based, after the optimiser step
     total_iterations: int
     epoch: int
-    phase: str                          # 'pretrain', 'warmup' (localizer only) or 'joint'
+    phase: str                          # 'pretrain', 'warmup' (localizer only), 'joint', or 'mib' (masks)
     losses: dict[str, float]
     lr: float                           # learning rate of the first parameter group
     elapsed_s: float
@@ -121,6 +121,19 @@ def run_loop(*, loader: DataLoader, epochs: int, step: StepFn, phase_of: Callabl
                            losses=values,
                            lr=optimizer.param_groups[0]["lr"], elapsed_s=time.perf_counter() - start_s,
                            snapshots=snapshot(iteration) if snapshot else [], first_iteration=first)
+
+
+def set_training(model: torch.nn.Module, training: bool, *, frozen_encoder: bool = False) -> None:
+    """``model.train(training)``, its encoder kept in eval mode when frozen (ILT's option): a frozen encoder's
+    batch-norm statistics stay those of the old model, so its weights and buffers are left bit-identical."""
+    model.train(training)
+    if frozen_encoder:
+        model.encoder.eval()
+
+
+def freeze_encoder(model: torch.nn.Module) -> None:
+    """No gradients for ``model.encoder`` (and eval mode): ILT's frozen feature extractor."""
+    model.encoder.requires_grad_(False).eval()
 
 
 def last(progress: Iterator[Progress]) -> Progress | None:

@@ -102,3 +102,25 @@ def quick(cfg: OptimConfig) -> OptimConfig:
     if hasattr(cfg, "warmup_epochs"):
         changes["warmup_epochs"] = min(max(1, cfg.warmup_epochs // 10), epochs - 1)
     return replace(cfg, **changes)
+
+
+def with_epochs(cfg: OptimConfig, epochs: int) -> OptimConfig:
+    """``cfg`` with ``epochs`` epochs, its warm-up (if it has one) scaled in proportion: at least 1 where it had one,
+    fewer than the epochs (``benchmark --epochs-step / --epochs-base``)."""
+    changes = {"epochs": epochs}
+    if getattr(cfg, "warmup_epochs", 0):
+        changes["warmup_epochs"] = min(max(1, round(cfg.warmup_epochs * epochs / cfg.epochs)), epochs - 1)
+    return replace(cfg, **changes)
+
+
+def shortened_schedules(args: argparse.Namespace, pretrain_cfg, update_cfg, title: str):
+    """(step-0 recipe, weak-step recipe, title) after ``--quick`` or ``--epochs-step`` / ``--epochs-base``."""
+    step, base = getattr(args, "epochs_step", None), getattr(args, "epochs_base", None)
+    if args.quick and (step is not None or base is not None):
+        raise CliError("--quick sets every epoch count; leave out --epochs-step and --epochs-base")
+    if args.quick:
+        return quick(pretrain_cfg), quick(update_cfg), title + " (quick smoke run)"
+    shortened = [f"{what} {n} epochs" for what, n in (("steps", step), ("base and joint", base)) if n is not None]
+    update_cfg = update_cfg if step is None else with_epochs(update_cfg, step)
+    pretrain_cfg = pretrain_cfg if base is None else with_epochs(pretrain_cfg, base)
+    return pretrain_cfg, update_cfg, title + (f" (shortened: {', '.join(shortened)})" if shortened else "")

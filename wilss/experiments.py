@@ -1,4 +1,5 @@
-"""Protocol runs on labelled data: base (step 0), WILSS, FT and the joint upper bound, as one table.
+"""Protocol runs on labelled data: base (step 0), WILSS, FT, the other incremental methods (ILT, the offline
+pseudo-label pipeline, MiB with masks) and the joint upper bound, as one table.
 
 A ``Benchmark`` takes a labelled train/test pair, a ``Task`` (class order per step) and a setting, trains the
 base model with pixel labels, runs the weak steps from tags derived from the masks, and evaluates every model on
@@ -18,16 +19,20 @@ import numpy as np
 
 from models import build_segmenter
 from models.segmenter import Segmenter
-from wilss.config import OptimConfig, PretrainConfig, TagsBaseConfig, UpdateConfig
-from wilss.data import load_mask, read_camvid
+from wilss.config import ILT_OUTPUT_DISTILLATION, OptimConfig, PretrainConfig, TagsBaseConfig, UpdateConfig
+from wilss.data import load_image, load_mask, read_camvid
 from wilss.training_data import PixelDataset, TagDataset
 from wilss.engine import Progress, seed_everything
 from wilss.inference import evaluate
+from wilss.masked_update import MaskedUpdate
 from wilss.metrics import summarize
+from wilss.offline import OfflinePipeline
 from wilss.protocol import Task, eval_label_map, label_map, present_classes, select_images, tags_from_mask
 from wilss.tags_base import train_tags_base
 from wilss.trainer import WeakUpdate, pretrain
 from wilss.transforms import Compose, Resize, train_transform
+
+METHODS = ("wilss", "ft", "ilt", "offline", "mib", "joint")   # the rows ``Benchmark.run`` can add to the base
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +192,34 @@ class Benchmark:
             self.on_progress(name, progress)
         return update.model
 
+    def masked_step(self, name: str, base: Segmenter, cfg: UpdateConfig, step: int = 1) -> Segmenter:
+        """MiB with masks: the step's images with pixel labels of the step's classes only (old classes background,
+        MiB's protocol), ``cfg``'s schedule and augmentation."""
+        p = self.protocol
+        lut = label_map(p.task, step, setting=p.setting, ignore_ids=p.ignore_ids, keep_old=False)
+        items = [(self.train.images[i], self.train.masks[i]) for i in self.step_indices(step)]
+        update = MaskedUpdate(base, PixelDataset(items, label_map=lut, transform=self._transform(cfg)),
+                              num_new=len(p.task.step(step).new_classes), cfg=cfg, device=self.device)
+        for progress in update.run():
+            self.on_progress(name, progress)
+        return update.model
+
+    def offline_step(self, name: str, base: Segmenter, cfg: UpdateConfig, step: int = 1) -> Segmenter:
+        """The offline pipeline (``wilss.offline``) on the step's tagged images; pseudo-labels at the size the network
+        trains at (the protocol's ``resize``, if any)."""
+        tagged = self.tag_dataset(self.step_indices(step), step)
+        if self.protocol.resize:
+            size = self.protocol.resize
+            tagged = TagDataset([Resize(size)(load_image(i) if not isinstance(i, np.ndarray) else i)[0]
+                                 for i in tagged.images], tagged.targets,
+                                transform=train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip))
+        pipeline = OfflinePipeline(base, tagged, num_new=len(self.protocol.task.step(step).new_classes), cfg=cfg,
+                                   device=self.device, pixel_transform=train_transform(cfg.crop_size, cfg.scale_range,
+                                                                                       cfg.hflip))
+        for progress in pipeline.run():
+            self.on_progress(name, progress)
+        return pipeline.model
+
     def method_config(self, method: str, step: int = 1) -> UpdateConfig:
         """The weak step's settings of ``method``: 'wilss' as configured, with automatic old-class tags where a
         class of ``step`` is in every one of its images (single-class steps: no negatives, see
@@ -194,8 +227,10 @@ class Benchmark:
         model's prior (l_LOC) and targets (Eq. 7), and so without old-class tags from it."""
         if method == "ft":
             return replace(self.update_cfg, old_model_prior=False, old_model_targets=False)
+        if method == "ilt":   # WILSS + ILT's output distillation, at the weight of MiB's ILT runs
+            return replace(self.method_config("wilss", step), output_distillation=ILT_OUTPUT_DISTILLATION)
         if method != "wilss":
-            raise ValueError(f"no weak-step settings for method {method!r}; use 'wilss' or 'ft'")
+            raise ValueError(f"no weak-step settings for method {method!r}; use 'wilss', 'ft' or 'ilt'")
         new = self.protocol.task.step(step).new_classes
         tags = np.array([[c in self.train.present[i] for c in new] for i in self.step_indices(step)], dtype=bool)
         if len(tags) and tags.all(axis=0).any() and not (self.update_cfg.relaxed or self.update_cfg.auto_old_tags):
@@ -225,6 +260,9 @@ class Benchmark:
         runs = {
             "wilss": lambda: self.weak_step("wilss", base, self.method_config("wilss", 1)),
             "ft": lambda: self.weak_step("ft", base, self.method_config("ft")),
+            "ilt": lambda: self.weak_step("ilt", base, self.method_config("ilt", 1)),
+            "offline": lambda: self.offline_step("offline", base, self.method_config("wilss", 1)),
+            "mib": lambda: self.masked_step("mib", base, self.update_cfg),
             "joint": lambda: self.pixel_model("joint", self.joint_indices(1), step=1),
         }
         for name in methods:

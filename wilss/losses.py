@@ -118,3 +118,50 @@ def pixel_bce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 25
 def feature_distillation(features: torch.Tensor, old_features: torch.Tensor) -> torch.Tensor:
     """ILT's feature distillation: MSE between the new and the frozen old encoder features (reference-code extra)."""
     return F.mse_loss(features, old_features)
+
+
+# ------------------------------------------------------------------------ MiB (Cermelli et al., CVPR 2020)
+# ``num_old``: background + old classes, the first channels of the new model's logits ``BxKxHxW``
+# [background, old..., new...]; the old model's logits ``BxK0xHxW`` (K0 = num_old).
+def unbiased_ce(logits: torch.Tensor, labels: torch.Tensor, num_old: int, ignore_index: int = 255) -> torch.Tensor:
+    """MiB's unbiased cross-entropy of ``logits`` ``BxKxHxW`` against pixel labels ``BxHxW`` (model ids).
+
+    A pixel labelled background may show an old class (the step's masks label only the new classes), so its
+    probability is that of background *or* an old class: log p_bg = logsumexp_{c < num_old}(x_c) - logsumexp_c(x_c).
+    New-class pixels: the usual log-softmax. Labels of old classes count as background (as MiB's code does);
+    ``ignore_index`` pixels are left out of the mean.
+    """
+    x = logits.float()
+    den = torch.logsumexp(x, dim=1, keepdim=True)
+    log_p = torch.cat([torch.logsumexp(x[:, :num_old], dim=1, keepdim=True), x[:, num_old:]], dim=1) - den
+    target = torch.where(labels >= num_old, labels - num_old + 1, torch.zeros_like(labels))  # log_p's channels
+    target = torch.where(labels == ignore_index, labels, target)
+    return F.nll_loss(log_p, target, ignore_index=ignore_index)
+
+
+def unbiased_kd(new_logits: torch.Tensor, old_logits: torch.Tensor) -> torch.Tensor:
+    """MiB's unbiased knowledge distillation: the old model's softmax ``q`` over its K0 channels is matched by the
+    new model's probabilities where the old background is matched by background + new classes (the old model
+    saw the new classes as background):
+
+        L = -mean_pixels (1/K0) [ q_bg log(p_bg + sum_new p_c) + sum_{old c} q_c log p_c ]
+
+    ``1/K0`` as in MiB's code (the paper writes the sum); MiB weights this loss by 10.
+    """
+    x, q = new_logits.float(), old_logits.float().softmax(dim=1)
+    num_old = q.shape[1]
+    den = torch.logsumexp(x, dim=1)
+    log_bg = torch.logsumexp(torch.cat([x[:, :1], x[:, num_old:]], dim=1), dim=1) - den
+    log_old = x[:, 1:num_old] - den.unsqueeze(1)
+    return -((q[:, 0] * log_bg + (q[:, 1:] * log_old).sum(dim=1)) / num_old).mean()
+
+
+# ------------------------------------------------------------------------ ILT (Michieli & Zanuttigh, 2019)
+def output_distillation(new_logits: torch.Tensor, old_logits: torch.Tensor) -> torch.Tensor:
+    """ILT's L'_D: cross-entropy between the old model's softmax over its K0 channels and the new model's softmax
+    over the same K0 channels (the new classes' logits left out), mean over channels and pixels as in MiB's
+    implementation of ILT (which weights it by 100): -mean_pixels (1/K0) sum_{c < K0} q_c log p~_c."""
+    num_old = old_logits.shape[1]
+    log_p = new_logits.float()[:, :num_old].log_softmax(dim=1)
+    q = old_logits.float().softmax(dim=1)
+    return -(q * log_p).mean(dim=1).mean()

@@ -50,6 +50,15 @@ def write_label_map(folder: Path, class_names: Sequence[str], colours: np.ndarra
     (folder / "labels.json").write_text(json.dumps({"classes": classes, "void": IGNORE_INDEX}, indent=1) + "\n")
 
 
+def pseudo_label_mask(update: WeakUpdate, image: np.ndarray, targets: np.ndarray,
+                      min_confidence: float = 0.0) -> np.ndarray:
+    """The final pseudo-label of one image ``HxWx3`` uint8 (targets ``K-1`` as in training): ``HxW`` uint8 model
+    class ids, 255 where the Eq. 5-7 target at its argmax is below ``min_confidence``. Use inside
+    ``update.evaluating()``."""
+    snap = update.snapshot_of(0, image, targets)
+    return np.where(snap.pseudo_confidence >= min_confidence, snap.pseudo_label, IGNORE_INDEX).astype(np.uint8)
+
+
 def export_pseudo_labels(update: WeakUpdate, paths: Sequence[Path], targets: np.ndarray, folder: Path, *,
                          class_names: Sequence[str], colours: np.ndarray, side: int,
                          min_confidence: float = 0.0) -> int:
@@ -73,8 +82,7 @@ def export_pseudo_labels(update: WeakUpdate, paths: Sequence[Path], targets: np.
     for index, (path, row) in enumerate(zip(paths, targets)):
         original = load_image(path)   # decoded once: fitted for the network, its size for the mask
         with update.evaluating():
-            snap = update.snapshot_of(index, fit_longer_side(original, side), row)
-        labels = np.where(snap.pseudo_confidence >= min_confidence, snap.pseudo_label, IGNORE_INDEX)
+            labels = pseudo_label_mask(update, fit_longer_side(original, side), row, min_confidence)
         height, width = original.shape[:2]
         image = palette_png(labels, colours).resize((width, height), Image.NEAREST)
         stem = Path(path).stem

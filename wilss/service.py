@@ -38,7 +38,8 @@ from wilss.runtime import RuntimeConfig
 from wilss.scoring import EvalSet, Scores, mask_eval_set, score  # noqa: F401  (part of the API)
 from wilss.tags import TaggedSet, check_new_classes, read_tagged_folder, settle_negatives  # noqa: F401
 from wilss.trainer import WeakUpdate
-from wilss.training_data import fitted_image, tagged_training_set
+from wilss.masked_update import MaskedUpdate
+from wilss.training_data import fitted_image, masked_training_set, tagged_training_set
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ Colour = Union[str, Sequence[int], None]   # '#rrggbb', (r, g, b), or None: a fr
 UPDATE_OPTIONS = ("epochs", "warmup_epochs", "batch_size", "crop_size", "lr_backbone", "lr_head", "lr_localizer",
                   "localizer_channels", "localizer_detail", "focal_gamma", "focal_lambda", "alpha",
                   "feature_distillation", "seed", "mib_init", "relaxed", "auto_old_tags", "drop_unlocalized",
-                  "pamr_self_training", "pamr_refine_stride", "pamr_refine_iterations", "pamr_refine_fine_iterations")
+                  "pamr_self_training", "pamr_refine_stride", "pamr_refine_iterations", "pamr_refine_fine_iterations",
+                  "output_distillation", "freeze_encoder", "unbiased_kd")
 
 
 def load(source) -> Checkpoint:
@@ -71,6 +73,7 @@ class UpdateRequest:
     source: str = ""                         # where the images came from: recorded in the history
     rejected: Optional[tuple[str, ...]] = None   # images left out after review: recorded when given
     tool: Optional[str] = None               # who made it ('app'): recorded when given
+    masks: Optional[tuple] = None            # a mask file per image (wilss.step_masks): a MiB step, not WILSON's
 
     def validate(self) -> UpdatePlan:
         """The checked plan. Raises ``DataError`` for an empty or existing class name, a bad colour, no images,
@@ -91,7 +94,8 @@ class UpdateRequest:
             names.append(name)
             colours.append(None if colour is None else tuple(int(v) for v in colour))
         check_new_classes(self.tagged, names, self.base.class_names[1:])
-        cfg, note = settle_negatives(self.tagged, names, self.cfg) if self.auto_negatives else (self.cfg, "")
+        wilson = self.auto_negatives and self.masks is None   # l_CLS's negatives: WILSON's step only
+        cfg, note = settle_negatives(self.tagged, names, self.cfg) if wilson else (self.cfg, "")
         return UpdatePlan(self, names, extend_colours(self.base.colours, colours), cfg, note)
 
 
@@ -132,8 +136,8 @@ class UpdatePlan:
         without_new = sum(not (tags & set(self.new_names)) for tags in tagged.tags)
         return (f"adding {', '.join(f'{n} ({counts[n]} images)' for n in self.new_names)} to "
                 f"{self.request.base_name} ({len(self.base.class_names) - 1} classes) from {len(tagged)} images, "
-                f"{without_new} showing none of the new classes; {self.cfg.epochs} epochs "
-                f"({self.cfg.warmup_epochs} warm-up)")
+                f"{without_new} showing none of the new classes; {self.cfg.epochs} epochs " +
+                (f"({self.cfg.warmup_epochs} warm-up)" if self.request.masks is None else "of MiB on their masks"))
 
 
 # --------------------------------------------------------------------------------------------------- run
@@ -147,10 +151,15 @@ class UpdateRun:
                  sync_bn: bool = False) -> None:
         self.plan, self.resumer = plan, resumer
         self._start = time.perf_counter()
-        self.dataset = tagged_training_set(plan.tagged, plan.columns, plan.cfg)
-        self.update = WeakUpdate(plan.base.model, self.dataset, num_new=len(plan.new_names), cfg=plan.cfg,
-                                 device=device, snapshot_items=[self.item(i) for i in snapshot_indices],
-                                 snapshot_every=snapshot_every, sync_bn=sync_bn, runtime=runtime)
+        if plan.request.masks is not None:   # MiB on the user's masks: no CAMs, no pseudo-labels
+            self.dataset = masked_training_set(list(zip(plan.tagged.paths, plan.request.masks)), plan.cfg)
+            self.update = MaskedUpdate(plan.base.model, self.dataset, num_new=len(plan.new_names), cfg=plan.cfg,
+                                       device=device, runtime=runtime)
+        else:
+            self.dataset = tagged_training_set(plan.tagged, plan.columns, plan.cfg)
+            self.update = WeakUpdate(plan.base.model, self.dataset, num_new=len(plan.new_names), cfg=plan.cfg,
+                                     device=device, snapshot_items=[self.item(i) for i in snapshot_indices],
+                                     snapshot_every=snapshot_every, sync_bn=sync_bn, runtime=runtime)
         self.last: Optional[Progress] = None
         self.seconds = 0.0                   # wall time of this process's training (set when iteration ends)
 
@@ -191,7 +200,8 @@ class UpdateRun:
             negatives=plan.tagged.num_negatives, tag_counts=plan.tagged.counts(),
             rejected=list(request.rejected) if request.rejected is not None else None, tool=request.tool,
             processes=world.world_size if world.world_size > 1 else None,
-            resumed_from_iteration=(self.resumer.resumed_from or None) if self.resumer is not None else None)
+            resumed_from_iteration=(self.resumer.resumed_from or None) if self.resumer is not None else None,
+            extra={"method": "mib"} if request.masks is not None else {})
         model = copy.deepcopy(self.update.model).cpu().eval()
         return Checkpoint(model=model, class_names=plan.class_names, colours=plan.colours,
                           history=[*plan.base.history, entry.to_dict()])

@@ -23,8 +23,8 @@ from wilss import losses as L
 from wilss.config import PretrainConfig, UpdateConfig
 from wilss.conventions import IGNORE_INDEX, denormalize, normalize
 from wilss.distributed import current_world, reduce_mean, wrap_for_training
-from wilss.engine import (Progress, Snapshot, make_loader, make_sgd, poly_schedule, resolve_device, run_loop,
-                          seed_everything)
+from wilss.engine import (Progress, Snapshot, freeze_encoder, make_loader, make_sgd, poly_schedule, resolve_device,
+                          run_loop, seed_everything, set_training)
 from wilss.localizer import Localizer
 from wilss.pamr import balanced_ce, pamr, pamr_pseudo_label, refine_target
 from wilss.regions import region_prior_target
@@ -126,6 +126,8 @@ class WeakUpdate:
         self.model.grow(num_new, mib_init=cfg.mib_init)
         self.model.config["activation"] = "sigmoid"  # l_SEG (Eq. 8) trains every output as a sigmoid
         self.model.to(self.device)
+        if cfg.freeze_encoder:   # ILT's option: the localizer and the decoder learn on the old encoder's features
+            freeze_encoder(self.model)
         if cfg.localizer_detail and self.model.detail_key is None:
             raise ValueError(f"the {self.model.config.get('arch')} network has no detail map for the localizer: "
                              "leave localizer_detail off (command line: --no-localizer-detail)")
@@ -145,9 +147,10 @@ class WeakUpdate:
     def parameter_groups(self) -> list[dict]:
         """Per-group learning rates: backbone 1e-3; head, classifier and localizer 1e-2 (paper defaults)."""
         head = list(self.model.decoder_parameters())   # every head and classifier, the auxiliary one too
-        return [{"params": list(self.model.encoder.parameters()), "lr": self.cfg.lr_backbone, "name": "backbone"},
-                {"params": head, "lr": self.cfg.lr_head, "name": "head"},
-                {"params": list(self.localizer.parameters()), "lr": self.cfg.lr_localizer, "name": "localizer"}]
+        groups = [{"params": list(self.model.encoder.parameters()), "lr": self.cfg.lr_backbone, "name": "backbone"},
+                  {"params": head, "lr": self.cfg.lr_head, "name": "head"},
+                  {"params": list(self.localizer.parameters()), "lr": self.cfg.lr_localizer, "name": "localizer"}]
+        return groups[1:] if self.cfg.freeze_encoder else groups
 
     def losses(self, images: torch.Tensor, targets: torch.Tensor, phase: str) -> dict[str, torch.Tensor]:
         """The named losses of one iteration on a batch (``phase``: 'warmup' or 'joint'), in the runtime's precision
@@ -179,9 +182,12 @@ class WeakUpdate:
         target = L.pseudo_label(z.detach(), old_probs if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha,
                                 new_on_old_background=cfg.new_on_old_background)
         target = self._refined(images, target)   # l_SEG at the target's resolution (z's, unless refined)
-        seg_logits = resized(seg_logits, target.shape[-2:])
         aux_logits = None if aux_logits is None else resized(aux_logits, target.shape[-2:])
         weights = L.localized_weights(target, tags_new) if cfg.drop_unlocalized else None
+        if cfg.output_distillation > 0:   # ILT's L'_D on the old channels, at the decoder's resolution
+            old_at_p = resized(old_logits, seg_logits.shape[-2:])
+            out["od"] = cfg.output_distillation * L.output_distillation(seg_logits, old_at_p)
+        seg_logits = resized(seg_logits, target.shape[-2:])
         out["seg"] = L.segmentation_loss(seg_logits, target, weights)
         if aux_logits is not None:  # the auxiliary head learns the same pseudo-label target
             out["aux"] = AUX_WEIGHT * L.segmentation_loss(aux_logits, target, weights)
@@ -236,7 +242,7 @@ class WeakUpdate:
         # The warm-up leaves the decoder without gradients: DDP must be told to look for unused parameters.
         self.net = wrap_for_training(TrainedPair(self.model, self.localizer), world=self.world, device=self.device,
                                      sync_bn=self.sync_bn, find_unused_parameters=cfg.warmup_epochs > 0)
-        self.model.train()
+        set_training(self.model, True, frozen_encoder=cfg.freeze_encoder)
         self.localizer.train()
         state = {"model": self.model, "localizer": self.localizer, "optimizer": optimizer, "scheduler": scheduler}
         if self.precision.scaler is not None:  # fp16: the loss scale resumes too
@@ -273,7 +279,7 @@ class WeakUpdate:
         try:
             yield
         finally:
-            self.model.train(was_training)
+            set_training(self.model, was_training, frozen_encoder=self.cfg.freeze_encoder)
             self.localizer.train(was_training)
 
     @torch.no_grad()

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from wilss.conventions import normalize
 from wilss.data import CACHE_LIMIT, DataError, PathLike, load_image, load_mask
 from wilss.tags import TaggedSet
-from wilss.transforms import fit_longer_side, train_transform
+from wilss.transforms import Compose, FitLongerSide, fit_longer_side, train_transform
 
 ImageLike = Union[np.ndarray, PathLike]   # an HxWx3 / HxW uint8 array, or a file to decode
 
@@ -134,3 +134,13 @@ def tagged_training_set(tagged: TaggedSet, columns: Sequence[str], cfg) -> TagDa
     # was kept whole, 108 MB, and resized again every epoch); the items are the same as fitting after the cache.
     return TagDataset.from_tagged(tagged, columns, transform=augment,
                                   loader=lambda path: fitted_image(path, cfg.crop_size))
+
+
+def masked_training_set(pairs: Sequence[tuple[ImageLike, ImageLike]], cfg, *,
+                        label_map: Optional[np.ndarray] = None) -> PixelDataset:
+    """The pixel-supervised step's dataset over (image, mask) pairs (arrays or files; masks in the new model's ids,
+    or mapped to them by ``label_map``): each pair fitted so its longer side is ``cfg.crop_size``, then augmented
+    by ``cfg``'s random scale, crop and flip, as the weak step sees its images."""
+    augment = train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip)
+    return PixelDataset(pairs, label_map=label_map, transform=Compose([FitLongerSide(cfg.crop_size),
+                                                                       *augment.transforms]))

@@ -196,9 +196,24 @@ def eval_transform(size: Optional[Size] = None) -> Compose:
     return Compose([] if size is None else [Resize(size)])
 
 
+class FitLongerSide:
+    """Resize so the longer side is ``side``, keeping the aspect (the mask, if any, nearest)."""
+
+    def __init__(self, side: int):
+        if side < 1:
+            raise ValueError(f"side must be positive, got {side}")
+        self.side = side
+
+    def __call__(self, image, mask=None, *, rng=None) -> Pair:
+        h, w = image.shape[:2]
+        scale = self.side / max(h, w)
+        return resize_pair(image, mask, max(1, round(h * scale)), max(1, round(w * scale)))
+
+    def __repr__(self) -> str:
+        return f"FitLongerSide({self.side})"
+
+
 def fit_longer_side(image: np.ndarray, side: int) -> np.ndarray:
     """Resize ``HxWx3`` so its longer side is ``side`` (aspect kept): a crop then shows most of the image, so the
     image-level tags still hold for it."""
-    h, w = image.shape[:2]
-    scale = side / max(h, w)
-    return resize_pair(image, None, max(1, round(h * scale)), max(1, round(w * scale)))[0]
+    return FitLongerSide(side)(image)[0]
