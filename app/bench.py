@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from models import DEFAULT_CHECKPOINT
+from wilss.data import list_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def gallery_intervals(client, samples: Path, epochs: int) -> list[float]:
     from app.update import ADVANCED
     from wilss.recipes import DEMO_UPDATE
 
-    images = sorted(samples.glob("*.png"))
+    images = list_images(samples, recursive=False)
     client.predict([handle_file(str(p)) for p in images], handle_file(str(samples / "tags.csv")),
                    api_name="/bring_data")
     values = {"epochs": epochs, "warmup_epochs": max(1, epochs // 5)}
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.testing import launched
 
-    image = sorted(args.samples.glob("*.png"))[0]
+    image = list_images(args.samples, recursive=False)[0]
     print(f"predict in process ({image.name}, default size, CPU): "
           f"median {predict_in_process(args.checkpoint, image, args.runs):.1f} ms over {args.runs}")
     with tempfile.TemporaryDirectory() as tmp:

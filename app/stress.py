@@ -31,6 +31,7 @@ from PIL import Image
 
 from app.session_files import folder_name
 from app.testing import ROOT, free_port, tiny_checkpoint
+from wilss.data import list_images
 
 SHORT = dict(epochs=2, warmup_epochs=1, batch_size=8, localizer_channels=16)
 
@@ -149,7 +150,7 @@ def corpus(folder: Path, samples: Path, other: Path) -> list[tuple[str, str, tup
         (folder / name).write_text("filename,tags\n" + "".join(f'"{r}",arrow\n' for r in rows))
         return f(str(folder / name))
 
-    sample = [f(str(p)) for p in sorted(samples.glob("*.png"))[:4]]
+    sample = [f(str(p)) for p in list_images(samples, recursive=False)[:4]]
     items = [
         ("text renamed .png", "/bring_data", ([f(str(text))], None), False),
         ("truncated png", "/bring_data", ([f(str(_trunc(folder)))], None), False),
@@ -165,7 +166,7 @@ def corpus(folder: Path, samples: Path, other: Path) -> list[tuple[str, str, tup
         ("tags: other session's file", "/bring_data", (sample, tags("other.csv", [str(other)])), False),
         ("tags: ../ to another session", "/bring_data",
          (sample, tags("up.csv", [f"../../{other.parent.name}/{other.name}"])), False),
-        ("tags: NUL byte", "/bring_data", (sample, tags("nul.csv", ["000.png\x00.png"])), False),
+        ("tags: NUL byte", "/bring_data", (sample, tags("nul.csv", ["000.jpg\x00.png"])), False),
         ("tags: JSON nested 100000 deep", "/bring_data", (sample, f(str(deep))), False),
         ("good images, EXIF-rotated photo", "/bring_data", (sample + [f(str(rotated))], None), True),
         ("checkpoint: text", "/load_checkpoint", (f(str(text)),), False),
@@ -297,7 +298,8 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # a timeout's SIGTERM still stops the app (finally)
 
     root = Path(tempfile.mkdtemp(prefix="wilss-stress-"))
-    samples, workdir, log = write_samples(root / "samples"), root / "work", root / "server.log"
+    samples = write_samples(root / "samples", n_positive=40, n_negative=24)
+    workdir, log = root / "work", root / "server.log"
     base = tiny_checkpoint(root / "base.pt")
     proc, url = start(base, samples, workdir, log)
     try:
@@ -312,7 +314,7 @@ def main(argv=None) -> int:
         reads, refused = run_reads(url, workdir, other_client.session_hash)
         across = [label for label, *_ in items if "session" in label]   # tag rows reaching another session
         reads, refused = reads + len(across), refused + sum(not any(n.startswith(a) for n in notes) for a in across)
-        finished, failures, makers = run_load(url, root / "load", samples / "000.png", updates=args.updates,
+        finished, failures, makers = run_load(url, root / "load", samples / "000.jpg", updates=args.updates,
                                             predicts=args.predicts)
         rss_after = rss_mb(proc.pid)
         # kill -9 during an update of a session that has made v001, then restart on the same work folder

@@ -16,6 +16,7 @@ from app.update import ADVANCED, field_type
 from models import DEFAULT_CHECKPOINT
 from wilss.bases import BASE_SPECS
 from wilss.conventions import hex_to_rgb
+from wilss.config import REGION_PRIORS
 from wilss.recipes import DEMO_UPDATE
 
 CSS = """
@@ -66,6 +67,9 @@ def _advanced_widget(name: str, label: str, info: str):
     kind, value = field_type(name), getattr(DEMO_UPDATE, name)
     if kind is bool:
         return gr.Checkbox(value=value, label=label, info=info, elem_id=f"adv-{name}", min_width=240)
+    if kind is str:                # a choice: the region prior
+        return gr.Dropdown(choices=list(REGION_PRIORS), value=value, label=label, info=info, elem_id=f"adv-{name}",
+                           min_width=170)
     if kind is int:
         return gr.Number(value=value, label=label, info=info, precision=0, elem_id=f"adv-{name}", min_width=170)
     return gr.Number(value=value, label=label, info=info, elem_id=f"adv-{name}", min_width=170)

@@ -54,6 +54,19 @@ ADVANCED = (
      "(switched on by itself when a new class has no negatives)"),
     ("localizer_detail", "localizer reads the detail map",
      "beyond the paper: the localizer also reads the encoder's stride-4 map (tiny network): sharper CAMs"),
+    ("new_on_old_background", "new classes on old background only",
+     "beyond the paper: a new class's pseudo-label is capped by the old model's background probability"),
+    ("freeze_encoder_bn", "frozen encoder batch-norm statistics",
+     "beyond the paper: the encoder's batch-norm layers keep the base model's statistics while its weights train"),
+    ("region_prior", "region prior (superpixels)",
+     "beyond the paper: average the pseudo-labels over each superpixel of the image; none = off"),
+    ("region_segments", "region prior: SLIC regions", "about this many superpixels per image"),
+    ("region_scale", "region prior: Felzenszwalb scale", "the larger, the fewer and bigger regions"),
+    ("region_weight", "region prior: weight", "W x the region means + (1 - W) x the pseudo-label"),
+    ("output_distillation", "ILT output distillation weight",
+     "ILT: distillation of the old classes' logits (MiB's ILT runs: 100); 0 = off"),
+    ("freeze_encoder", "frozen encoder (ILT)", "ILT: only the heads, classifier and localizer learn"),
+    ("unbiased_kd", "MiB unbiased distillation weight", "the MiB step with masks only (MiB: 10)"),
 )   # new entries go at the end: API clients pass these values in this order (docs/app.md)
 _FIELD_TYPES = {f.name: type(getattr(DEMO_UPDATE, f.name)) for f in fields(UpdateConfig)}
 
@@ -68,6 +81,9 @@ def make_config(values: Mapping[str, object], base: UpdateConfig = DEMO_UPDATE) 
     for name, value in values.items():
         kind = _FIELD_TYPES[name]
         if value is None or value == "":
+            continue
+        if kind is str:            # a choice (the region prior): the config names what it takes
+            overrides[name] = str(value)
             continue
         try:
             number = value if kind is bool else float(value)
@@ -92,7 +108,8 @@ def loss_names(cfg: UpdateConfig, *, aux: bool = False) -> list[str]:
     """The losses ``WeakUpdate.losses`` reports under ``cfg`` (the plot's series), and their sum; ``aux``: the model
     has an auxiliary head (torchvision's FCN / DeepLabV3), trained with its own l_SEG."""
     names = ["cls"] + (["loc"] if cfg.old_model_prior else []) + (["fd"] if cfg.feature_distillation > 0 else [])
-    return names + ["seg"] + (["aux"] if aux else []) + (["self"] if cfg.pamr_self_training else []) + ["total"]
+    names += ["seg"] + (["od"] if cfg.output_distillation > 0 else []) + (["aux"] if aux else [])
+    return names + (["self"] if cfg.pamr_self_training else []) + ["total"]
 
 
 # ------------------------------------------------------------------------------------------------- plan

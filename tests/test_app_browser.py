@@ -28,7 +28,7 @@ from wilss.demo import write_samples  # noqa: E402
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     root = tmp_path_factory.mktemp("app_browser")
-    samples = write_samples(root / "samples")
+    samples = write_samples(root / "samples", n_positive=40, n_negative=24)
     ckpt = tiny_checkpoint(root / "base.pt", seed=1)
     with launched(ckpt, samples, root / "work", log_path=root / "server.log") as url:
         yield url, samples, root
@@ -71,12 +71,12 @@ def test_add_class_in_the_browser(app_url, page, tmp_path):
 
     # Data: many images at once plus a tags file, as a person picks them in the file dialog
     open_tab(page, "Data")
-    page.locator("#data-files input[type=file]").set_input_files(sorted(str(p) for p in samples.glob("*.png")))
+    page.locator("#data-files input[type=file]").set_input_files(sorted(str(p) for p in samples.glob("*.jpg")))
     page.locator("#tags-file input[type=file]").set_input_files(str(samples / "tags.csv"))
     page.get_by_role("button", name="Use these files").click()
     sync_api.expect(page.locator("#data-status")).to_contain_text("64 images from your upload", timeout=60_000)
     sync_api.expect(page.locator("#data-counts")).to_contain_text("arrow")
-    sync_api.expect(page.locator("#data-thumbs")).to_contain_text("arrow: 000.png")   # thumbnails with their tags
+    sync_api.expect(page.locator("#data-thumbs")).to_contain_text("arrow: 000.jpg")   # thumbnails with their tags
     shot(page, "2_data")
 
     # Add classes: name and colour are prefilled from the new tag; short settings under "advanced"
@@ -94,7 +94,7 @@ def test_add_class_in_the_browser(app_url, page, tmp_path):
     gallery = page.locator("#live-gallery")
     sync_api.expect(gallery.locator("img").first).to_be_visible()
     text = gallery.inner_text()
-    for caption in ("000.png", "CAM arrow", "pseudo-label", "mask"):
+    for caption in ("000.jpg", "CAM arrow", "pseudo-label", "mask"):
         assert caption in text, text
     assert gallery.locator("img").count() >= 12          # 4 images x (image, CAM, pseudo-label, mask)
     sync_api.expect(page.locator("#header")).to_contain_text("v001")
@@ -114,15 +114,15 @@ def test_add_class_in_the_browser(app_url, page, tmp_path):
     review = page.locator("#review-gallery")
     sync_api.expect(review).to_contain_text("CAM arrow", timeout=60_000)
     review.locator("img").first.click()
-    sync_api.expect(page.locator("#rejected")).to_contain_text("000.png")
+    sync_api.expect(page.locator("#rejected")).to_contain_text("000.jpg")
     shot(page, "5_review")
 
     # Predict: drop an image, get the mask over it and the legend with the new class
     open_tab(page, "Predict")
-    page.locator("#predict-file input[type=file]").set_input_files(str(samples / "001.png"))
+    page.locator("#predict-file input[type=file]").set_input_files(str(samples / "001.jpg"))
     sync_api.expect(page.locator("#predict-legend [data-class='arrow']")).to_be_visible(timeout=60_000)
     sync_api.expect(page.locator("#predict-overlay img")).to_be_visible()
-    sync_api.expect(page.locator("#predict-status")).to_contain_text("001.png")
+    sync_api.expect(page.locator("#predict-status")).to_contain_text("001.jpg")
     shot(page, "6_predict")
 
     # Versions & export: download the checkpoint
@@ -147,3 +147,31 @@ def test_add_class_in_the_browser(app_url, page, tmp_path):
     sync_api.expect(page.locator("#predict-legend")).to_contain_text("v000", timeout=30_000)
     assert page.locator("#predict-legend [data-class='arrow']").count() == 0
     shot(page, "8_rollback")
+
+
+# The held-out arrow IoU the one-click demo must show at least. `benchmark demo` measured the recipe on this
+# machine's CPU (docs/results.md); the floor sits well under it, so that thread scheduling on another CPU cannot fail
+# it, and far above what the previous recipe reached (3 to 5).
+DEMO_ARROW_FLOOR = 35.0
+
+
+def test_the_default_demo_teaches_arrow_in_the_browser(tmp_path_factory, page):
+    """The first five minutes: the shipped base and samples/, one click with the default settings."""
+    from app.testing import ROOT
+    from models import DEFAULT_CHECKPOINT
+
+    root = tmp_path_factory.mktemp("demo_browser")
+    with launched(DEFAULT_CHECKPOINT, ROOT / "samples", root / "work", log_path=root / "server.log") as url:
+        page.goto(url)
+        page.wait_for_selector("#model-classes table tr[data-class='hexagon']", timeout=60_000)
+        open_tab(page, "Add classes")
+        sync_api.expect(page.locator("#class-name-0 input, #class-name-0 textarea").first).to_have_value("arrow")
+        start = time.perf_counter()
+        page.get_by_role("button", name="Add the classes").click()
+        sync_api.expect(page.locator("#progress")).to_contain_text("saved as v001", timeout=900_000)
+        row = page.locator("#heldout-table tr", has_text="IoU arrow (new)")
+        sync_api.expect(row).to_be_visible(timeout=60_000)
+        before, after = (float(v) for v in row.locator("td").all_inner_texts()[-2:])
+        print(f"demo in the browser: {time.perf_counter() - start:.0f} s, held-out arrow IoU {before} -> {after}")
+        shot(page, "demo_done")
+        assert before == 0.0 and after >= DEMO_ARROW_FLOOR

@@ -62,7 +62,7 @@ def labelled_set(images_dir, masks_dir, n=6):
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     root = tmp_path_factory.mktemp("app_client")
-    samples = write_samples(root / "samples")
+    samples = write_samples(root / "samples", n_positive=40, n_negative=24)
     ckpt = tiny_checkpoint(root / "base.pt")
     with launched(ckpt, samples, root / "work", log_path=root / "server.log") as url:
         yield url, samples, root
@@ -81,7 +81,7 @@ def test_add_class_end_to_end(app_url):
     header = c.predict(api_name="/model_info")[0]
     assert "v000" in header and "hexagon" in header and "arrow" not in header
 
-    images = sorted(samples.glob("*.png"))
+    images = sorted(samples.glob("*.jpg"))
     out = c.predict([handle_file(str(p)) for p in images], handle_file(str(samples / "tags.csv")),
                     api_name="/bring_data")
     status, counts = out[0], out[1]
@@ -103,7 +103,7 @@ def test_add_class_end_to_end(app_url):
     final = job.outputs()[-1]
     assert job.status().code.name == "FINISHED"
     assert phases == {"warmup", "joint"}
-    assert {"000.png", "CAM arrow", "pseudo-label", "mask"} <= captions
+    assert {"000.jpg", "CAM arrow", "pseudo-label", "mask"} <= captions
     assert plots >= 1 and "v001" in final[1], final
 
     # the samples ship held-out images with masks: the page scores the update on them (before and after)
@@ -144,8 +144,8 @@ def test_add_class_end_to_end(app_url):
     # review: page through the training images' CAMs and pseudo-labels, reject one, re-run from the others
     gallery, info, page, rejected = c.predict(2, [], api_name="/review_page")
     assert page == 2 and "Page 2/11" in info and len(gallery["value"]) == 6 * 4
-    assert gallery["value"][0]["caption"].startswith("006.png [arrow]")
-    assert "000.png" in rejected["choices"][0]
+    assert gallery["value"][0]["caption"].startswith("006.jpg [arrow]")
+    assert "000.jpg" in rejected["choices"][0]
     archive, text = c.predict(api_name="/export_pseudo_labels")
     with zipfile.ZipFile(archive) as z:
         names = z.namelist()
@@ -153,13 +153,13 @@ def test_add_class_end_to_end(app_url):
         masks = [n for n in names if n.startswith("SegmentationClass/") and n.endswith(".png")]
         assert len(masks) == 64 and "exported 64 pseudo-labels" in text
         mask = Image.open(io.BytesIO(z.read("SegmentationClass/000.png")))
-        assert mask.mode == "P" and mask.size == Image.open(samples / "000.png").size
-    rerun = c.submit(["000.png"], api_name="/rerun")
+        assert mask.mode == "P" and mask.size == Image.open(samples / "000.jpg").size
+    rerun = c.submit(["000.jpg"], api_name="/rerun")
     outputs = list(rerun)     # (progress, status, plot, gallery, review status): the tab switch is not in the API
     assert "63 accepted images (1 rejected)" in outputs[0][-1]
     assert "v002" in outputs[-1][1], outputs[-1]
     step = load_checkpoint(c.predict(api_name="/checkpoint_file")).history[-1]
-    assert step["rejected"] == ["000.png"] and step["num_images"] == 63 and step["base_checkpoint"] == "v000"
+    assert step["rejected"] == ["000.jpg"] and step["num_images"] == 63 and step["base_checkpoint"] == "v000"
 
     # every version is kept; rolling back makes v000 current again
     c.predict("v000", api_name="/rollback")
@@ -176,8 +176,8 @@ def test_bad_input_changes_nothing(app_url, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     tags = tmp_path / "tags.csv"
-    tags.write_text("filename,tags\n000.png,arrow\nmissing.png,arrow\n")
-    sample = handle_file(str(samples / "000.png"))
+    tags.write_text("filename,tags\n000.jpg,arrow\nmissing.png,arrow\n")
+    sample = handle_file(str(samples / "000.jpg"))
     for files, tags_file, words in (([handle_file(str(note))], None, "neither images"),
                                     ([handle_file(str(broken)), sample], None, "could not be opened"),
                                     ([sample], handle_file(str(tags)), "missing.png")):
@@ -221,8 +221,8 @@ def test_updates_queue_per_device_cancel_and_predict_stays_responsive(app_url):
     assert any("number 2 in line" in (o[0] or "") for o in waiting.outputs()), waiting.outputs()
 
     start = time.perf_counter()
-    text = second.predict(handle_file(str(samples / "000.png")), 0.5, api_name="/predict")[3]
-    assert "000.png" in text and time.perf_counter() - start < 10
+    text = second.predict(handle_file(str(samples / "000.jpg")), 0.5, api_name="/predict")[3]
+    assert "000.jpg" in text and time.perf_counter() - start < 10
 
     # the running update's pseudo-labels can be reviewed while it trains (rendered between two iterations)
     gallery, info, _, _ = first.predict(1, [], api_name="/review_page")

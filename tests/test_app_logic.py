@@ -108,8 +108,9 @@ def test_make_config_casts_page_values_and_explains_bad_ones():
             refined.pamr_refine_fine_iterations) == (2, 30, 10)
     with pytest.raises(DataError, match="pamr_refine_iterations must be at least 1"):
         make_config({"pamr_refine_iterations": 0})
-    assert loss_names(cfg) == ["cls", "loc", "seg", "total"]
-    assert loss_names(cfg, aux=True) == ["cls", "loc", "seg", "aux", "total"]
+    assert loss_names(cfg) == ["cls", "loc", "fd", "seg", "total"]          # the demo recipe distils features
+    plain = make_config({"feature_distillation": 0})
+    assert loss_names(plain, aux=True) == ["cls", "loc", "seg", "aux", "total"]
 
 
 @pytest.fixture(scope="module")

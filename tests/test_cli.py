@@ -135,8 +135,8 @@ def test_existing_out_is_refused(ckpt, tmp_path, capsys):
 @pytest.mark.parametrize("argv, base, expected", [
     ([], recipes.WORLD_UPDATE, True),                          # the world recipe reads the stride-4 map
     (["--no-localizer-detail"], recipes.WORLD_UPDATE, False),  # ... unless told not to (networks without one)
-    ([], recipes.DEMO_UPDATE, False),
-    (["--localizer-detail"], recipes.DEMO_UPDATE, True),
+    ([], recipes.CAMVID_TINY.update, False),
+    (["--localizer-detail"], recipes.CAMVID_TINY.update, True),
 ])
 def test_localizer_detail_switches_both_ways(argv, base, expected, tmp_path):
     args = build_parser().parse_args(["add-class", "--out", str(tmp_path / "new.pt"), *argv])
@@ -372,5 +372,5 @@ def test_plain_fp32_path_gives_the_same_update(ckpt, tmp_path, capsys):
         assert code == 0, err
         metrics = load_checkpoint(tmp_path / name).history[-1]["metrics"]
         losses.append({k: v for k, v in metrics.items() if k.startswith("final_loss_")})
-    assert losses[0].keys() == losses[1].keys() and len(losses[0]) == 3
+    assert losses[0].keys() == losses[1].keys() and len(losses[0]) == 4   # cls, loc, fd, seg
     assert all(losses[0][k] == pytest.approx(losses[1][k], rel=1e-3, abs=1e-4) for k in losses[0])

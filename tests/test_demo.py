@@ -28,7 +28,7 @@ def test_benchmark_demo_smoke(tmp_path, capsys):
     base = tiny_checkpoint(tmp_path / "base.pt")
     out = tmp_path / "demo.md"
     assert main(["benchmark", "demo", "--quick", "--base", str(base), "--samples", str(samples), "--device", "cpu",
-                 "--out", str(out), "-q"]) == 0
+                 "--out", str(out), "--curve", "1", "-q"]) == 0
     text = capsys.readouterr().out
     assert "arrow IoU" in text and "wall time" in text and f"samples/{HELDOUT_FILE} (4 images" in text
     rows = [line for line in text.splitlines() if line.startswith("| IoU arrow |")]
@@ -36,3 +36,8 @@ def test_benchmark_demo_smoke(tmp_path, capsys):
     after = [float(r.split("|")[3]) for r in rows]
     assert all(np.isfinite(after)) and all(0.0 <= v <= 100.0 for v in after)
     assert all(r in out.read_text() for r in rows)
+    curve = text.split("### Learning curve")[1].split("###")[0]
+    points = [line.split("|")[1:5] for line in curve.splitlines() if line[2:3].isdigit()]
+    assert [int(p[0]) for p in points] == [1, 2]                  # scored after iteration 1, and the result
+    assert float(points[0][1]) <= float(points[1][1])             # training seconds grow
+    assert all(0.0 <= float(p[2]) <= 100.0 for p in points)

@@ -515,13 +515,13 @@ def test_the_served_app_hides_the_session_key_and_answers_parallel_identical_pre
     from app.testing import launched
     from wilss.demo import write_samples
 
-    samples = write_samples(tmp_path / "samples")
+    samples = write_samples(tmp_path / "samples", n_positive=40, n_negative=24)
     work = tmp_path / "work"
     with launched(tiny_checkpoint(tmp_path / "base.pt"), samples, work, log_path=tmp_path / "server.log") as url:
         c = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
-        jobs = [c.submit(handle_file(str(samples / "000.png")), 0.5, api_name="/predict") for _ in range(8)]
+        jobs = [c.submit(handle_file(str(samples / "000.jpg")), 0.5, api_name="/predict") for _ in range(8)]
         results = [job.result() for job in jobs]
-        assert all(text.startswith("000.png:") for *_, text in results)
+        assert all(text.startswith("000.jpg:") for *_, text in results)
         overlays = [np.asarray(Image.open(overlay)) for overlay, *_ in results]
         assert all(np.array_equal(o, overlays[0]) for o in overlays)
         sessions = [p.name for p in work.iterdir() if p.name.startswith("s-")]

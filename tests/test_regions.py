@@ -124,7 +124,9 @@ def test_the_command_line_sets_the_region_prior(capsys, tmp_path):
     assert (args.region_prior, args.region_segments, args.region_scale) == ("slic", 150, None)
     assert main(["benchmark", "world", "--region-prior", "sam"]) == 2
     assert "is not a region prior" in capsys.readouterr().err
-    assert main(["benchmark", "demo", "--region-prior", "slic"]) == 2
-    assert "are for world and camvid" in capsys.readouterr().err
+    args = build_parser().parse_args(["add-class", "--out", "x.pt", "--region-prior", "slic"])   # both faces take it
+    assert update_config(args, UpdateConfig()).region_prior == "slic"
+    assert main(["benchmark", "demo", "--tags-base"]) == 2
+    assert "is for world and camvid" in capsys.readouterr().err
     args = build_parser().parse_args(["benchmark", "camvid", "--pamr-refine-stride", "2"])
     assert update_config(args, UpdateConfig()).pamr_refine_stride == 2

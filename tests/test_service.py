@@ -75,6 +75,18 @@ def test_validate_resolves_colours_and_settles_negatives(base, tagged):
     assert plan.cfg == TINY and plan.note == ""
 
 
+def test_validate_switches_the_detail_localizer_off_for_a_network_without_a_detail_map(base, tagged):
+    from dataclasses import replace
+
+    with_detail = replace(TINY, localizer_detail=True)
+    assert service.UpdateRequest(base, tagged, [("triangle", None)], with_detail).validate().cfg == with_detail
+    model = build_segmenter(arch="tiny", num_classes=3, width=8)
+    model.detail_key = None        # as torchvision's networks, which name no detail map
+    other = new_checkpoint(model, NAMES)
+    plan = service.UpdateRequest(other, tagged, [("triangle", None)], with_detail).validate()
+    assert plan.cfg == TINY and "no detail map" in plan.note
+
+
 # ---------------------------------------------------------------------------------------------- run_update
 def test_run_update_yields_progress_and_a_checkpoint_that_says_how_to_repeat_it(base, tagged, tmp_path):
     request = service.UpdateRequest(base, tagged, [("triangle", "#ff8000")], TINY, base_name="base.pt",
@@ -136,22 +148,18 @@ def test_history_entry_serialises_only_what_is_set():
 
 
 # ------------------------------------------------------------------------------------------ the two faces
-# Issue 21's options (ILT, MiB's distillation weight) are in the CLI and the service; the app's advanced panel
-# (app/update.py, another engineer's) is still to offer them: this set must shrink to empty, never grow.
-APP_PENDING = {"output_distillation", "freeze_encoder", "unbiased_kd"}
-
-
 def test_both_faces_offer_the_same_update_settings():
     cli = {field for _, field, *_ in UPDATE_VALUE_FLAGS} | {field for _, field, *_ in UPDATE_SWITCHES}
-    assert cli == set(service.UPDATE_OPTIONS)
-    assert set(service.UPDATE_OPTIONS) - APP_PENDING == {name for name, *_ in ADVANCED}
+    assert cli == set(service.UPDATE_OPTIONS) == {name for name, *_ in ADVANCED}
 
 
 WANTED = dict(epochs=6, warmup_epochs=2, batch_size=4, crop_size=96, lr_backbone=0.002, lr_head=0.02,
               lr_localizer=0.03, localizer_channels=32, localizer_detail=True, focal_gamma=2.0, focal_lambda=0.05,
               alpha=0.25, feature_distillation=0.5, seed=3, mib_init=False, relaxed=True, auto_old_tags=True,
               drop_unlocalized=True, pamr_self_training=True, pamr_refine_stride=4, pamr_refine_iterations=12,
-              pamr_refine_fine_iterations=2, output_distillation=100.0, freeze_encoder=True, unbiased_kd=5.0)
+              pamr_refine_fine_iterations=2, output_distillation=100.0, freeze_encoder=True, unbiased_kd=5.0,
+              new_on_old_background=True, freeze_encoder_bn=False, region_prior="slic", region_segments=300,
+              region_scale=20.0, region_weight=0.5)
 
 
 def test_the_cli_and_the_app_make_the_same_config_from_the_same_settings():
@@ -160,10 +168,8 @@ def test_the_cli_and_the_app_make_the_same_config_from_the_same_settings():
     argv += [a for flag, field, *_ in UPDATE_VALUE_FLAGS for a in (flag, str(WANTED[field]))]
     argv += [flag for flag, field, value, _ in UPDATE_SWITCHES if WANTED[field] == value]
     from_cli = update_config(build_parser().parse_args(argv), DEMO_UPDATE)
-    on_page = {k: v for k, v in WANTED.items() if k not in APP_PENDING}
-    from_app = make_config({k: str(v) if isinstance(v, float) else v for k, v in on_page.items()})  # page values
-    assert from_cli == service.with_settings(DEMO_UPDATE, WANTED)
-    assert from_app == service.with_settings(DEMO_UPDATE, on_page)
+    from_app = make_config({k: str(v) if isinstance(v, float) else v for k, v in WANTED.items()})  # page values
+    assert from_cli == from_app == service.with_settings(DEMO_UPDATE, WANTED)
     assert all(getattr(from_cli, k) == v for k, v in WANTED.items())
 
 

@@ -70,6 +70,23 @@ def test_cancel_between_iterations_keeps_the_input_model(scenes):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+def test_frozen_encoder_batch_norm_keeps_the_old_statistics_while_weights_train(scenes, frozen):
+    from dataclasses import replace
+
+    model = small_model()
+    update = WeakUpdate(model, tag_dataset(scenes), num_new=1, cfg=replace(CFG, freeze_encoder_bn=frozen))
+    list(update.run())
+    old, new = model.encoder.state_dict(), update.model.encoder.state_dict()
+    stats = [k for k in old if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in old if k.endswith("weight")]
+    assert stats and weights
+    assert all(torch.equal(old[k], new[k]) for k in stats) == frozen    # statistics: the old model's, or the step's
+    assert not any(torch.equal(old[k], new[k]) for k in weights)        # the weights train either way
+    head_stats = [k for k in model.state_dict() if not k.startswith("encoder.") and k.endswith("running_mean")]
+    assert head_stats and not any(torch.equal(model.state_dict()[k], update.model.state_dict()[k]) for k in head_stats)
+
+
 def first_batch_losses(scenes, **options) -> dict[str, float]:
     """The joint phase's named losses on the first four images, before any training: the same seed gives every
     configuration the same localizer and new classifier rows, so two configurations differ only by their options."""

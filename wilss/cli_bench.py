@@ -6,23 +6,22 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from models.imagenet import IMAGENET_NETS
 from wilss import demo, recipes
 from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
-from wilss.cli_common import (TARGET_FIELDS, CliError, ProgressBar, add_common_flags, add_device_flag,
-                              add_target_flags, check_new_file, check_new_folder, non_negative_int, open_checkpoint,
-                              percent, positive_int, update_config, write_report)
+from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, add_update_flags,
+                              check_new_file, check_new_folder, non_negative_int, open_checkpoint, percent,
+                              positive_int, update_config, write_report)
 from wilss.cli_tags import pretrain_tags, tags_base, tags_summary
 from wilss.config import to_dict
 from wilss.datasets import LAYOUTS, read_labelled, write_voc_tree
-from wilss.experiment_setup import (DEFAULT_CAMVID, ENCODER_DEFAULT, IMAGENET, add_encoder_flag, benchmark_setup,
-                                    encoder_network, encoder_path, quick, shortened_schedules,  # noqa: F401
-                                    world_encoder)
-from wilss.experiments import METHODS, Benchmark, LabelledSplit, Protocol, Row, format_per_class, format_table
+from wilss.experiment_setup import (DEFAULT_CAMVID, ENCODER_DEFAULT, add_encoder_flag, base_network, benchmark_setup,
+                                    camvid_goal_checks, encoder_network, encoder_path, goal_checks, quick,  # noqa: F401
+                                    shortened_schedules, world_encoder)
+from wilss.experiments import METHODS, Benchmark, LabelledSplit, Protocol, format_per_class, format_table
 from wilss.protocol import Task
 from wilss.scoring import read_world
 from wilss.world import write_world
@@ -40,7 +39,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         check_new_folder(args.samples, flag="--samples")
         seed = {} if args.seed is None else {"seed": args.seed}
         folder = demo.write_samples(args.samples, **seed)
-        print(f"wrote {len(list(folder.glob('*.png')))} demo images and {folder / 'tags.csv'}")
+        print(f"wrote {len(list(folder.glob('*.jpg')))} demo images and {folder / 'tags.csv'}")
         return 0
     if args.voc_layout is not None:
         return _generate_voc_tree(args)
@@ -123,12 +122,7 @@ def _pretrain_labelled(args: argparse.Namespace, out: Path, start: float) -> int
     class of the dataset), its encoder from ImageNet by default; scored on the dataset's test split."""
     source = read_labelled(args.data, args.layout)
     named = tuple(c for c in range(len(source.classes)) if c not in source.background_ids)
-    arch = args.arch or recipes.CAMVID.arch
-    if args.encoder is ENCODER_DEFAULT:
-        args.encoder = IMAGENET if arch in IMAGENET_NETS else None
-    if encoder_path(args) == IMAGENET and arch not in IMAGENET_NETS:
-        raise CliError(f"--encoder imagenet: the {arch} network has no installed ImageNet weights; use one of "
-                       f"{', '.join(IMAGENET_NETS)} (or --encoder none)")
+    arch = base_network(args)
     protocol = Protocol(name=source.description, dataset_classes=source.classes,
                         task=Task((named,), source.background_ids), ignore_ids=source.ignore_ids, resize=args.size,
                         background_in_all=bool(source.background_ids), eval_batch_size=8 if args.size else 1)
@@ -172,38 +166,6 @@ def _pretrain_pretext(args: argparse.Namespace, out: Path, start: float) -> int:
 
 
 # --------------------------------------------------------------------------------------------- benchmark
-def goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:
-    """The world's goals, for the rows that ran: WILSS new >= 80% of joint new, old >= 97% of base old,
-    all > FT all."""
-    by = {r.method: r for r in rows}
-    w, j, b, f = (by.get(m) for m in ("wilss", "joint", "base", "ft"))
-    checks = []
-    if w and j:
-        checks.append((f"WILSS new {percent(w.new)} >= 80% of joint new ({percent(0.8 * j.new)})", w.new >= 0.8 * j.new))
-    if w and b:
-        checks.append((f"WILSS old {percent(w.old)} >= 97% of base old ({percent(0.97 * b.old)})", w.old >= 0.97 * b.old))
-    if w and f:
-        checks.append((f"WILSS all {percent(w.all)} > FT all ({percent(f.all)})", w.all > f.all))
-    return checks
-
-
-def camvid_goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:
-    """Issue 22's CamVid goals, for the rows that ran: joint all >= 55; WILSS new >= 60% of joint new (the paper's
-    VOC ratio); WILSS old >= 95% of base old; WILSS all > FT all."""
-    by = {r.method: r for r in rows}
-    b, w, f, j = (by.get(m) for m in ("base", "wilss", "ft", "joint"))
-    checks = []
-    if j:
-        checks.append((f"joint all {percent(j.all)} >= 55", j.all >= 55))
-    if w and j:
-        checks.append((f"WILSS new {percent(w.new)} >= 60% of joint new ({percent(0.6 * j.new)})", w.new >= 0.6 * j.new))
-    if w and b:
-        checks.append((f"WILSS old {percent(w.old)} >= 95% of base old ({percent(0.95 * b.old)})", w.old >= 0.95 * b.old))
-    if w and f:
-        checks.append((f"WILSS all {percent(w.all)} > FT all ({percent(f.all)})", w.all > f.all))
-    return checks
-
-
 def methods_arg(text: str) -> tuple[str, ...]:
     """``--methods``: a comma-separated subset of ``experiments.METHODS``, run in the order given; 'none': the
     base(s) alone."""
@@ -231,8 +193,8 @@ def save_base(bench: Benchmark, model, path: Path, args: argparse.Namespace, tit
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.dataset == "demo":
-        if args.tags_base or any(getattr(args, f) is not None for f in TARGET_FIELDS):
-            raise CliError("--tags-base, --pamr-refine-* and --region-* are for world and camvid")
+        if args.tags_base:
+            raise CliError("--tags-base is for world and camvid")
         from wilss.cli_demo import cmd_benchmark_demo
 
         return cmd_benchmark_demo(args)
@@ -244,7 +206,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise CliError("--save-base writes the base this run trains; with --base none is trained")
     short = args.quick or args.epochs_step is not None or args.epochs_base is not None
     protocol, splits, pretrain_cfg, update_cfg, title = benchmark_setup(args)
-    update_cfg = update_config(args, update_cfg)   # the pseudo-label refinements' flags, when given
+    update_cfg = update_config(args, update_cfg)   # the recipe, with the weak-step flags given
     title += f", PAMR stride {update_cfg.pamr_refine_stride}" if update_cfg.pamr_refine_stride else ""
     title += f", region prior {update_cfg.region_prior}" if update_cfg.region_prior != "none" else ""
     init = world_encoder(args)  # the base (when trained) and joint start from it
@@ -370,6 +332,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--base", type=Path, metavar="CKPT", help="reuse this base instead of training one (demo: the "
                                                              "base to add to; default: the shipped one)")
     p.add_argument("--samples", type=Path, metavar="DIR", help="demo only: the tagged images (default: samples/)")
+    p.add_argument("--curve", type=positive_int, metavar="N",
+                   help="demo only: also score the world's test split every N iterations (the IoU against "
+                        "training time; scoring time left out)")
     p.add_argument("--save-base", type=Path, metavar="CKPT", help="write the base the run trains to this checkpoint")
     p.add_argument("--arch", choices=sorted(("tiny", *IMAGENET_NETS)),
                    help=f"CamVid only: the network (default: {recipes.CAMVID.arch} from ImageNet; tiny: the "
@@ -391,7 +356,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs-base", type=positive_int, metavar="N",
                    help="epochs of the base and joint networks (default: the recipe's)")
     add_encoder_flag(p, "the base (when trained) and the joint model")
-    add_target_flags(p)
+    add_update_flags(p, (("(world)", recipes.WORLD_UPDATE), ("(camvid)", recipes.CAMVID.update),
+                         ("(demo)", recipes.DEMO_UPDATE)), device=False,
+                     title="weak-step settings: the recipe's, changed (WILSS and FT rows, the demo)")
     p.add_argument("--out", type=Path, metavar="FILE", help="also write the tables as markdown")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_device_flag(p)

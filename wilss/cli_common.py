@@ -163,11 +163,6 @@ UPDATE_VALUE_FLAGS = (
     ("--unbiased-kd", "unbiased_kd", non_negative_float, "W",
      "with --masks (MiB): weight of the unbiased knowledge distillation from the old model"),
     ("--seed", "seed", int, "S", "random seed of initialisation, shuffling and augmentation"),
-)
-# The pseudo-label refinements ``benchmark`` can switch on over a recipe: PAMR (when the recipe's is off) and regions.
-# Only ``benchmark`` offers the region prior for now: add-class's flags, the service's UPDATE_OPTIONS and the app's
-# advanced settings list the same fields (tests/test_service.py), and the app is another change's.
-REGION_VALUE_FLAGS = (
     ("--region-prior", "region_prior", region_prior_arg, "{" + ",".join(REGION_PRIORS) + "}",
      "average the pseudo-labels over each superpixel of the image (after the PAMR refinement, when on) and train "
      "l_SEG at the image's resolution (beyond the paper; none: off)"),
@@ -176,8 +171,6 @@ REGION_VALUE_FLAGS = (
     ("--region-weight", "region_weight", unit_float, "W",
      "the target becomes W x its region means + (1 - W) x itself (1: the region means alone)"),
 )
-TARGET_FIELDS = ("pamr_refine_stride", "pamr_refine_iterations", "region_prior", "region_segments", "region_scale",
-                 "region_weight")
 # (flag, field, value stored): switches that flip a default.
 UPDATE_SWITCHES = (
     ("--relaxed", "relaxed", True,
@@ -198,6 +191,14 @@ UPDATE_SWITCHES = (
      "give weight 0 in l_SEG to images whose pseudo-label misses a tagged class"),
     ("--freeze-encoder", "freeze_encoder", True,
      "ILT: freeze the encoder (weights and batch-norm statistics); only the heads, classifier and localizer learn"),
+    ("--new-on-old-background", "new_on_old_background", True,
+     "cap a new class's pseudo-label by the old model's background probability: new classes take only what the "
+     "old model calls background (beyond the paper)"),
+    ("--freeze-encoder-bn", "freeze_encoder_bn", True,
+     "the encoder's batch-norm layers keep the old model's statistics while its weights train (beyond the paper; "
+     "on in the demo recipe)"),
+    ("--no-freeze-encoder-bn", "freeze_encoder_bn", False,
+     "the encoder's batch-norm statistics follow the step's images, as in the paper"),
 )
 
 
@@ -209,33 +210,27 @@ def _defaults_text(field: str, labelled: Sequence[tuple[str, UpdateConfig]]) -> 
 
 
 def add_update_flags(parser: argparse.ArgumentParser,
-                     defaults: Sequence[tuple[str, UpdateConfig]] = (("", recipes.DEMO_UPDATE),)) -> None:
+                     defaults: Sequence[tuple[str, UpdateConfig]] = (("", recipes.DEMO_UPDATE),), *,
+                     device: bool = True, title: str = "training settings") -> None:
     """One flag per tunable ``UpdateConfig`` field, all defaulting to None (= keep the recipe's value).
 
-    ``defaults``: (label, config) pairs, only to print the recipe values in the help text.
+    ``defaults``: (label, config) pairs, only to print the recipe values in the help text; ``device``: the
+    ``--device`` flag too.
     """
-    group = parser.add_argument_group("training settings (WILSON; defaults from wilss.recipes)")
+    group = parser.add_argument_group(f"{title} (WILSON; defaults from wilss.recipes)")
     for flag, field, kind, metavar, text in UPDATE_VALUE_FLAGS:
         most = f"; at most {UPDATE_LIMITS[field]}" if field in UPDATE_LIMITS else ""
         group.add_argument(flag, dest=field, type=kind, metavar=metavar, default=None,
                            help=f"{text} ({_defaults_text(field, defaults)}{most})")
     for flag, field, value, text in UPDATE_SWITCHES:
         group.add_argument(flag, dest=field, action="store_const", const=value, default=None, help=text)
-    add_device_flag(group)
-
-
-def add_target_flags(parser: argparse.ArgumentParser) -> None:
-    """The pseudo-label refinements' flags alone (``benchmark``), defaulting to None (= keep the recipe's value)."""
-    group = parser.add_argument_group("pseudo-label refinement of the weak steps, WILSS and FT (docs/method.md)")
-    for flag, field, kind, metavar, text in UPDATE_VALUE_FLAGS + REGION_VALUE_FLAGS:
-        if field in TARGET_FIELDS:
-            group.add_argument(flag, dest=field, type=kind, metavar=metavar, default=None,
-                               help=f"{text} (default: the recipe's)")
+    if device:
+        add_device_flag(group)
 
 
 def update_config(args: argparse.Namespace, base: UpdateConfig) -> UpdateConfig:
     """``base`` with the flags the user gave. Raises ValueError for inconsistent values (warm-up >= epochs)."""
-    fields = [f for _, f, *_ in UPDATE_VALUE_FLAGS + REGION_VALUE_FLAGS] + [f for _, f, *_ in UPDATE_SWITCHES]
+    fields = [f for _, f, *_ in UPDATE_VALUE_FLAGS] + [f for _, f, *_ in UPDATE_SWITCHES]
     overrides = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     for flag, field, *_ in UPDATE_VALUE_FLAGS:
         if field in UPDATE_LIMITS and overrides.get(field, 0) > UPDATE_LIMITS[field]:

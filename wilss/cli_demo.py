@@ -1,6 +1,7 @@
 """``benchmark demo``: the app's one-click demo, timed and scored.
 
     python -m wilss benchmark demo [--base CKPT] [--samples DIR] [--device auto] [--out FILE] [--quick]
+                                   [--curve N]
 
 Runs the demo's update exactly as the app does (``wilss.demo.run_demo``), then prints the demo class's IoU and mIoU
 old / new / all before and after, on the generated world's test split and on ``samples/heldout.zip``, and the wall
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from pathlib import Path
 
 from models import DEFAULT_CHECKPOINT
 from wilss import demo, recipes
-from wilss.cli_common import REPO_ROOT, CliError, ProgressBar, check_new_file, open_checkpoint, write_report
+from wilss.cli_common import (REPO_ROOT, CliError, ProgressBar, check_new_file, open_checkpoint, update_config,
+                              write_report)
 from wilss.engine import resolve_device
 from wilss.experiment_setup import quick
 
@@ -49,11 +52,21 @@ def cmd_benchmark_demo(args: argparse.Namespace) -> int:
     heldout = samples / demo.HELDOUT_FILE
     pairs = demo.read_heldout(heldout)[1] if heldout.is_file() else None
     before_heldout = demo.scores(base.model, pairs, names, [recipes.DEMO_CLASS], device=device) if pairs else None
-    cfg = recipes.DEMO_UPDATE
+    cfg = update_config(args, recipes.DEMO_UPDATE)
     if args.quick:
         cfg = quick(cfg)
+    curve: list[tuple[int, float, dict]] = []        # (iteration, seconds of the update so far, scores)
+    clock = {"start": time.perf_counter(), "scoring": 0.0}
+
+    def probe(progress, model) -> None:   # run_demo leaves the scoring time out of its own count, and so does this
+        now = time.perf_counter()
+        curve.append((progress.iteration, now - clock["start"] - clock["scoring"],
+                      demo.world_test_scores(model, device=device)))
+        clock["scoring"] += time.perf_counter() - now
+
     with ProgressBar(quiet=args.quiet) as bar:
-        run = demo.run_demo(base, samples, cfg=cfg, device=device, on_progress=lambda p: bar.update(p, "demo"))
+        run = demo.run_demo(base, samples, cfg=cfg, device=device, on_progress=lambda p: bar.update(p, "demo"),
+                            probe=probe if args.curve else None, probe_every=args.curve or 0)
     after_world = demo.world_test_scores(run.model, device=device)
     new = recipes.DEMO_CLASS
     title = f"## Demo: add '{new}' to {base_path.name} from {samples} ({run.iterations} iterations, {device})"
@@ -61,6 +74,13 @@ def cmd_benchmark_demo(args: argparse.Namespace) -> int:
              f"{new} IoU {_fmt(after_world['iou'][new])} · mIoU old {_fmt(after_world['summary']['old'])} "
              f"(base {_fmt(before_world['summary']['old'])}) · new {_fmt(after_world['summary']['new'])} · "
              f"all {_fmt(after_world['summary']['all'])} · wall time {run.seconds:.1f} s   (world test split)", ""]
+    if curve:
+        lines += [f"### Learning curve (world test split every {args.curve} iterations; training seconds)", "",
+                  f"| iteration | seconds | {new} IoU | mIoU old |", "| ---: | ---: | ---: | ---: |"]
+        lines += [f"| {it} | {secs:.0f} | {_fmt(sc['iou'][new])} | {_fmt(sc['summary']['old'])} |"
+                  for it, secs, sc in curve]
+        lines += [f"| {run.iterations} | {run.seconds:.0f} | {_fmt(after_world['iou'][new])} | "
+                  f"{_fmt(after_world['summary']['old'])} |", ""]
     lines += score_table(f"World test split ({recipes.WORLD_COUNTS['test']} images)", before_world, after_world,
                          names)
     if pairs:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Sequence
 
 from models import build_segmenter
-from models.imagenet import IMAGENET_NETS
 from models.segmenter import Segmenter
 from wilss import recipes
 from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
@@ -21,7 +20,7 @@ from wilss.cli_common import CliError, ProgressBar, percent
 from wilss.config import to_dict
 from wilss.conventions import BACKGROUND_NAME
 from wilss.engine import seed_everything
-from wilss.experiment_setup import ENCODER_DEFAULT, IMAGENET, encoder_path, quick, world_encoder
+from wilss.experiment_setup import base_network, encoder_path, quick, world_encoder
 from wilss.experiments import Benchmark, Row
 from wilss.tags import read_tagged_folder
 from wilss.tags_base import train_tags_base
@@ -37,12 +36,7 @@ def pretrain_tags(args: argparse.Namespace, out: Path, start: float) -> int:
     if not classes or BACKGROUND_NAME in classes:
         raise CliError(f"--tags {args.tags}: {'no image is tagged' if not classes else 'no tag may be background'} "
                        "(tags name the classes to learn; untagged images are negatives)")
-    arch = args.arch or recipes.CAMVID.arch
-    if args.encoder is ENCODER_DEFAULT:
-        args.encoder = IMAGENET if arch in IMAGENET_NETS else None
-    if encoder_path(args) == IMAGENET and arch not in IMAGENET_NETS:
-        raise CliError(f"--encoder imagenet: the {arch} network has no installed ImageNet weights; use one of "
-                       f"{', '.join(IMAGENET_NETS)} (or --encoder none)")
+    arch = base_network(args)
     init = world_encoder(args)
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "crop_size") if getattr(args, k) is not None}
     if "epochs" in overrides:   # the warm-up keeps its share of the recipe's epochs

@@ -89,6 +89,10 @@ class UpdateConfig(OptimConfig):
     # Coarse to fine: after those, this many more iterations at the input's full resolution, and l_SEG there
     # (0 = off). Traces thin parts that 1/pamr_refine_stride blurs; needs pamr_refine_stride > 0.
     pamr_refine_fine_iterations: int = 0
+    # Beyond the paper: the encoder's batch-norm layers keep the old model's statistics (eval mode) while its weights
+    # train. With small batches of few images, updating those statistics from the step's images alone shifts every
+    # old class's features (the demo: +1 old, +4 new mIoU; docs/results.md).
+    freeze_encoder_bn: bool = False
     # Beyond the paper: an offline region prior (wilss.regions). The target (PAMR-refined first, when that is on) is
     # averaged over each superpixel of the image, so that each region takes one class distribution; l_SEG is then
     # computed at the input's resolution. 'none': off; 'slic' or 'felzenszwalb': scikit-image's superpixels.

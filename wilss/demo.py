@@ -1,9 +1,9 @@
 """The demo as the app runs it, and how good its result is.
 
 The app's one-click demo adds ``arrow`` to the shipped base from the tagged images of ``samples/`` with
-``recipes.DEMO_UPDATE``. ``run_demo`` makes the same engine calls as the app's update (``read_tagged_folder``,
-``check_new_classes``, ``settle_negatives``, ``tagged_training_set``, ``WeakUpdate`` with live snapshots of the
-watched images every two seconds), so ``python -m wilss benchmark demo`` times and scores what a user gets.
+``recipes.DEMO_UPDATE``. ``run_demo`` makes the same calls as the app's update (``wilss.service``: an ``UpdateRequest``
+validated, ``run_update`` with live snapshots of the watched images every two seconds), so
+``python -m wilss benchmark demo`` times and scores what a user gets.
 
 Quality is measured on images the update never saw, with masks:
 - ``samples/heldout.zip`` (``images/NNN.png``, ``masks/NNN.png`` in the updated model's ids, ``classes.txt``), generated
@@ -27,18 +27,22 @@ from wilss import recipes, world
 from wilss.checkpoint import Checkpoint
 from wilss.config import UpdateConfig
 from wilss.data import DataError
-from wilss.tags import TaggedSet, check_new_classes, read_tagged_folder, settle_negatives
+from wilss.tags import TaggedSet, read_tagged_folder
 from wilss.engine import Progress
 from wilss.inference import evaluate
 from wilss.metrics import summarize
 from wilss.protocol import eval_label_map, parse_task
-from wilss.trainer import WeakUpdate
-from wilss.training_data import PixelDataset, fitted_image, tagged_training_set
+from wilss.service import UpdateRequest, run_update
+from wilss.training_data import PixelDataset
 
 HELDOUT_FILE = "heldout.zip"
 HELDOUT_SEED = 4                  # the world's seeds: train 1, test 2, samples 3 (recipes.WORLD_SEEDS)
 HELDOUT_IMAGES = 60
 LIVE_IMAGES, LIVE_EVERY_S = 4, 2.0   # the app's live gallery (app.session.AppConfig)
+# The demo's tagged images (samples/): many, since images are what teaches a class from tags. With 64 the localizer
+# separated arrow images from the others within a few epochs without finding the arrow (its pseudo-labels covered
+# 9 % of the arrows' pixels, the class reached 3 IoU); with 720 it must find the arrow itself (docs/results.md).
+SAMPLE_POSITIVES, SAMPLE_NEGATIVES, SAMPLE_JPEG_QUALITY = 480, 240, 90
 
 
 # ------------------------------------------------------------------------------------------------ held out
@@ -149,64 +153,63 @@ class DemoRun:
 
 
 def run_demo(base: Checkpoint, samples: Path, *, cfg: UpdateConfig = recipes.DEMO_UPDATE, device=None,
-             on_progress: Optional[Callable[[Progress], None]] = None) -> DemoRun:
-    """The app's default update: ``recipes.DEMO_CLASS`` added to ``base`` from the tagged images of ``samples``,
-    with the app's live snapshots (``LIVE_IMAGES`` watched images, refreshed every ``LIVE_EVERY_S``)."""
-    names = [recipes.DEMO_CLASS]
-    tagged = read_tagged_folder(samples)
-    check_new_classes(tagged, names, base.class_names[1:])
-    cfg, _ = settle_negatives(tagged, names, cfg)
-    columns = list(base.class_names[1:]) + names
-    start = time.perf_counter()
-    dataset = tagged_training_set(tagged, columns, cfg)
-    live = watch_indices(tagged, names, LIVE_IMAGES)
-    update = WeakUpdate(base.model, dataset, num_new=len(names), cfg=cfg, device=device,
-                        snapshot_items=[(fitted_image(tagged.paths[i], cfg.crop_size), dataset.targets[i])
-                                        for i in live])
-    update.snapshots()
+             on_progress: Optional[Callable[[Progress], None]] = None,
+             probe: Optional[Callable[[Progress, object], None]] = None, probe_every: int = 0) -> DemoRun:
+    """The app's default update: ``recipes.DEMO_CLASS`` added to ``base`` from the tagged images of ``samples``
+    through ``wilss.service`` as the app calls it, with the app's live snapshots (``LIVE_IMAGES`` watched images,
+    refreshed every ``LIVE_EVERY_S``). ``probe(progress, model)`` is called with the model in eval mode every
+    ``probe_every`` iterations (a learning curve); its time is left out of the run's ``seconds``."""
+    start, paused = time.perf_counter(), 0.0
+    request = UpdateRequest(base, read_tagged_folder(samples), [(recipes.DEMO_CLASS, recipes.DEMO_COLOUR)], cfg=cfg)
+    plan = request.validate()
+    run = run_update(plan, device=device, snapshot_indices=watch_indices(plan.tagged, plan.new_names, LIVE_IMAGES))
+    run.update.snapshots()
     shown, last = time.monotonic(), None
-    for last in update.run():
+    for last in run:
         if last.iteration == last.total_iterations or time.monotonic() - shown >= LIVE_EVERY_S:
-            update.snapshots()
+            run.update.snapshots()
             shown = time.monotonic()
         if on_progress is not None:
             on_progress(last)
-    seconds = time.perf_counter() - start
-    return DemoRun(update.model.eval(), list(base.class_names) + names, seconds,
-                   last.iteration if last else 0, cfg)
+        if probe is not None and probe_every and last.iteration % probe_every == 0 \
+                and last.iteration < last.total_iterations:
+            begun = time.perf_counter()
+            with run.update.evaluating():
+                probe(last, run.update.model)
+            paused += time.perf_counter() - begun
+    seconds = time.perf_counter() - start - paused
+    return DemoRun(run.update.model.eval(), plan.class_names, seconds, last.iteration if last else 0, plan.cfg)
 
 
-def write_samples(folder, *, n_positive: int = 40, n_negative: int = 24, seed: int = recipes.WORLD_SEEDS["samples"],
-                  heldout: bool = True):
-    """The demo's tagged images: scenes with the demo class among base classes, and negatives without it.
+def write_samples(folder, *, n_positive: int = SAMPLE_POSITIVES, n_negative: int = SAMPLE_NEGATIVES,
+                  seed: int = recipes.WORLD_SEEDS["samples"], heldout: bool = True):
+    """The demo's tagged images: scenes with the demo class among base classes, then negatives without it.
 
-    Writes ``folder/NNN.png`` and ``folder/tags.csv`` (``filename,tags``; empty tags = negative), and with
-    ``heldout`` the held-out images with masks ``folder/heldout.zip`` (``write_heldout``).
-    Refuses a non-empty folder.
+    Writes ``folder/NNN.jpg`` (JPEG, quality ``SAMPLE_JPEG_QUALITY``, colour at full resolution: a user's photos are
+    JPEGs and the shipped set stays a few megabytes; JPEG's default halving of the colour resolution cost the old
+    classes 2.5 mIoU points on the world's PNG test split, docs/results.md) and ``folder/tags.csv``
+    (``filename,tags``; empty tags = negative), and with ``heldout``
+    the held-out images with masks ``folder/heldout.zip`` (``write_heldout``). Refuses a non-empty folder.
     """
     import csv
-    from pathlib import Path
-
-    import numpy as np
-    from PIL import Image
-
 
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"{folder} is not empty; samples are only written into an empty folder")
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    task = recipes.world_task()
-    base = list(task.seen_classes(0))
+    base = list(recipes.world_task().seen_classes(0))
     demo_id = world.WORLD_CLASSES.index(recipes.DEMO_CLASS)
+    total = n_positive + n_negative
+    digits = max(3, len(str(total - 1)))
     rows = []
-    for i in range(n_positive + n_negative):
+    for i in range(total):
         positive = i < n_positive
         # Object-centric, like a user's photos of the new class: one to three objects per image.
         image, _ = world.sample_scene(rng, size=recipes.WORLD_SIZE, min_objects=1, max_objects=3, allowed=base,
                                       required=[demo_id] if positive else [])
-        name = f"{i:03d}.png"
-        Image.fromarray(image).save(folder / name)
+        name = f"{i:0{digits}d}.jpg"
+        Image.fromarray(image).save(folder / name, quality=SAMPLE_JPEG_QUALITY, subsampling=0)   # 4:4:4
         rows.append((name, recipes.DEMO_CLASS if positive else ""))
     with open(folder / "tags.csv", "w", newline="") as f:
         writer = csv.writer(f)

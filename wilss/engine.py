@@ -123,12 +123,18 @@ def run_loop(*, loader: DataLoader, epochs: int, step: StepFn, phase_of: Callabl
                            snapshots=snapshot(iteration) if snapshot else [], first_iteration=first)
 
 
-def set_training(model: torch.nn.Module, training: bool, *, frozen_encoder: bool = False) -> None:
+def set_training(model: torch.nn.Module, training: bool, *, frozen_encoder: bool = False,
+                 frozen_bn: bool = False) -> None:
     """``model.train(training)``, its encoder kept in eval mode when frozen (ILT's option): a frozen encoder's
-    batch-norm statistics stay those of the old model, so its weights and buffers are left bit-identical."""
+    batch-norm statistics stay those of the old model, so its weights and buffers are left bit-identical. With
+    ``frozen_bn`` only the encoder's batch-norm layers stay in eval mode (its weights train)."""
     model.train(training)
     if frozen_encoder:
         model.encoder.eval()
+    elif frozen_bn:
+        for module in model.encoder.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def freeze_encoder(model: torch.nn.Module) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 from models import DEFAULT_ENCODER
 from models.imagenet import IMAGENET_NETS, load_imagenet_encoder
@@ -13,7 +14,8 @@ from wilss.cli_common import REPO_ROOT, CliError, open_checkpoint
 from wilss.config import OptimConfig
 from wilss.data import DataError
 from wilss.datasets import camvid_classes
-from wilss.experiments import Protocol, camvid_splits
+from wilss.experiments import Protocol, Row, camvid_splits
+from wilss.metrics import percent
 from wilss.protocol import parse_task
 
 ENCODER_DEFAULT = object()  # --encoder not given: see encoder_path
@@ -124,3 +126,48 @@ def shortened_schedules(args: argparse.Namespace, pretrain_cfg, update_cfg, titl
     update_cfg = update_cfg if step is None else with_epochs(update_cfg, step)
     pretrain_cfg = pretrain_cfg if base is None else with_epochs(pretrain_cfg, base)
     return pretrain_cfg, update_cfg, title + (f" (shortened: {', '.join(shortened)})" if shortened else "")
+
+
+def goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:
+    """The world's goals, for the rows that ran: WILSS new >= 80% of joint new, old >= 97% of base old,
+    all > FT all."""
+    by = {r.method: r for r in rows}
+    w, j, b, f = (by.get(m) for m in ("wilss", "joint", "base", "ft"))
+    checks = []
+    if w and j:
+        checks.append((f"WILSS new {percent(w.new)} >= 80% of joint new ({percent(0.8 * j.new)})", w.new >= 0.8 * j.new))
+    if w and b:
+        checks.append((f"WILSS old {percent(w.old)} >= 97% of base old ({percent(0.97 * b.old)})", w.old >= 0.97 * b.old))
+    if w and f:
+        checks.append((f"WILSS all {percent(w.all)} > FT all ({percent(f.all)})", w.all > f.all))
+    return checks
+
+
+def camvid_goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:
+    """Issue 22's CamVid goals, for the rows that ran: joint all >= 55; WILSS new >= 60% of joint new (the paper's
+    VOC ratio); WILSS old >= 95% of base old; WILSS all > FT all."""
+    by = {r.method: r for r in rows}
+    b, w, f, j = (by.get(m) for m in ("base", "wilss", "ft", "joint"))
+    checks = []
+    if j:
+        checks.append((f"joint all {percent(j.all)} >= 55", j.all >= 55))
+    if w and j:
+        checks.append((f"WILSS new {percent(w.new)} >= 60% of joint new ({percent(0.6 * j.new)})", w.new >= 0.6 * j.new))
+    if w and b:
+        checks.append((f"WILSS old {percent(w.old)} >= 95% of base old ({percent(0.95 * b.old)})", w.old >= 0.95 * b.old))
+    if w and f:
+        checks.append((f"WILSS all {percent(w.all)} > FT all ({percent(f.all)})", w.all > f.all))
+    return checks
+
+
+def base_network(args: argparse.Namespace) -> str:
+    """The network a new base trains (``--arch``, default the CamVid recipe's), with ``--encoder``'s default settled
+    (ImageNet for the networks that have installed weights, else none). Raises ``CliError`` for ImageNet weights
+    asked of a network without them."""
+    arch = args.arch or recipes.CAMVID.arch
+    if args.encoder is ENCODER_DEFAULT:
+        args.encoder = IMAGENET if arch in IMAGENET_NETS else None
+    if encoder_path(args) == IMAGENET and arch not in IMAGENET_NETS:
+        raise CliError(f"--encoder imagenet: the {arch} network has no installed ImageNet weights; use one of "
+                       f"{', '.join(IMAGENET_NETS)} (or --encoder none)")
+    return arch

@@ -51,7 +51,8 @@ UPDATE_OPTIONS = ("epochs", "warmup_epochs", "batch_size", "crop_size", "lr_back
                   "localizer_channels", "localizer_detail", "focal_gamma", "focal_lambda", "alpha",
                   "feature_distillation", "seed", "mib_init", "relaxed", "auto_old_tags", "drop_unlocalized",
                   "pamr_self_training", "pamr_refine_stride", "pamr_refine_iterations", "pamr_refine_fine_iterations",
-                  "output_distillation", "freeze_encoder", "unbiased_kd")
+                  "output_distillation", "freeze_encoder", "unbiased_kd", "new_on_old_background", "freeze_encoder_bn",
+                  "region_prior", "region_segments", "region_scale", "region_weight")
 
 
 def load(source) -> Checkpoint:
@@ -78,7 +79,8 @@ class UpdateRequest:
     def validate(self) -> UpdatePlan:
         """The checked plan. Raises ``DataError`` for an empty or existing class name, a bad colour, no images,
         unknown tags or a class without positives (``wilss.tags.check_new_classes``). With ``auto_negatives``, a
-        class without negatives switches on automatic old-class tags, and the plan's ``note`` says so."""
+        class without negatives switches on automatic old-class tags; a network without a detail map switches
+        ``localizer_detail`` off; the plan's ``note`` says so."""
         if not self.classes:
             raise DataError("A new class name is empty. Give every new class a name.")
         names, colours = [], []
@@ -96,6 +98,10 @@ class UpdateRequest:
         check_new_classes(self.tagged, names, self.base.class_names[1:])
         wilson = self.auto_negatives and self.masks is None   # l_CLS's negatives: WILSON's step only
         cfg, note = settle_negatives(self.tagged, names, self.cfg) if wilson else (self.cfg, "")
+        if cfg.localizer_detail and self.base.model.detail_key is None:   # a recipe's default, for another network
+            cfg = replace(cfg, localizer_detail=False)
+            note = " ".join(filter(None, [note, f"The {self.base.model.config.get('arch')} network has no detail "
+                                                "map: the localizer reads its last feature map only."]))
         return UpdatePlan(self, names, extend_colours(self.base.colours, colours), cfg, note)
 
 

@@ -242,8 +242,7 @@ class WeakUpdate:
         # The warm-up leaves the decoder without gradients: DDP must be told to look for unused parameters.
         self.net = wrap_for_training(TrainedPair(self.model, self.localizer), world=self.world, device=self.device,
                                      sync_bn=self.sync_bn, find_unused_parameters=cfg.warmup_epochs > 0)
-        set_training(self.model, True, frozen_encoder=cfg.freeze_encoder)
-        self.localizer.train()
+        self.train_mode(True)
         state = {"model": self.model, "localizer": self.localizer, "optimizer": optimizer, "scheduler": scheduler}
         if self.precision.scaler is not None:  # fp16: the loss scale resumes too
             state["scaler"] = self.precision.scaler
@@ -274,13 +273,18 @@ class WeakUpdate:
     def evaluating(self) -> Iterator[None]:
         """Eval mode for the model and localizer inside the block, then back to what they were."""
         was_training = self.model.training
-        self.model.eval()
-        self.localizer.eval()
+        self.train_mode(False)
         try:
             yield
         finally:
-            set_training(self.model, was_training, frozen_encoder=self.cfg.freeze_encoder)
-            self.localizer.train(was_training)
+            self.train_mode(was_training)
+
+    def train_mode(self, training: bool) -> None:
+        """The model and the localizer in training (or eval) mode; a frozen encoder (``cfg.freeze_encoder``) or its
+        batch-norm layers (``cfg.freeze_encoder_bn``) stay in eval mode: the old model's statistics, unchanged."""
+        set_training(self.model, training, frozen_encoder=self.cfg.freeze_encoder,
+                     frozen_bn=self.cfg.freeze_encoder_bn)
+        self.localizer.train(training)
 
     @torch.no_grad()
     def snapshots(self) -> list[Snapshot]:
