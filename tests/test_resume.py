@@ -18,6 +18,7 @@ from wilss.cli import main
 from wilss.config import UpdateConfig, to_dict
 from wilss.training_data import TagDataset
 from wilss.resume import ResumeError, Resumer, read_snapshot, resume_path
+from wilss.recipes import DEMO_UPDATE
 from wilss.trainer import WeakUpdate
 from wilss.transforms import train_transform
 from wilss.world import generate
@@ -125,7 +126,7 @@ def test_killed_add_class_resumes_to_the_uninterrupted_result(tmp_path, capsys):
     code, _, err = cli([*command, *LONG, "--out", out], capsys)
     assert code == 2 and "add --resume to continue it" in err
     code, _, err = cli([*command, *LONG, "--lr-head", "0.02", "--out", out, "--resume"], capsys)
-    assert code == 2 and "settings.lr_head: 0.01 then, 0.02 now" in err
+    assert code == 2 and f"settings.lr_head: {DEMO_UPDATE.lr_head} then, 0.02 now" in err
     assert torch.load(snapshot, weights_only=True)["iteration"] == done  # refusals change nothing
 
     code, text, err = cli([*command, *LONG, "--out", out, "--resume"], capsys)
