@@ -30,7 +30,7 @@ import torch
 from models import build_segmenter
 from models.segmenter import Segmenter
 from wilss.config import UpdateConfig, from_dict
-from wilss.conventions import BACKGROUND_NAME, voc_palette
+from wilss.conventions import BACKGROUND_NAME, class_palette
 from wilss.files import atomic_write
 
 FORMAT, VERSION = "wilss-checkpoint", 1
@@ -67,7 +67,8 @@ class Checkpoint:
 
 
 def default_colours(num_classes: int) -> np.ndarray:
-    return voc_palette(256)[:num_classes].copy()
+    """The display colours of a new model's classes (``conventions.class_palette``: well apart, background black)."""
+    return class_palette(num_classes)
 
 
 def _now() -> str:
