@@ -168,9 +168,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser(
         "predict", help="segment images: palette mask PNGs (and overlays) with the checkpoint's colours",
-        description="Segment one image or every image of a folder. Writes OUT/<name>_mask.png (a palette PNG: "
-                    "pixel value = class id, shown in the class colours) and, with --overlay, "
-                    "OUT/<name>_overlay.png. Never overwrites a file.")
+        description="Segment one image or every image of a folder at the checkpoint's input scale (each image "
+                    "resized so its longer side is the side the checkpoint was trained at). Writes "
+                    "OUT/<name>_mask.png at the image's own size (a palette PNG: pixel value = class id, shown in "
+                    "the class colours) and, with --overlay, OUT/<name>_overlay.png. Never overwrites a file.")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="CKPT",
                    help="a checkpoint file, or torchvision:NAME for a pretrained VOC base (see docs/bases.md) "
                         "(default: the shipped base, models/default_base.pt)")
@@ -187,7 +188,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Export a checkpoint's segmenter to ONNX, the same file as the app's 'Versions & export' tab: "
                     "input 'image' 1x3xHxW float32 (RGB in [0,1] normalised with the ImageNet mean/std, H and W "
                     "dynamic), output 'logits' 1xKxHxW (argmax over K = class id). The metadata holds the class "
-                    "names, colours and normalisation. Needs the 'onnx' package.",
+                    "names, colours, normalisation and input_side, the longer side (px) to resize images to "
+                    "first (the checkpoint's input scale). Needs the 'onnx' package.",
         epilog="example:\n  python -m wilss export --checkpoint arrow.pt --onnx arrow.onnx")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="CKPT",
                    help="a checkpoint file, or torchvision:NAME for a pretrained VOC base (see docs/bases.md) "
