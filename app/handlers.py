@@ -291,7 +291,7 @@ class Handlers:
         s = self.session(request)
         ckpt = s.ckpt
         start = time.perf_counter()
-        pred = Predictor(ckpt.model, device=self.device, max_side=self.config.max_side).predict(image)
+        pred = Predictor(ckpt, device=self.device, max_side=self.config.max_side).predict(image)
         took = time.perf_counter() - start
         k = ckpt.num_classes
         shares = np.bincount(pred.mask.ravel(), minlength=k)[:k] / pred.mask.size

@@ -30,7 +30,7 @@ ADVANCED = (
     ("epochs", "epochs", "training epochs over the tagged images"),
     ("warmup_epochs", "warm-up epochs", "first epochs train only the localizer (l_CLS + l_LOC), then l_SEG joins"),
     ("batch_size", "batch size", "images per iteration"),
-    ("crop_size", "crop size (px)", "images are resized so their longer side is this, then randomly cropped"),
+    ("crop_size", "crop size (px)", "random crops of the images, resized first to the base's input scale"),
     ("lr_backbone", "learning rate, backbone", "paper: 1e-3"),
     ("lr_head", "learning rate, head and classifier", "paper: 1e-2"),
     ("lr_localizer", "learning rate, localizer", "paper: 1e-2"),

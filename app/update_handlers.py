@@ -247,7 +247,7 @@ class UpdateHandlers:
 
         def work(update) -> int:
             return export_pseudo_labels(update, plan.tagged.paths, job.dataset.targets, folder,
-                                        class_names=plan.class_names, colours=plan.colours, side=plan.cfg.crop_size)
+                                        class_names=plan.class_names, colours=plan.colours, side=plan.input_side)
 
         try:
             count = job.between(work)

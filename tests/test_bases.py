@@ -15,7 +15,7 @@ from wilss.bases import open_model
 from wilss.checkpoint import CheckpointError, load_checkpoint, new_checkpoint, save_checkpoint
 from wilss.cli import main
 from wilss.config import PretrainConfig, UpdateConfig
-from wilss.conventions import normalize, voc_palette
+from wilss.conventions import class_palette, normalize
 from wilss.training_data import PixelDataset, TagDataset
 from wilss.engine import last
 from wilss.inference import Predictor
@@ -98,7 +98,8 @@ def test_torchvision_spec_loads_the_cached_weights(name, cached_weights):
     assert ckpt.num_classes == ckpt.model.num_classes == 21
     assert ckpt.class_names[0] == "background" and ckpt.class_names[15] == "person"
     assert ckpt.class_names[20] == "tvmonitor"
-    np.testing.assert_array_equal(ckpt.colours, voc_palette(21))
+    np.testing.assert_array_equal(ckpt.colours, class_palette(21))   # display colours, not the files' palette
+    assert ckpt.input_side == 520
     assert ckpt.model.activation == "softmax" and ckpt.model.has_aux == (not name.startswith("lraspp"))
     assert ckpt.history[0]["kind"] == "pretrain" and ckpt.history[0]["source"] == f"torchvision:{name}"
     image = generate(1, seed=0, size=64)[0][0]

@@ -346,7 +346,7 @@ def test_single_class_without_negatives_uses_automatic_old_tags_and_exports_pseu
     labelmap = (pseudo / "labelmap.txt").read_text().splitlines()
     assert labelmap[1:] == [f"{n}:{','.join(map(str, grown.colours[i]))}::"
                             for i, n in enumerate(["background", "disc", "square", NEW])]
-    assert grown.colours[:3].tolist() == voc_palette(256)[:3].tolist()   # the base's colours are kept
+    assert grown.colours[:3].tolist() == load_checkpoint(ckpt).colours.tolist()   # the base's colours are kept
     image = Image.open(masks[0])
     assert image.mode == "P" and image.size == (64, 64)
     assert set(np.unique(np.array(image))) <= {0, 1, 2, 3}

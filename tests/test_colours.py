@@ -28,3 +28,17 @@ def test_new_colours_are_far_from_the_palette_black_and_each_other():
     # the app and the CLI offer the same colours
     assert [hex_to_rgb(c) for c in spare_colours(base, 3)] == [tuple(c) for c in new.tolist()]
     assert extend_colours(base, [None, None, None]).tolist() == new.tolist()
+
+
+def test_a_new_models_class_colours_are_far_apart_and_from_black_while_files_keep_the_voc_palette():
+    from wilss.checkpoint import default_colours
+    from wilss.conventions import class_palette
+
+    palette = class_palette(21)                        # VOC's 21 classes
+    assert palette[0].tolist() == [0, 0, 0] and np.array_equal(default_colours(21), palette)
+    pairwise = delta_e(palette, palette)[~np.eye(21, dtype=bool)]
+    assert pairwise.min() >= 40                        # VOC's palette: 8.8 (ids 6 and 14: #008080 and #408080)
+    assert delta_e(voc_palette(21), voc_palette(21))[~np.eye(21, dtype=bool)].min() < 10
+    assert delta_e(palette[1:], [[255, 255, 255]]).min() >= 40   # void is white in the pictures
+    assert np.array_equal(class_palette(8), palette[:8])          # a prefix: a grown model keeps its colours
+    assert voc_palette(3).tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0]]   # files' pixel values, unchanged

@@ -29,7 +29,7 @@ TINY = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=64, local
 @pytest.fixture(scope="module")
 def base():
     torch.manual_seed(0)
-    return new_checkpoint(build_segmenter(arch="tiny", num_classes=3, width=8), NAMES)
+    return new_checkpoint(build_segmenter(arch="tiny", num_classes=3, width=8), NAMES, input_side=64)   # its images
 
 
 @pytest.fixture(scope="module")

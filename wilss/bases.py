@@ -21,6 +21,11 @@ def is_base_spec(source: str | Path) -> bool:
     return str(source).startswith(SPEC_PREFIX)
 
 
+# px: torchvision's segmentation weights are evaluated with the shorter side resized to 520; as a longer side it keeps
+# VOC's images (at most 500 px), what these bases are scored on, near their own size.
+TORCHVISION_INPUT_SIDE = 520
+
+
 def pretrained_base(spec: str) -> Checkpoint:
     """The checkpoint of a pretrained base ``torchvision:NAME``: its 21 class names (from the weights' metadata,
     '__background__' as 'background'), VOC palette colours, and a step-0 history entry naming the weights.
@@ -35,7 +40,7 @@ def pretrained_base(spec: str) -> Checkpoint:
     except RuntimeError as err:
         raise CheckpointError(str(err)) from None
     names = [BACKGROUND_NAME] + list(weights.meta["categories"][1:])
-    ckpt = new_checkpoint(model, names)
+    ckpt = new_checkpoint(model, names, input_side=TORCHVISION_INPUT_SIDE)
     metrics = {f"{data}_{key}": value for data, figures in weights.meta.get("_metrics", {}).items()
                for key, value in figures.items()}
     ckpt.history.append(history_entry(

@@ -5,8 +5,14 @@ A checkpoint file is a ``torch.save`` dict of plain types and tensors::
     {"format": "wilss-checkpoint", "version": 1,
      "model": {"arch": ..., "num_classes": ..., ...},   # build_segmenter kwargs
      "state_dict": {...}, "class_names": [...], "colours": [[r, g, b], ...],
+     "input_side": 240,                                 # the input scale: images' longer side in px (below)
      "history": [{"step": 0, "kind": "pretrain", "classes": [...], "num_images": ..., "settings": {...},
                   "metrics": {...}, "date": "..."}, ...]}
+
+``input_side`` is the scale the network was trained at: every image it sees (a later step's training images,
+prediction, evaluation, export) is resized so its longer side is this (``conventions.prepare_image``). Files
+without it (written before it existed) get ``legacy_input_side``: the ``--size`` their pretraining recorded, the
+crop size of a base from tags alone, else 128 px, the generated world's size (the shipped base's).
 
 Loading uses ``torch.load(weights_only=True)``: a file carrying pickled code is refused, never executed.
 Writing goes to a temporary file in the target folder and is renamed into place (atomic).
@@ -24,10 +30,12 @@ import torch
 from models import build_segmenter
 from models.segmenter import Segmenter
 from wilss.config import UpdateConfig, from_dict
-from wilss.conventions import BACKGROUND_NAME, voc_palette
+from wilss.conventions import BACKGROUND_NAME, class_palette
 from wilss.files import atomic_write
 
 FORMAT, VERSION = "wilss-checkpoint", 1
+WORLD_INPUT_SIDE = 128        # px: the generated world's images, what files without ``input_side`` were trained at
+MAX_INPUT_SIDE = 4096         # px: a larger recorded scale is a damaged file (``inference.DEFAULT_MAX_SIDE`` caps use)
 
 
 class CheckpointError(ValueError):
@@ -40,6 +48,7 @@ class Checkpoint:
     class_names: list[str]
     colours: np.ndarray                      # K x 3 uint8
     history: list[dict] = field(default_factory=list)
+    input_side: int = WORLD_INPUT_SIDE       # the input scale: longer side (px) of the images it trains and predicts at
 
     @property
     def num_classes(self) -> int:
@@ -58,7 +67,8 @@ class Checkpoint:
 
 
 def default_colours(num_classes: int) -> np.ndarray:
-    return voc_palette(256)[:num_classes].copy()
+    """The display colours of a new model's classes (``conventions.class_palette``: well apart, background black)."""
+    return class_palette(num_classes)
 
 
 def _now() -> str:
@@ -91,6 +101,7 @@ class HistoryEntry:
     seconds: float | None = None             # wall time of a benchmark step
     processes: int | None = None             # torchrun processes, when more than one
     resumed_from_iteration: list[int] | None = None
+    input_side: int | None = None            # the input scale this step trained at (px, longer side)
     extra: dict = field(default_factory=dict)   # keys of older or newer files, kept as they are
 
     REQUIRED = ("step", "kind", "classes", "num_images", "settings", "metrics", "date")
@@ -120,7 +131,7 @@ class HistoryEntry:
 
 
 _OPTIONAL = ("source", "base_checkpoint", "negatives", "tag_counts", "rejected", "tool", "seconds", "processes",
-             "resumed_from_iteration")
+             "resumed_from_iteration", "input_side")
 
 
 def _optional_items(entry) -> list[tuple[str, object]]:
@@ -149,7 +160,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, *, protect: tuple[str | 
     payload = {"format": FORMAT, "version": VERSION, "model": dict(ckpt.model.config),
                "state_dict": {k: v.detach().cpu() for k, v in ckpt.model.state_dict().items()},
                "class_names": list(ckpt.class_names), "colours": np.asarray(ckpt.colours).tolist(),
-               "history": list(ckpt.history)}
+               "history": list(ckpt.history), "input_side": int(ckpt.input_side)}
     return atomic_torch_save(payload, path)
 
 
@@ -180,7 +191,31 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     names, colours, history = _described_classes(payload, damaged)
     model = _rebuilt_model(payload, len(names), damaged)
     model.eval()
-    return Checkpoint(model=model, class_names=names, colours=colours, history=history)
+    return Checkpoint(model=model, class_names=names, colours=colours, history=history,
+                      input_side=_input_side(payload, history, damaged))
+
+
+def legacy_input_side(history: list[dict]) -> int:
+    """The input scale of a file written before checkpoints recorded it, read from its first step: ``pretrain
+    --data --size H,W`` resized to H,W (so max(H, W)); a base from tags alone fitted its images to its crop size;
+    anything else is the generated world's 128 px (the shipped base, the benchmarks' world bases)."""
+    settings = (history[0].get("settings") or {}) if history else {}
+    size = settings.get("size")
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size):
+        return max(size)
+    if settings.get("supervision") == "tags" and isinstance(settings.get("crop_size"), int):
+        return settings["crop_size"]
+    return WORLD_INPUT_SIDE
+
+
+def _input_side(payload: dict, history: list[dict], damaged: str) -> int:
+    side = payload.get("input_side")
+    if side is None:
+        return legacy_input_side(history)
+    if not isinstance(side, int) or isinstance(side, bool) or not 1 <= side <= MAX_INPUT_SIDE:
+        raise CheckpointError(f"{damaged}: its 'input_side' must be a whole number of pixels in 1-{MAX_INPUT_SIDE}, "
+                              f"found {str(side)[:40]}")
+    return side
 
 
 def _described_classes(payload: dict, damaged: str) -> tuple[list[str], np.ndarray, list[dict]]:
@@ -242,9 +277,11 @@ def _rebuilt_model(payload: dict, num_names: int, damaged: str) -> Segmenter:
     return model
 
 
-def new_checkpoint(model: Segmenter, class_names: list[str], colours: np.ndarray | None = None) -> Checkpoint:
-    """A checkpoint for a freshly built model; class 0 must be the background."""
+def new_checkpoint(model: Segmenter, class_names: list[str], colours: np.ndarray | None = None, *,
+                   input_side: int = WORLD_INPUT_SIDE) -> Checkpoint:
+    """A checkpoint for a freshly built model; class 0 must be the background. ``input_side``: the longer side (px)
+    its training images had (the scale every later use resizes images to)."""
     if class_names[0] != BACKGROUND_NAME:
         raise CheckpointError(f"class 0 must be '{BACKGROUND_NAME}', got {class_names[0]!r}")
     colours = default_colours(len(class_names)) if colours is None else np.asarray(colours, dtype=np.uint8)
-    return Checkpoint(model=model, class_names=list(class_names), colours=colours)
+    return Checkpoint(model=model, class_names=list(class_names), colours=colours, input_side=int(input_side))

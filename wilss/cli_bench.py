@@ -137,7 +137,7 @@ def _pretrain_labelled(args: argparse.Namespace, out: Path, start: float) -> int
         model = bench.train_base()
     row = bench.score("base", model, time.perf_counter() - start, step=0)
     names = protocol.model_class_names(0)
-    ckpt = new_checkpoint(model, names)
+    ckpt = new_checkpoint(model, names, input_side=source.input_side(args.size))
     ckpt.history.append(history_entry(
         "pretrain", names[1:], num_images=len(bench.base_indices()), step=0,
         settings={"data": source.description, "arch": arch, "encoder": str(encoder_path(args) or "none"),

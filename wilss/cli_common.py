@@ -141,7 +141,7 @@ UPDATE_VALUE_FLAGS = (
     ("--batch-size", "batch_size", positive_int, "N",
      "images per batch (under torchrun: the global batch, shared out among the processes)"),
     ("--crop-size", "crop_size", positive_int, "PX",
-     "training crop side; images are first resized so their longer side is this"),
+     "training crop side, of images first resized to the input scale (see --input-side)"),
     ("--lr-backbone", "lr_backbone", positive_float, "LR", "learning rate of the encoder"),
     ("--lr-head", "lr_head", positive_float, "LR", "learning rate of the decoder head and classifier"),
     ("--lr-localizer", "lr_localizer", positive_float, "LR", "learning rate of the localizer"),

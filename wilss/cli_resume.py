@@ -60,6 +60,8 @@ def fingerprint(plan, world: World, sync_bn: bool) -> dict:
     found = {"checkpoint": file_digest(plan.checkpoint_path), "classes": list(plan.class_names),
              "settings": to_dict(plan.cfg), "images": hashlib.sha256(json.dumps(images).encode()).hexdigest(),
              "processes": world.world_size, "sync_bn": sync_bn}
+    if getattr(plan, "input_side", None) is not None:   # a scale other than the checkpoint's (--input-side)
+        found["input_side"] = plan.input_side
     if getattr(plan, "masks", None) is not None:   # a MiB step (--masks): its masks too
         found["masks"] = hashlib.sha256(b"".join(file_digest(m).encode() for m in plan.masks)).hexdigest()
     return found

@@ -57,9 +57,10 @@ def pretrain_tags(args: argparse.Namespace, out: Path, start: float) -> int:
     if init is not None:
         init(model)
     with ProgressBar(quiet=args.quiet) as bar:
-        for progress in train_tags_base(model, tagged_training_set(tagged, classes, cfg), cfg, device=args.device):
+        data = tagged_training_set(tagged, classes, cfg, side=cfg.crop_size)   # the crop shows the whole image
+        for progress in train_tags_base(model, data, cfg, device=args.device):
             bar.update(progress, "tags base")
-    ckpt = new_checkpoint(model.cpu(), [BACKGROUND_NAME, *classes])
+    ckpt = new_checkpoint(model.cpu(), [BACKGROUND_NAME, *classes], input_side=cfg.crop_size)   # its images' scale
     ckpt.history.append(history_entry(
         "pretrain", classes, num_images=len(tagged), step=0,
         settings={"supervision": "tags", "tags": str(args.tags), "arch": arch,

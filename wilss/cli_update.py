@@ -73,6 +73,11 @@ class AddClass:
     def masks(self):
         return self.plan.request.masks
 
+    @property
+    def input_side(self) -> Optional[int]:
+        """The scale asked for with --input-side (None: the checkpoint's, which its bytes already fingerprint)."""
+        return self.plan.request.input_side
+
 
 # ------------------------------------------------------------------------------------------------ planning
 def _common_checks(args: argparse.Namespace, base_cfg: UpdateConfig) -> tuple[Path, UpdateConfig]:
@@ -115,7 +120,7 @@ def plan_from_folder(args: argparse.Namespace) -> AddClass:
         tagged, masks = read_step_masks(tagged, args.images, args.masks, num_old=len(ckpt.class_names),
                                         class_names=list(ckpt.class_names) + [name for name, _ in specs])
     request = UpdateRequest(ckpt, tagged, specs, cfg, base_name=str(args.checkpoint), source=str(args.images),
-                            masks=None if masks is None else tuple(masks))
+                            masks=None if masks is None else tuple(masks), input_side=args.input_side)
     return _finish_plan(request, out, args)
 
 
@@ -140,7 +145,7 @@ def plan_from_world(args: argparse.Namespace) -> AddClass:
     validate_images(tagged.paths)
     colours = voc_palette(256)[[WORLD_CLASSES.index(n) for n in names]]
     request = UpdateRequest(ckpt, tagged, list(zip(names, colours.tolist())), cfg, base_name=str(args.checkpoint),
-                            source=str(args.world))
+                            source=str(args.world), input_side=args.input_side)
     job = _finish_plan(request, out, args)
     if job.eval_set is None and (meta.get("splits") or {}).get("test"):
         job.eval_set = world_eval_set(args.world, "test", job.class_names)
@@ -184,7 +189,7 @@ def run_plan(job: AddClass, args: argparse.Namespace, world: World = World(), de
     metrics = {}
     if job.eval_set is not None:
         scores = score(run.update.model, job.eval_set, plan.class_names, plan.new_names, device=device,
-                       max_side=args.max_side)
+                       max_side=args.max_side, input_side=plan.input_side)
         print(f"\nevaluated on {len(job.eval_set.pairs)} images from {job.eval_set.source}")
         print(scores.table())
         metrics = scores.history_metrics(job.eval_set)
@@ -193,7 +198,7 @@ def run_plan(job: AddClass, args: argparse.Namespace, world: World = World(), de
     resumer.remove()
     if args.export_pseudo is not None:
         count = export_pseudo_labels(run.update, plan.tagged.paths, run.dataset.targets, args.export_pseudo,
-                                     class_names=plan.class_names, colours=plan.colours, side=plan.cfg.crop_size,
+                                     class_names=plan.class_names, colours=plan.colours, side=plan.input_side,
                                      min_confidence=args.pseudo_min_confidence)
         print(f"wrote {count} pseudo-label masks (VOC palette PNGs, labelmap.txt) to {args.export_pseudo}")
     print(f"\nwall time {time.perf_counter() - start:.1f} s (training {run.seconds:.1f} s)")
@@ -250,6 +255,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                           "model's ids (0 background, the old ids, then the new classes in --class order; 255 void): "
                           "the step then trains MiB (unbiased cross-entropy and distillation) instead of WILSON, and "
                           "the tags come from the masks (docs/methods.md)")
+    src.add_argument("--input-side", type=positive_int, metavar="PX",
+                     help="the input scale to train at: images are resized so their longer side is PX before the "
+                          "random crops (default: the scale the checkpoint records, e.g. 128 for the shipped base); "
+                          "the result records it, and predict / evaluate resize images to it")
     src.add_argument("--world", type=Path, metavar="DIR",
                      help="instead: step 1 of the world benchmark (adds crescent and arrow) on a folder written "
                           "by 'generate --out'; scored on its test split")

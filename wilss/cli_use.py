@@ -14,25 +14,41 @@ from wilss.cli_common import (CliError, add_common_flags, add_device_flag, add_m
 from wilss.conventions import rgb_to_hex
 from wilss.data import DataError, list_images, load_image, validate_images
 from wilss.render import mask_overlay
-from wilss.scoring import mask_eval_set, world_eval_set
+from wilss.datasets import LAYOUTS
+from wilss.scoring import dataset_eval_set, mask_eval_set, world_eval_set
 from wilss.service import ExportError, Predictor, export_onnx, score
 
 # --------------------------------------------------------------------------------------------- evaluate
+def _eval_set(args: argparse.Namespace, ckpt):
+    """The labelled set of ``evaluate``: a world split, a dataset on disk (optionally through a task), or a pair of
+    images/masks folders in the checkpoint's ids."""
+    given = [flag for flag, value in (("--world", args.world), ("--data", args.data),
+                                      ("--images/--masks", args.images or args.masks)) if value]
+    if len(given) > 1:
+        raise CliError(f"give one labelled set: {' or '.join(given)}, not several")
+    if (args.task is not None or args.step is not None or args.layout is not None) and args.data is None:
+        raise CliError("--task, --step and --layout read a dataset's own ids: give it with --data DIR")
+    if args.step is not None and args.task is None:
+        raise CliError("--step needs --task (the step of that task whose classes the checkpoint has)")
+    if args.world is not None:
+        return world_eval_set(args.world, args.split or "test", ckpt.class_names)
+    if args.data is not None:
+        return dataset_eval_set(args.data, ckpt.class_names, layout=args.layout, split=args.split, task=args.task,
+                                step=args.step)
+    if not (args.images and args.masks):
+        raise CliError("give --images DIR and --masks DIR together (or --world DIR, or --data DIR)")
+    return mask_eval_set(args.images, args.masks, ckpt.num_classes)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     ckpt = open_checkpoint(args.checkpoint)
-    if args.world is not None:
-        if args.images or args.masks:
-            raise CliError("give either --world or --images with --masks, not both")
-        eval_set = world_eval_set(args.world, args.split, ckpt.class_names)
-    else:
-        if not (args.images and args.masks):
-            raise CliError("give --images DIR and --masks DIR together (or --world DIR)")
-        eval_set = mask_eval_set(args.images, args.masks, ckpt.num_classes)
+    eval_set = _eval_set(args, ckpt)
     new_names = ckpt.last_added
     scores = score(ckpt, eval_set, device=args.device, max_side=args.max_side)
     print(f"checkpoint {args.checkpoint}: {ckpt.num_classes} classes; "
           f"last added: {', '.join(new_names) if new_names else 'none (a base model)'}")
-    print(f"evaluated on {len(eval_set.pairs)} images from {eval_set.source}\n")
+    print(f"evaluated on {len(eval_set.pairs)} images from {eval_set.source}, resized to the checkpoint's input "
+          f"scale ({ckpt.input_side} px, longer side); scored at the masks' size\n")
     print(scores.table())
     return 0
 
@@ -78,7 +94,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CliError(f"{len(clash)} output file(s) already exist, e.g. '{clash[0]}'; nothing was written. "
                        "Choose another --out folder or remove them.")
     out.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(ckpt.model, device=args.device, max_side=args.max_side)
+    predictor = Predictor(ckpt, device=args.device, max_side=args.max_side)   # at its input scale
     counts = np.zeros(ckpt.num_classes, dtype=np.int64)
     for path in inputs:
         image = load_image(path)
@@ -111,7 +127,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ExportError as err:
         raise CliError(str(err)) from None
     print(f"wrote {path} ({ckpt.num_classes} classes: {', '.join(ckpt.class_names[1:])}; input 'image' 1x3xHxW "
-          "float32 normalised, output 'logits' 1xKxHxW; class names, colours and normalisation in its metadata)")
+          f"float32 normalised, longer side {ckpt.input_side} px (its input scale); output 'logits' 1xKxHxW; class "
+          "names, colours, normalisation and input scale in its metadata)")
     return 0
 
 
@@ -120,17 +137,30 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "evaluate", help="per-class IoU and mIoU old / new / all of a checkpoint on labelled images",
         description="Score a checkpoint on labelled images: IoU per class, and mIoU over the old classes, the "
-                    "new ones (added by its last add-class step) and all. Masks of --images/--masks hold the "
-                    "checkpoint's class ids (0 background, 1.. in the checkpoint's order, 255 void), as "
-                    "single-channel or palette PNGs named like their images; world masks are mapped by class "
-                    "name (world classes the checkpoint does not know count as background).")
+                    "new ones (added by its last add-class step) and all. Each image is resized to the "
+                    "checkpoint's input scale (the longer side it was trained at) and its labels back to its "
+                    "mask's size. Masks of --images/--masks hold the checkpoint's class ids (0 background, 1.. in "
+                    "the checkpoint's order, 255 void), as single-channel or palette PNGs named like their images. "
+                    "A dataset of --data (VOC, images + masks folder or CamVid; docs/datasets.md) and a world are "
+                    "read in their own ids and mapped by class name (classes the checkpoint does not know count as "
+                    "background), or with --task as the benchmarks map them.",
+        epilog="example:\n  python -m wilss evaluate --checkpoint camvid_step1.pt --data CamVid/ "
+               "--task '0,1,2,3,4,5,6,8,9|7,10'")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="CKPT",
                    help="the checkpoint to score, or torchvision:NAME for a pretrained VOC base (see "
                         "docs/bases.md) (default: the shipped base, models/default_base.pt)")
     p.add_argument("--images", type=Path, metavar="DIR", help="folder of images")
     p.add_argument("--masks", type=Path, metavar="DIR", help="folder of masks NAME.png, one per image NAME.*")
     p.add_argument("--world", type=Path, metavar="DIR", help="a folder written by 'generate --out'")
-    p.add_argument("--split", default="test", help="split of --world (default: test)")
+    p.add_argument("--data", type=Path, metavar="DIR", help="a labelled dataset in its own ids (VOC, images + masks "
+                                                             "folder or CamVid; scored on its test split)")
+    p.add_argument("--layout", choices=LAYOUTS, help="the layout of --data (default: detected)")
+    p.add_argument("--task", metavar="SPEC", help="with --data: the task over the dataset's ids the checkpoint was "
+                                                   "trained on, e.g. 15-5 or 0,1,2|3,4 (future classes count as "
+                                                   "background; default: map the classes by name)")
+    p.add_argument("--step", type=int, metavar="T", help="with --task: the step the checkpoint ended (default: the "
+                                                          "step whose classes it has)")
+    p.add_argument("--split", help="split of --world or --data (default: test; VOC: val)")
     add_max_side_flag(p)
     add_device_flag(p)
     add_common_flags(p)
@@ -138,9 +168,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser(
         "predict", help="segment images: palette mask PNGs (and overlays) with the checkpoint's colours",
-        description="Segment one image or every image of a folder. Writes OUT/<name>_mask.png (a palette PNG: "
-                    "pixel value = class id, shown in the class colours) and, with --overlay, "
-                    "OUT/<name>_overlay.png. Never overwrites a file.")
+        description="Segment one image or every image of a folder at the checkpoint's input scale (each image "
+                    "resized so its longer side is the side the checkpoint was trained at). Writes "
+                    "OUT/<name>_mask.png at the image's own size (a palette PNG: pixel value = class id, shown in "
+                    "the class colours) and, with --overlay, OUT/<name>_overlay.png. Never overwrites a file.")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="CKPT",
                    help="a checkpoint file, or torchvision:NAME for a pretrained VOC base (see docs/bases.md) "
                         "(default: the shipped base, models/default_base.pt)")
@@ -157,14 +188,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Export a checkpoint's segmenter to ONNX, the same file as the app's 'Versions & export' tab: "
                     "input 'image' 1x3xHxW float32 (RGB in [0,1] normalised with the ImageNet mean/std, H and W "
                     "dynamic), output 'logits' 1xKxHxW (argmax over K = class id). The metadata holds the class "
-                    "names, colours and normalisation. Needs the 'onnx' package.",
+                    "names, colours, normalisation and input_side, the longer side (px) to resize images to "
+                    "first (the checkpoint's input scale). Needs the 'onnx' package.",
         epilog="example:\n  python -m wilss export --checkpoint arrow.pt --onnx arrow.onnx")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="CKPT",
                    help="a checkpoint file, or torchvision:NAME for a pretrained VOC base (see docs/bases.md) "
                         "(default: the shipped base, models/default_base.pt)")
     p.add_argument("--onnx", required=True, type=Path, metavar="OUT", help="the ONNX file to write")
-    p.add_argument("--size", type=positive_int, default=128, metavar="PX",
-                   help="side of the square input the network is traced at; H and W stay dynamic (default: 128)")
+    p.add_argument("--size", type=positive_int, metavar="PX",
+                   help="side of the square input the network is traced at; H and W stay dynamic (default: the "
+                        "checkpoint's input scale)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --onnx file")
     add_common_flags(p)
     p.set_defaults(run=cmd_export)

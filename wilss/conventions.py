@@ -2,7 +2,10 @@
 
 - Class id 0 is the background ("none of the known classes"); ids 1..K-1 are named classes.
 - Pixels labelled ``IGNORE_INDEX`` (255) are void: excluded from every loss and metric.
-- Images enter networks as float tensors ``3xHxW`` normalised with ImageNet statistics.
+- Images enter networks as float tensors ``3xHxW`` normalised with ImageNet statistics, at the network's *input
+  scale*: resized by ``prepare_image`` so their longer side is the side the network was trained at (recorded in its
+  checkpoint), the same in training, prediction, evaluation and export; predictions come back at the image's own
+  size through ``resize_mask``.
 - Masks are resized with nearest-neighbour interpolation only (never blended).
 """
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -62,14 +66,10 @@ def rgb_to_lab(rgb) -> np.ndarray:
 
 
 def _candidate_colours() -> np.ndarray:
-    """Vivid and mid-tone colours, 24 hues each: the pool new classes' colours are chosen from."""
-    hues = np.arange(24) / 24.0
-    rows = []
-    for sat, val in ((1.0, 1.0), (1.0, 0.75), (0.55, 1.0), (1.0, 0.5)):
-        k = (np.array([5.0, 3.0, 1.0])[None, :] + hues[:, None] * 6) % 6
-        rgb = val - val * sat * np.clip(np.minimum(k, 4 - k), 0, 1)
-        rows.append(np.round(rgb * 255))
-    return np.concatenate(rows).astype(np.uint8)
+    """The sRGB gamut on an 8-level grid (512 colours): the pool classes' colours are chosen from. (A pool of 96
+    vivid hues gave 20 classes a closest pair 37 delta E apart; the whole gamut, 41.)"""
+    levels = np.round(np.linspace(0, 255, 8)).astype(np.uint8)
+    return np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
 
 
 def distinct_colours(used, count: int) -> np.ndarray:
@@ -87,6 +87,14 @@ def distinct_colours(used, count: int) -> np.ndarray:
         out.append(pool[best])
         taken_lab = np.vstack([taken_lab, pool_lab[best]])
     return np.array(out, dtype=np.uint8).reshape(count, 3)
+
+
+def class_palette(num_classes: int) -> np.ndarray:
+    """Display colours of a model's classes, ``num_classes x 3`` uint8: black for the background, then
+    ``distinct_colours`` (each far in CIELAB from black, white and the others: 20 classes at least 40 delta E apart,
+    where the VOC palette puts bicycle #008000 and cow #408000 12 apart). A prefix of a longer palette is the
+    shorter one. Files keep the VOC palette (``voc_palette``): it is how their pixel values are read and written."""
+    return np.vstack([np.zeros((1, 3), dtype=np.uint8), distinct_colours(np.zeros((0, 3)), num_classes - 1)])
 
 
 def extend_colours(colours: np.ndarray, requested: Sequence[Optional[tuple[int, int, int]]]) -> np.ndarray:
@@ -112,6 +120,30 @@ def normalize(image: np.ndarray) -> torch.Tensor:
     mean = torch.tensor(MEAN).view(3, 1, 1)
     std = torch.tensor(STD).view(3, 1, 1)
     return (tensor - mean) / std
+
+
+def input_size(height: int, width: int, side: Optional[int], max_side: Optional[int] = None) -> tuple[int, int]:
+    """The ``(h, w)`` a network sees a ``height x width`` image at: scaled (aspect kept) so its longer side is ``side``
+    (the network's input scale; ``None``: the image's own size), and at most ``max_side`` (a safety cap)."""
+    longer = max(height, width)
+    target = longer if side is None else int(side)
+    if max_side is not None:
+        target = min(target, int(max_side))
+    if target == longer:
+        return height, width
+    scale = target / longer
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def prepare_image(image: np.ndarray, side: Optional[int], *, max_side: Optional[int] = None) -> np.ndarray:
+    """``HxWx3`` uint8 -> ``hxwx3`` uint8 at the network's input scale (``input_size``): the one way every path
+    (training data of each step, prediction, evaluation) resizes an image for a network. Shrinking averages areas
+    (no aliasing on a large photo), enlarging is bilinear; an image already at the scale is returned as it is."""
+    h, w = input_size(*image.shape[:2], side, max_side)
+    if (h, w) == image.shape[:2]:
+        return image
+    shrink = h * w < image.shape[0] * image.shape[1]
+    return cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:

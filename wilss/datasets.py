@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from wilss.data import DataError, PathLike, listing, read_camvid, read_mask_folder
+from wilss.data import DataError, PathLike, image_size, listing, read_camvid, read_mask_folder
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,13 @@ class LabelledSource:
     description: str
     train_split: str = "train"
     test_split: str = "test"
+
+    def input_side(self, size: tuple[int, int] | None = None) -> int:
+        """The input scale (longer side, px) a network trained on this dataset sees: ``max(size)`` when every image
+        is resized to ``size`` (h, w), else the median longer side of the training images (their headers)."""
+        if size is not None:
+            return max(size)
+        return int(np.median([max(image_size(image)) for image, _ in self.train]))
 
 
 def detect_layout(root: PathLike) -> str:

@@ -7,6 +7,7 @@ import copy
 import json
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -30,17 +31,21 @@ def onnx_available() -> bool:
     return True
 
 
-def export_onnx(ckpt: Checkpoint, path: Path, *, size: int = 128) -> Path:
-    """Write ``ckpt.model`` as ONNX to ``path`` (atomically), traced at ``size`` x ``size`` (H and W stay dynamic).
-    Raises ``ExportError`` without the ``onnx`` package, or when the network cannot be exported."""
+def export_onnx(ckpt: Checkpoint, path: Path, *, size: Optional[int] = None) -> Path:
+    """Write ``ckpt.model`` as ONNX to ``path`` (atomically), traced at ``size`` x ``size`` (default: the checkpoint's
+    input scale; H and W stay dynamic). The metadata's ``input_side`` tells a runtime the scale to resize images to
+    (longer side, px), as ``conventions.prepare_image`` does. Raises ``ExportError`` without the ``onnx`` package, or
+    when the network cannot be exported."""
     if not onnx_available():
         raise ExportError(f"{ONNX_MISSING}.")
     import onnx
 
+    size = ckpt.input_side if size is None else size
     model = copy.deepcopy(ckpt.model).cpu().eval()   # never move or retrain the session's model
     meta = {"class_names": json.dumps(list(ckpt.class_names)),
             "colours": json.dumps([[int(v) for v in c] for c in ckpt.colours]),
-            "input": "image: 1x3xHxW float32, RGB in [0,1] normalised with mean/std",
+            "input": "image: 1x3xHxW float32, RGB in [0,1] normalised with mean/std, longer side input_side px",
+            "input_side": str(int(ckpt.input_side)),
             "mean": json.dumps(list(MEAN)), "std": json.dumps(list(STD)),
             "output": "logits: 1xKxHxW, argmax over K = class id", "format": "wilss-onnx"}
 

@@ -152,7 +152,7 @@ def train_pretext_encoder(*, epochs: int | None = None, device=None, on_progress
             on_progress("pretext", progress)
     test = PixelDataset(pretext.generate(200, seed=PRETEXT_SEED + 1, size=WORLD_SIZE))
     miou = float(evaluate(model.eval(), test, num_classes=len(names), device=device).iou().mean()) * 100
-    ckpt = new_checkpoint(model, names)
+    ckpt = new_checkpoint(model, names, input_side=WORLD_SIZE)
     ckpt.history.append(history_entry(
         "pretext", names[1:], num_images=PRETEXT_IMAGES, step=-1,
         settings={"recipe": "world pretext", "seed": PRETEXT_SEED, **to_dict(cfg)},
@@ -195,7 +195,7 @@ def train_default_base(*, epochs: int | None = None, device=None, on_progress=No
     model = bench.train_base()
     row = bench.score("base", model, 0.0, step=0)
     names = protocol.model_class_names(0)
-    ckpt = new_checkpoint(model, names)
+    ckpt = new_checkpoint(model, names, input_side=WORLD_SIZE)
     ckpt.history.append(history_entry(
         "pretrain", names[1:], num_images=len(bench.base_indices()), step=0,
         settings={"recipe": "world", "task": WORLD_TASK_SPEC, "setting": WORLD_SETTING,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -14,11 +14,13 @@ import torch
 
 from models.segmenter import Segmenter
 from wilss.checkpoint import Checkpoint
-from wilss.conventions import BACKGROUND, IGNORE_INDEX
+from wilss.conventions import BACKGROUND, BACKGROUND_NAME, IGNORE_INDEX, prepare_image
 from wilss.data import DataError, check_mask_pairs, read_mask_folder
+from wilss.datasets import read_labelled
 from wilss.training_data import PixelDataset
 from wilss.inference import evaluate
 from wilss.metrics import per_class_table, percent, summarize
+from wilss.protocol import eval_label_map, parse_task
 from wilss.world import WORLD_CLASSES
 
 
@@ -32,9 +34,14 @@ class EvalSet:
     source: str
     same_size: bool                      # every image has one size: evaluate in batches
     largest_side: int = 0                # of the images (0: small, e.g. a generated world's)
+    include_background: bool = True      # background in 'all' (False: a dataset that labels no pixel background)
 
-    def dataset(self) -> PixelDataset:
-        return PixelDataset(self.pairs, label_map=self.label_map, cache=False)
+    def dataset(self, input_side: Optional[int] = None, max_side: Optional[int] = None) -> PixelDataset:
+        """Items ``(3xhxw image at the input scale, HxW mask at its own size)`` (``conventions.prepare_image``;
+        ``input_side`` None: the image's own size, capped by ``max_side``)."""
+        def prepare(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return prepare_image(image, input_side, max_side=max_side), mask
+        return PixelDataset(self.pairs, label_map=self.label_map, cache=False, transform=prepare)
 
 
 def mask_eval_set(images_dir: Path, masks_dir: Path, num_classes: int,
@@ -103,6 +110,56 @@ def world_eval_set(root: Path, split: str, class_names: Sequence[str]) -> EvalSe
     return EvalSet(list(zip(images, masks)), world_label_map(class_names), f"{root} ({split} split)", True)
 
 
+def dataset_label_map(dataset_classes: Sequence[str], class_names: Sequence[str], *, background_ids: Sequence[int],
+                      ignore_ids: Sequence[int]) -> np.ndarray:
+    """Dataset ids -> the checkpoint's ids by class name (as ``world_label_map``): classes the model does not know
+    and the background ids -> 0, the void ids -> 255."""
+    lut = np.zeros(256, dtype=np.uint8)
+    for dataset_id, name in enumerate(dataset_classes):
+        if dataset_id not in background_ids and name in class_names[1:]:
+            lut[dataset_id] = class_names.index(name)
+    lut[list(ignore_ids)] = IGNORE_INDEX
+    return lut
+
+
+def task_label_map(source, task_spec: str, step: Optional[int], class_names: Sequence[str]) -> np.ndarray:
+    """Dataset ids -> model ids after ``step`` of the task ``task_spec`` (``protocol.parse_task`` over the dataset's
+    ids; MiB's test convention ``protocol.eval_label_map``: future classes -> 0, void -> 255). ``step`` None: the step
+    whose classes the checkpoint has. Raises ``DataError`` when the task's class names after that step are not the
+    checkpoint's."""
+    try:
+        task = parse_task(task_spec, len(source.classes), background_ids=source.background_ids)
+    except ValueError as err:
+        raise DataError(f"The task '{task_spec}' does not fit {len(source.classes)} dataset classes: {err}") from None
+    steps = range(task.num_steps) if step is None else [step]
+    if step is not None and not 0 <= step < task.num_steps:
+        raise DataError(f"The task '{task_spec}' has steps 0-{task.num_steps - 1}, not {step}.")
+    named = {t: [BACKGROUND_NAME] + [source.classes[c] for c in task.seen_classes(t)] for t in steps}
+    fits = [t for t in steps if named[t] == list(class_names)]
+    if not fits:
+        expected = named[steps[-1]]
+        raise DataError(f"The checkpoint's classes ({', '.join(class_names[1:])}) are not the task's after "
+                        f"{'step ' + str(step) if step is not None else 'any step'} (e.g. "
+                        f"{', '.join(expected[1:])}). Check --task, --step and the checkpoint.")
+    return eval_label_map(task, fits[0], ignore_ids=source.ignore_ids)
+
+
+def dataset_eval_set(root: Path, class_names: Sequence[str], *, layout: Optional[str] = None,
+                     split: Optional[str] = None, task: Optional[str] = None, step: Optional[int] = None) -> EvalSet:
+    """A labelled dataset's test split (``datasets.read_labelled``: VOC, images + masks folder or CamVid; ``split``
+    overrides its default) in the checkpoint's ids: with ``task`` (a task spec over the dataset's ids, e.g. CamVid's
+    '0,1,2,3,4,5,6,8,9|7,10') as the protocols map them (``task_label_map``), else by class name
+    (``dataset_label_map``). In a dataset without background (CamVid) the background is left out of 'all'."""
+    source = read_labelled(root, layout, test_split=split)
+    if task is not None:
+        lut = task_label_map(source, task, step, class_names)
+    else:
+        lut = dataset_label_map(source.classes, class_names, background_ids=source.background_ids,
+                                ignore_ids=source.ignore_ids)
+    found = checked_eval_set(source.test, len(class_names), f"{Path(root).name} ({source.test_split} split)", lut)
+    return replace(found, include_background=bool(source.background_ids))
+
+
 # ---------------------------------------------------------------------------------------------- scoring
 def old_new_ids(class_names: Sequence[str], new_names: Sequence[str]) -> tuple[list[int], list[int]]:
     """Model ids of the ``new_names`` and of the other non-background classes."""
@@ -118,6 +175,7 @@ class Scores:
     summary: dict[str, float]            # 'old', 'new', 'all': mIoU in percent (NaN: a group without classes)
     class_names: list[str]
     new_names: list[str]
+    background_in_all: bool = True       # False: the set labels no pixel background, 'all' leaves it out
 
     def by_name(self) -> dict[str, float]:
         """Class name -> IoU in percent (NaN as above)."""
@@ -129,7 +187,8 @@ class Scores:
 
     def table(self) -> str:
         """What ``evaluate`` prints: IoU per class (new ones marked), then the mIoU line."""
-        return format_scores(self.iou, self.summary, self.class_names, self.new_names)
+        table = format_scores(self.iou, self.summary, self.class_names, self.new_names)
+        return table if self.background_in_all else table + " (background left out: the masks label none)"
 
     def history_metrics(self, eval_set: EvalSet) -> dict:
         """The figures an add-class step records in its history."""
@@ -139,26 +198,29 @@ class Scores:
 
 def score(model: Segmenter | Checkpoint, eval_set: EvalSet, class_names: Optional[Sequence[str]] = None,
           new_names: Optional[Sequence[str]] = None, *, device: Optional[str] = None,
-          max_side: Optional[int] = None) -> Scores:
+          max_side: Optional[int] = None, input_side: Optional[int] = None) -> Scores:
     """Scores of ``model`` over ``eval_set``, whose masks hold the ids of ``class_names`` (default: the checkpoint's
     own; "new" by default: its last add-class step's). The model must know a prefix of ``class_names`` (an earlier
-    version: its missing classes are scored as never predicted). Images larger than ``max_side`` are segmented at
-    that size (one at a time), and scored at their masks' size."""
+    version: its missing classes are scored as never predicted). Each image is segmented at the input scale
+    ``input_side`` (default: the checkpoint's; a bare network without one: the image's own size), at most
+    ``max_side``, and scored at its mask's size (labels resized nearest)."""
     network = model.model if isinstance(model, Checkpoint) else model
     if isinstance(model, Checkpoint):
         class_names = list(model.class_names) if class_names is None else list(class_names)
         new_names = model.last_added if new_names is None else new_names
+        input_side = model.input_side if input_side is None else input_side
         if class_names[: model.num_classes] != list(model.class_names):
             raise DataError(f"This version's classes ({', '.join(model.class_names)}) are not the first classes of "
                             f"the version being compared ({', '.join(class_names)}), so their ids differ.")
     if class_names is None or new_names is None:
         raise TypeError("score needs class_names and new_names for a bare network")
-    batched = eval_set.same_size and (max_side is None or eval_set.largest_side <= max_side)
-    matrix = evaluate(network, eval_set.dataset(), num_classes=len(class_names), batch_size=8 if batched else 1,
-                      device=device, max_side=max_side)
+    batched = eval_set.same_size and (max_side is None or eval_set.largest_side <= max_side or input_side is not None)
+    matrix = evaluate(network, eval_set.dataset(input_side, max_side), num_classes=len(class_names),
+                      batch_size=8 if batched else 1, device=device, max_side=max_side)
     iou = matrix.iou()
     old, new = old_new_ids(class_names, new_names)
-    return Scores(iou, summarize(iou, old, new), list(class_names), list(new_names))
+    summary = summarize(iou, old, new, include_background=eval_set.include_background)
+    return Scores(iou, summary, list(class_names), list(new_names), eval_set.include_background)
 
 
 def nan_to_none(value: float) -> Optional[float]:

@@ -24,7 +24,7 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 
 from wilss.bases import open_model
-from wilss.checkpoint import Checkpoint, HistoryEntry, save_checkpoint  # noqa: F401  (part of the API)
+from wilss.checkpoint import MAX_INPUT_SIDE, Checkpoint, HistoryEntry, save_checkpoint  # noqa: F401  (the API)
 from wilss.config import UpdateConfig, to_dict
 from wilss.conventions import extend_colours, hex_to_rgb
 from wilss.data import DataError
@@ -75,6 +75,7 @@ class UpdateRequest:
     rejected: Optional[tuple[str, ...]] = None   # images left out after review: recorded when given
     tool: Optional[str] = None               # who made it ('app'): recorded when given
     masks: Optional[tuple] = None            # a mask file per image (wilss.step_masks): a MiB step, not WILSON's
+    input_side: Optional[int] = None         # the input scale to train at (longer side, px); None: the base's
 
     def validate(self) -> UpdatePlan:
         """The checked plan. Raises ``DataError`` for an empty or existing class name, a bad colour, no images,
@@ -95,6 +96,9 @@ class UpdateRequest:
                     raise DataError(f"The colour of '{name}': {err}.") from None
             names.append(name)
             colours.append(None if colour is None else tuple(int(v) for v in colour))
+        if self.input_side is not None and not 16 <= self.input_side <= MAX_INPUT_SIDE:
+            raise DataError(f"The input scale must be 16-{MAX_INPUT_SIDE} px (the images' longer side), got "
+                            f"{self.input_side}.")
         check_new_classes(self.tagged, names, self.base.class_names[1:])
         wilson = self.auto_negatives and self.masks is None   # l_CLS's negatives: WILSON's step only
         cfg, note = settle_negatives(self.tagged, names, self.cfg) if wilson else (self.cfg, "")
@@ -124,6 +128,11 @@ class UpdatePlan:
         return self.request.tagged
 
     @property
+    def input_side(self) -> int:
+        """The input scale of the step and of its result: the request's, else the base's recorded one."""
+        return self.request.input_side or self.base.input_side
+
+    @property
     def columns(self) -> list[str]:
         """Target columns: the old non-background classes, then the new ones (``WeakUpdate``'s order)."""
         return list(self.base.class_names[1:]) + list(self.new_names)
@@ -143,7 +152,8 @@ class UpdatePlan:
         return (f"adding {', '.join(f'{n} ({counts[n]} images)' for n in self.new_names)} to "
                 f"{self.request.base_name} ({len(self.base.class_names) - 1} classes) from {len(tagged)} images, "
                 f"{without_new} showing none of the new classes; {self.cfg.epochs} epochs " +
-                (f"({self.cfg.warmup_epochs} warm-up)" if self.request.masks is None else "of MiB on their masks"))
+                (f"({self.cfg.warmup_epochs} warm-up)" if self.request.masks is None else "of MiB on their masks") +
+                f"; images at {self.input_side} px (longer side), crops {self.cfg.crop_size}")
 
 
 # --------------------------------------------------------------------------------------------------- run
@@ -158,11 +168,12 @@ class UpdateRun:
         self.plan, self.resumer = plan, resumer
         self._start = time.perf_counter()
         if plan.request.masks is not None:   # MiB on the user's masks: no CAMs, no pseudo-labels
-            self.dataset = masked_training_set(list(zip(plan.tagged.paths, plan.request.masks)), plan.cfg)
+            self.dataset = masked_training_set(list(zip(plan.tagged.paths, plan.request.masks)), plan.cfg,
+                                               side=plan.input_side)
             self.update = MaskedUpdate(plan.base.model, self.dataset, num_new=len(plan.new_names), cfg=plan.cfg,
                                        device=device, runtime=runtime)
         else:
-            self.dataset = tagged_training_set(plan.tagged, plan.columns, plan.cfg)
+            self.dataset = tagged_training_set(plan.tagged, plan.columns, plan.cfg, side=plan.input_side)
             self.update = WeakUpdate(plan.base.model, self.dataset, num_new=len(plan.new_names), cfg=plan.cfg,
                                      device=device, snapshot_items=[self.item(i) for i in snapshot_indices],
                                      snapshot_every=snapshot_every, sync_bn=sync_bn, runtime=runtime)
@@ -170,9 +181,9 @@ class UpdateRun:
         self.seconds = 0.0                   # wall time of this process's training (set when iteration ends)
 
     def item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Training image ``index`` as the update sees it (``HxWx3`` uint8 fitted to the crop size), with its
-        targets (``K-1`` multi-hot over ``plan.columns``)."""
-        return fitted_image(self.plan.tagged.paths[index], self.plan.cfg.crop_size), self.dataset.targets[index]
+        """Training image ``index`` as the update sees it (``HxWx3`` uint8 at the input scale), with its targets
+        (``K-1`` multi-hot over ``plan.columns``)."""
+        return fitted_image(self.plan.tagged.paths[index], self.plan.input_side), self.dataset.targets[index]
 
     def __iter__(self) -> Iterator[Progress]:
         try:
@@ -207,10 +218,10 @@ class UpdateRun:
             rejected=list(request.rejected) if request.rejected is not None else None, tool=request.tool,
             processes=world.world_size if world.world_size > 1 else None,
             resumed_from_iteration=(self.resumer.resumed_from or None) if self.resumer is not None else None,
-            extra={"method": "mib"} if request.masks is not None else {})
+            input_side=plan.input_side, extra={"method": "mib"} if request.masks is not None else {})
         model = copy.deepcopy(self.update.model).cpu().eval()
         return Checkpoint(model=model, class_names=plan.class_names, colours=plan.colours,
-                          history=[*plan.base.history, entry.to_dict()])
+                          history=[*plan.base.history, entry.to_dict()], input_side=plan.input_side)
 
 
 def run_update(request: Union[UpdateRequest, UpdatePlan], *, device=None, runtime: Optional[RuntimeConfig] = None,

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from wilss.conventions import normalize
+from wilss.conventions import normalize, prepare_image
 from wilss.data import CACHE_LIMIT, DataError, PathLike, load_image, load_mask
 from wilss.tags import TaggedSet
-from wilss.transforms import Compose, FitLongerSide, fit_longer_side, train_transform
+from wilss.transforms import Compose, FitLongerSide, train_transform
 
 ImageLike = Union[np.ndarray, PathLike]   # an HxWx3 / HxW uint8 array, or a file to decode
 
@@ -121,26 +121,28 @@ class TagDataset(_CachedDataset):
 
 
 def fitted_image(path: PathLike, side: int) -> np.ndarray:
-    """A user's image as the weak step sees it: ``HxWx3`` uint8 with its longer side resized to ``side``."""
-    return fit_longer_side(load_image(path), side)
+    """A user's image as a step sees it: ``HxWx3`` uint8 at the network's input scale ``side`` (longer side, px;
+    ``conventions.prepare_image``)."""
+    return prepare_image(load_image(path), side)
 
 
-def tagged_training_set(tagged: TaggedSet, columns: Sequence[str], cfg) -> TagDataset:
-    """The weak step's dataset over a user's tagged images, targets over ``columns``: each image is fitted so its
-    longer side is ``cfg.crop_size`` (a crop then shows most of it, so its tags still hold), then augmented by the
-    paper's random scale, crop and flip of ``cfg`` (an ``OptimConfig``)."""
+def tagged_training_set(tagged: TaggedSet, columns: Sequence[str], cfg, *, side: Optional[int] = None) -> TagDataset:
+    """The weak step's dataset over a user's tagged images, targets over ``columns``: each image is brought to the
+    network's input scale ``side`` (its longer side, px: the base's recorded scale; ``None``: ``cfg.crop_size``, for
+    callers without a base), then augmented by the paper's random scale, crop (``cfg.crop_size``) and flip of ``cfg``
+    (an ``OptimConfig``). With the scale at the crop size a crop shows most of the image, so its tags still hold."""
+    side = cfg.crop_size if side is None else side
     augment = train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip)
-    # Fitted when decoded, so the cache holds crop-sized images whatever the size of the files (a 6000x6000 photo
+    # Fitted when decoded, so the cache holds scale-sized images whatever the size of the files (a 6000x6000 photo
     # was kept whole, 108 MB, and resized again every epoch); the items are the same as fitting after the cache.
-    return TagDataset.from_tagged(tagged, columns, transform=augment,
-                                  loader=lambda path: fitted_image(path, cfg.crop_size))
+    return TagDataset.from_tagged(tagged, columns, transform=augment, loader=lambda path: fitted_image(path, side))
 
 
-def masked_training_set(pairs: Sequence[tuple[ImageLike, ImageLike]], cfg, *,
+def masked_training_set(pairs: Sequence[tuple[ImageLike, ImageLike]], cfg, *, side: Optional[int] = None,
                         label_map: Optional[np.ndarray] = None) -> PixelDataset:
     """The pixel-supervised step's dataset over (image, mask) pairs (arrays or files; masks in the new model's ids,
-    or mapped to them by ``label_map``): each pair fitted so its longer side is ``cfg.crop_size``, then augmented
-    by ``cfg``'s random scale, crop and flip, as the weak step sees its images."""
+    or mapped to them by ``label_map``): each pair brought to the input scale ``side`` as the weak step's images
+    (``None``: ``cfg.crop_size``; masks nearest), then augmented by ``cfg``'s random scale, crop and flip."""
+    side = cfg.crop_size if side is None else side
     augment = train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip)
-    return PixelDataset(pairs, label_map=label_map, transform=Compose([FitLongerSide(cfg.crop_size),
-                                                                       *augment.transforms]))
+    return PixelDataset(pairs, label_map=label_map, transform=Compose([FitLongerSide(side), *augment.transforms]))

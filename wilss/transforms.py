@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from wilss.conventions import IGNORE_INDEX
+from wilss.conventions import IGNORE_INDEX, prepare_image
 
 Size = Union[int, tuple[int, int]]
 Pair = tuple[np.ndarray, Optional[np.ndarray]]
@@ -197,7 +197,8 @@ def eval_transform(size: Optional[Size] = None) -> Compose:
 
 
 class FitLongerSide:
-    """Resize so the longer side is ``side``, keeping the aspect (the mask, if any, nearest)."""
+    """Resize so the longer side is ``side``, keeping the aspect: the image by ``conventions.prepare_image`` (the
+    network's input scale), the mask, if any, nearest to the same size."""
 
     def __init__(self, side: int):
         if side < 1:
@@ -205,15 +206,15 @@ class FitLongerSide:
         self.side = side
 
     def __call__(self, image, mask=None, *, rng=None) -> Pair:
-        h, w = image.shape[:2]
-        scale = self.side / max(h, w)
-        return resize_pair(image, mask, max(1, round(h * scale)), max(1, round(w * scale)))
+        image_out = prepare_image(image, self.side)
+        if mask is not None and mask.shape != image_out.shape[:2]:
+            mask = cv2.resize(np.ascontiguousarray(mask), image_out.shape[1::-1], interpolation=_NEAREST)
+        return image_out, mask
 
     def __repr__(self) -> str:
         return f"FitLongerSide({self.side})"
 
 
 def fit_longer_side(image: np.ndarray, side: int) -> np.ndarray:
-    """Resize ``HxWx3`` so its longer side is ``side`` (aspect kept): a crop then shows most of the image, so the
-    image-level tags still hold for it."""
-    return FitLongerSide(side)(image)[0]
+    """Resize ``HxWx3`` so its longer side is ``side`` (aspect kept): ``conventions.prepare_image``."""
+    return prepare_image(image, side)
