@@ -20,6 +20,7 @@ from app import render
 from app.evaluation import bring_eval_set
 from app.intake import apply_table, bring_tagged, table_rows, tag_summary
 from app.session import AppConfig, DeviceQueue, Session, SessionStore, base_file
+from app.session_files import new_token, token_session
 from app.views import (HISTORY_HEADERS, added_in, architecture_markdown, before_after_rows, data_summary,
                        history_rows, spare_colours, thumbnails)
 from wilss.checkpoint import CheckpointError, load_checkpoint
@@ -120,11 +121,22 @@ class Handlers:
             s.data_message = f"The sample images could not be read: {err}"
 
     def session(self, request: Optional[gr.Request]) -> Session:
-        key = getattr(request, "session_hash", None) or "local"
-        return self.store.get(key)
+        return self.store.get(self.store.key_of(getattr(request, "session_hash", None) or "local"))
+
+    def attach(self, request: gr.Request, token) -> str:
+        """The page's first call (its stored ``gr.BrowserState`` value in, the value to store out): a token the
+        server issued (``session_files.new_token``) brings the page back to that token's session, so a reloaded page
+        sees its versions; anything else (none yet, forged, altered) gets a new token and session."""
+        workdir = self.config.workdir
+        key = token_session(workdir, token)
+        if key is None:
+            token = new_token(workdir)
+            key = token_session(workdir, token)
+        self.store.attach(getattr(request, "session_hash", None) or "local", key)
+        return token
 
     def close_session(self, request: gr.Request) -> None:
-        self.store.drop(getattr(request, "session_hash", None) or "local")
+        self.store.close(getattr(request, "session_hash", None) or "local")
 
     # -------------------------------------------------------------------------------------- model views
     def model_views(self, request: gr.Request):

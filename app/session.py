@@ -259,8 +259,27 @@ class SessionStore:
         self.setup = setup          # callable(Session) filling a new session with the defaults
         self.capacity = capacity
         self._sessions: dict[str, Session] = {}
+        self._pages: dict[str, str] = {}   # page (gradio session hash) -> the session id it shows, where attached
         self._lock = threading.Lock()
         self._sweep()
+
+    def attach(self, page: str, key: str) -> None:
+        """Page ``page`` shows session ``key`` from now on (a reloaded page, by its stored token)."""
+        with self._lock:
+            self._pages[page] = key
+
+    def key_of(self, page: str) -> str:
+        """The session id a page shows: the one attached to it, else its own."""
+        return self._pages.get(page, page)
+
+    def close(self, page: str) -> None:
+        """Page ``page`` went away: its session is dropped (``drop``) unless another page still shows it (a second
+        tab with the same stored token, or the reloaded page when the old one's close comes late)."""
+        with self._lock:
+            key = self._pages.pop(page, page)
+            if key in self._pages.values():
+                return
+        self.drop(key)
 
     def get(self, key: str) -> Session:
         with self._lock:
