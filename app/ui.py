@@ -6,10 +6,12 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+from starlette.middleware import Middleware
 
 from app.handlers import CLASS_ROWS, Handlers
 from app.update_handlers import UpdateHandlers
 from app.render import legend_html
+from app.serving import QuietDisconnects, limit_arenas
 from app.session import AppConfig
 from app.session_files import SECRET, state_secret
 from app.update import ADVANCED, TAGS_NETWORKS, field_type
@@ -326,11 +328,12 @@ def launch(config: AppConfig, *, host: str = "127.0.0.1", port: int = 7860, auth
     workdir.mkdir(parents=True, exist_ok=True)
     if os.environ.get("GRADIO_TEMP_DIR") != str(workdir / "cache"):
         raise RuntimeError("set GRADIO_TEMP_DIR to <workdir>/cache before importing gradio (launch.py does)")
+    limit_arenas()   # before the server's threads start (app.serving)
     demo, handlers = build(config)
     demo.queue(default_concurrency_limit=2)
     demo.launch(server_name=host, server_port=port, auth=auth, max_file_size=f"{config.max_upload_mb}mb",
                 allowed_paths=[str(workdir)], ssr_mode=False, share=False, prevent_thread_lock=not block,
                 quiet=quiet, show_error=True, css=CSS, theme=gr.themes.Default(), footer_links=["api"],
-                mcp_server=False, i18n=I18N,
+                mcp_server=False, i18n=I18N, app_kwargs={"middleware": [Middleware(QuietDisconnects)]},
                 blocked_paths=[str(workdir / SECRET)])   # the key that names session folders
     return demo, handlers

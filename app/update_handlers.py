@@ -14,6 +14,7 @@ from gradio.utils import get_upload_folder
 
 from app import render
 from app.frames import FrameStore
+from app.serving import release_memory
 from app.views import before_after_rows
 from app.handlers import CLASS_ROWS, Handlers, error, ok
 from app.intake import table_rows
@@ -121,14 +122,15 @@ class UpdateHandlers:
             if job.state == "waiting":
                 job.abandon()
             self.queue.leave(ticket)
+            release_memory()   # the update's batches, copies and pictures are freed: hand the memory back
 
     def _finish(self, s: Session, job: UpdateJob) -> tuple:
         plan = job.plan
         done_iters = job.last.iteration if job.last else 0
         if job.state == "done":
+            rejected = f" ({len(plan.request.rejected)} rejected)" if plan.request.rejected else ""
             version = s.add_checkpoint(job.result(), f"added {', '.join(plan.new_names)} from {len(plan.tagged)} "
-                                       "images" + (f" ({len(plan.request.rejected)} rejected)" if plan.request.rejected else ""),
-                                       parent=plan.request.base_name)
+                                       f"images{rejected}", parent=plan.request.base_name)
             s.last_update, job.saved_as = job, version.name
             return (render.message_html(f"Finished in {render.format_duration(job.train_seconds)}: saved as "
                                         f"{version.name}.", "done"),
