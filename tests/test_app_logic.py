@@ -237,7 +237,7 @@ def test_start_from_tags_alone_streams_and_makes_a_version(page, tmp_path, one_t
     assert "follow it in 'Add classes'" in outs[0][-1]
     galleries = [o[4] for o in outs if getattr(o[4], "value", None)]
     assert galleries, "the live gallery never showed the images"
-    captions = {item[1] for item in galleries[-1].value}
+    captions = {item["caption"] if isinstance(item, dict) else item[1] for item in galleries[-1].value}
     assert {"CAM disc", "CAM square", "pseudo-label", "mask"} <= captions
     phases = {o[1].split('data-phase="')[1].split('"')[0] for o in outs
               if isinstance(o[1], str) and "data-phase" in o[1]}
