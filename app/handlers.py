@@ -5,6 +5,7 @@ and the result back onto widget values. Bad input ends in a message in the page 
 No ``from __future__ import annotations`` here: gradio finds ``gr.Request`` parameters by their annotation.
 """
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -20,6 +21,8 @@ from app import render
 from app.evaluation import bring_eval_set
 from app.intake import apply_table, bring_tagged, table_rows, tag_summary
 from app.session import AppConfig, DeviceQueue, Session, SessionStore, base_file
+from app.serving import release_memory
+from app.session_files import new_token, token_session
 from app.views import (HISTORY_HEADERS, added_in, architecture_markdown, before_after_rows, data_summary,
                        history_rows, spare_colours, thumbnails)
 from wilss.checkpoint import CheckpointError, load_checkpoint
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 CLASS_ROWS = 3          # new classes one click can add
 DATA_VIEW_COUNT = 6 + 2 * CLASS_ROWS   # status, counts, warnings, table, watch list, names, colours, thumbnails
 USER_ERRORS = (DataError, CheckpointError, ExportError, KeyError)
+LARGE_IMAGE = 3 * 2**20   # values (about 1 MP): a predict of a larger image hands its memory back when done
 
 
 def error(text: str) -> str:
@@ -78,6 +82,14 @@ def png_file(image: np.ndarray, folder: Path) -> str:
     return str(atomic_write(folder / f"{uuid.uuid4().hex}.png", lambda tmp: Image.fromarray(image).save(tmp)))
 
 
+def link_or_copy(src: str, dest: str) -> None:
+    """A hard link to ``src`` at ``dest``, or a copy where links are not possible (another file system)."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
 def _files(value) -> list[Path]:
     """gradio File values (a path, a list of paths, or None) as paths."""
     if value is None:
@@ -112,19 +124,32 @@ class Handlers:
             s.data_message = "No sample images are configured: upload tagged images."
             return
         dest = s.new_folder("data")
-        # the held-out set is scored where it is (app.update_handlers.heldout_scores): not copied per session
-        shutil.copytree(samples, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(HELDOUT_FILE))
+        # the held-out set is scored where it is (app.update_handlers.heldout_scores): not copied per session; the
+        # images are linked where the file system allows (nothing writes over an image), not copied for every page
+        shutil.copytree(samples, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(HELDOUT_FILE),
+                        copy_function=link_or_copy)
         try:
             s.set_data(read_tagged_folder(dest), dest, f"samples ({samples.name}/)")
         except DataError as err:
             s.data_message = f"The sample images could not be read: {err}"
 
     def session(self, request: Optional[gr.Request]) -> Session:
-        key = getattr(request, "session_hash", None) or "local"
-        return self.store.get(key)
+        return self.store.get(self.store.key_of(getattr(request, "session_hash", None) or "local"))
+
+    def attach(self, request: gr.Request, token) -> str:
+        """The page's first call (its stored ``gr.BrowserState`` value in, the value to store out): a token the
+        server issued (``session_files.new_token``) brings the page back to that token's session, so a reloaded page
+        sees its versions; anything else (none yet, forged, altered) gets a new token and session."""
+        workdir = self.config.workdir
+        key = token_session(workdir, token)
+        if key is None:
+            token = new_token(workdir)
+            key = token_session(workdir, token)
+        self.store.attach(getattr(request, "session_hash", None) or "local", key)
+        return token
 
     def close_session(self, request: gr.Request) -> None:
-        self.store.drop(getattr(request, "session_hash", None) or "local")
+        self.store.close(getattr(request, "session_hash", None) or "local")
 
     # -------------------------------------------------------------------------------------- model views
     def model_views(self, request: gr.Request):
@@ -286,6 +311,7 @@ class Handlers:
             image = load_image(files[0])
         except DataError as err:
             return None, gr.skip(), None, error(tidy(str(err), {files[0]: f"'{files[0].name}'"}))
+        large = image.size > LARGE_IMAGE
         if max(image.shape[:2]) > self.config.max_side:   # the page shows it no larger: predict at that size
             image = fit_longer_side(image, self.config.max_side)
         s = self.session(request)
@@ -304,6 +330,8 @@ class Handlers:
         folder = output_folder(s)
         overlay, maps = png_file(overlay, folder), [(png_file(m, folder), caption) for m, caption in maps]
         found = ", ".join(f"{ckpt.class_names[c]} {100 * shares[c]:.1f}%" for c in np.argsort(-shares) if shares[c] > 0)
+        if large:   # its decoded pixels and maps are freed: hand the memory back (app.serving)
+            release_memory()
         return (overlay, legend, maps,
                 f"{files[0].name}: {found} (model {s.current.name}, {1000 * took:.0f} ms on {self.device})")
 
@@ -340,6 +368,7 @@ class Handlers:
                           dest: "the upload"})
             text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)   # KeyError quotes itself
             return gr.skip(), error(tidy(text, names))
+        release_memory()   # two models and a set of images were in use
         rows = before_after_rows(after.class_names, new, res_before, res_after)
         columns = ["metric (%)", before_v.name if before_v else "before", after_v.name]
         return (pd.DataFrame(rows, columns=columns),

@@ -174,6 +174,11 @@ class Session:
                 self._ckpt = load_checkpoint(self.current.path)
             return self._ckpt
 
+    def unload(self) -> None:
+        """Forget the loaded model (``ckpt`` reads it from its file again when next asked for)."""
+        with self.lock:
+            self._ckpt = None
+
     def version(self, name: str) -> Version:
         for v in self.versions:
             if v.name == name or v.label == name:
@@ -254,21 +259,43 @@ class SessionStore:
     closed, an anonymous API call: the default model and the samples, ~4 MB) are removed when their session is
     dropped or makes room, and at start; so at most ``capacity`` of them exist. Anything a user made stays."""
 
-    def __init__(self, config: AppConfig, *, setup=None, capacity: int = 64) -> None:
+    def __init__(self, config: AppConfig, *, setup=None, capacity: int = 64, loaded: int = 8) -> None:
         self.config = config
         self.setup = setup          # callable(Session) filling a new session with the defaults
         self.capacity = capacity
+        self.loaded = loaded        # sessions whose current model stays in memory (the most recently used)
         self._sessions: dict[str, Session] = {}
+        self._pages: dict[str, str] = {}   # page (gradio session hash) -> the session id it shows, where attached
         self._lock = threading.Lock()
         self._sweep()
 
+    def attach(self, page: str, key: str) -> None:
+        """Page ``page`` shows session ``key`` from now on (a reloaded page, by its stored token)."""
+        with self._lock:
+            self._pages[page] = key
+
+    def key_of(self, page: str) -> str:
+        """The session id a page shows: the one attached to it, else its own."""
+        return self._pages.get(page, page)
+
+    def close(self, page: str) -> None:
+        """Page ``page`` went away: its session is dropped (``drop``) unless another page still shows it (a second
+        tab with the same stored token, or the reloaded page when the old one's close comes late)."""
+        with self._lock:
+            key = self._pages.pop(page, page)
+            if key in self._pages.values():
+                return
+        self.drop(key)
+
     def get(self, key: str) -> Session:
         with self._lock:
-            session = self._sessions.get(key)
+            session = self._sessions.pop(key, None)
             if session is not None:
+                self._sessions[key] = session   # the most recently used last
                 session.settle()
+                self._unload_idle()
                 return session
-            if len(self._sessions) >= self.capacity:   # the oldest idle session makes room
+            if len(self._sessions) >= self.capacity:   # the least recently used idle session makes room
                 idle = [k for k, s in self._sessions.items() if not (s.job and s.job.running)]
                 if idle:
                     self._discard(self._sessions.pop(idle[0]))
@@ -276,7 +303,16 @@ class SessionStore:
             self._sessions[key] = session
             if self.setup is not None:
                 self.setup(session)
+            self._unload_idle()
             return session
+
+    def _unload_idle(self) -> None:
+        """Only the ``loaded`` most recently used sessions keep their current model in memory (a session reloads it
+        from its file when next used): 64 sessions each holding its own copy of the model grew the app's memory
+        with every client."""
+        for session in list(self._sessions.values())[:-self.loaded]:
+            if not (session.job and session.job.running):
+                session.unload()
 
     def drop(self, key: str) -> None:
         with self._lock:

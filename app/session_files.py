@@ -31,6 +31,43 @@ def folder_name(workdir: Path, key: str) -> str:
     """``s-`` + 32 hex digits of HMAC-SHA256(the work folder's secret, ``key``): stable across restarts, unique per
     id, unguessable without the secret (kept in ``<workdir>/.session-key``, made on first use, readable by the
     server's user only)."""
+    return PREFIX + _mac(workdir, key)[:32]
+
+
+# A page keeps its session across reloads by a token the server gave it, stored in the browser (gr.BrowserState):
+# 128 random bits and their HMAC, so the server knows the tokens it issued without keeping a list, and no client can
+# make up one that names a session (nor derive a session's folder from a token without the secret).
+TOKEN_KEY = "browser:"
+
+
+def new_token(workdir: Path) -> str:
+    """A fresh session token: 32 hex digits, '.', their 32-digit HMAC."""
+    random = secrets.token_hex(16)
+    return f"{random}.{_signature(workdir, random)}"
+
+
+def token_session(workdir: Path, token: object) -> Optional[str]:
+    """The session id a token issued by ``new_token`` names, or None for anything else (forged, altered, not text)."""
+    if not isinstance(token, str) or len(token) != 65 or token[32] != ".":
+        return None
+    random, mac = token[:32], token[33:]
+    if not all(c in "0123456789abcdef" for c in random):
+        return None
+    return TOKEN_KEY + random if hmac.compare_digest(mac, _signature(workdir, random)) else None
+
+
+def _signature(workdir: Path, random: str) -> str:
+    return _mac(workdir, "token-signature:" + random)[:32]   # not the folder's HMAC: a token does not name a folder
+
+
+def state_secret(workdir: Path) -> str:
+    """The key gr.BrowserState encrypts the token with in the browser's storage: stable across restarts (a random one
+    per start would make a reloaded page unable to read its token after a restart), derived one way from the secret.
+    The page itself knows it; the token's safety is its randomness and its HMAC, not this encryption."""
+    return _mac(workdir, "browser-state")[:32]
+
+
+def _mac(workdir: Path, text: str) -> str:
     path = Path(workdir) / SECRET
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +78,7 @@ def folder_name(workdir: Path, key: str) -> str:
         except FileExistsError:   # another process made it first
             pass
     secret = path.read_text().strip().encode()
-    return PREFIX + hmac.new(secret, key.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
+    return hmac.new(secret, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def publish(folder: Path, first: int, write: Callable[[Path], object]) -> tuple[str, Path]:

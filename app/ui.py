@@ -6,18 +6,20 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+from starlette.middleware import Middleware
 
 from app.handlers import CLASS_ROWS, Handlers
 from app.update_handlers import UpdateHandlers
 from app.render import legend_html
+from app.serving import QuietDisconnects, limit_arenas
 from app.session import AppConfig
-from app.session_files import SECRET
-from app.update import ADVANCED, field_type
+from app.session_files import SECRET, state_secret
+from app.update import ADVANCED, TAGS_NETWORKS, field_type
 from models import DEFAULT_CHECKPOINT
 from wilss.bases import BASE_SPECS
 from wilss.conventions import hex_to_rgb
 from wilss.config import REGION_PRIORS
-from wilss.recipes import DEMO_UPDATE
+from wilss.recipes import DEMO_UPDATE, TAGS_BASE
 
 CSS = """
 .wilss-swatch {display:inline-block; width:1.1em; height:1.1em; border:1px solid #444; vertical-align:middle;
@@ -103,6 +105,19 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
                                               label="Or start from a pretrained torchvision base (background + "
                                                     "the 20 PASCAL VOC classes; weights download once)")
                     base_btn = gr.Button("Load this base", elem_id="base-btn")
+                with gr.Accordion("Or start from tags alone: no model, a new one learnt from the images and tags of "
+                                  "the 'Data' tab (one class per tag)", open=False, elem_id="tags-start"):
+                    with gr.Row():
+                        tags_arch = gr.Dropdown(choices=list(TAGS_NETWORKS), value=TAGS_NETWORKS[0], label="network",
+                                                info="ImageNet-initialised (installed weights); tiny: from scratch",
+                                                elem_id="tags-arch")
+                        tags_epochs = gr.Number(value=TAGS_BASE.epochs, precision=0, label="epochs",
+                                                elem_id="tags-epochs")
+                        tags_batch = gr.Number(value=TAGS_BASE.batch_size, precision=0, label="batch size",
+                                               elem_id="tags-batch")
+                        tags_crop = gr.Number(value=TAGS_BASE.crop_size, precision=0, label="crop size (px)",
+                                              elem_id="tags-crop")
+                    tags_btn = gr.Button("Start from tags alone", elem_id="tags-btn")
             # ----------------------------------------------------------------------------------- data
             with gr.Tab("Data", id="data"):
                 gr.Markdown("Upload many images at once or a zip. Tags: a CSV (`filename,tags`, tags separated "
@@ -245,12 +260,21 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
                 api_visibility="private").then(
                 lambda: (None, ""), None, [onnx_file, export_status], api_visibility="private")
 
-        demo.load(h.model_views, None, model_views, api_name="model_info").then(
+        # the page's session survives a reload: the browser stores a token naming it (app.session_files)
+        token = gr.BrowserState(None, storage_key="wilss-session", secret=state_secret(config.workdir))
+        demo.load(h.attach, token, token, api_visibility="private").then(
+            h.model_views, None, model_views, api_name="model_info").then(
             h.data_views, None, data_views, api_name="data_info")
         demo.unload(h.close_session)
         # model
         refresh_model(ckpt_upload.upload(h.load_checkpoint, ckpt_upload, load_status, api_name="load_checkpoint"))
         refresh_model(base_btn.click(h.load_base, base_choice, load_status, api_name="load_base"))
+        # a new model from the Data tab's tags: streamed into the update's live gallery, cancelled by its button
+        tags_btn.click(lambda: gr.Button(interactive=True), None, cancel_btn, queue=False, api_visibility="private")
+        refresh_model(tags_btn.click(u.start_from_tags, [tags_arch, tags_epochs, tags_batch, tags_crop],
+                                     [tabs, *run_outputs, load_status], api_name="start_from_tags",
+                                     concurrency_limit=8, concurrency_id="update").then(
+            u.cancel_button, None, cancel_btn, api_visibility="private"))
         # data
         bring_btn.click(h.bring_data, [data_files, tags_upload], data_views, api_name="bring_data")
         reset_btn.click(h.reset_data, None, data_views, api_name="reset_data")
@@ -304,10 +328,12 @@ def launch(config: AppConfig, *, host: str = "127.0.0.1", port: int = 7860, auth
     workdir.mkdir(parents=True, exist_ok=True)
     if os.environ.get("GRADIO_TEMP_DIR") != str(workdir / "cache"):
         raise RuntimeError("set GRADIO_TEMP_DIR to <workdir>/cache before importing gradio (launch.py does)")
+    limit_arenas()   # before the server's threads start (app.serving)
     demo, handlers = build(config)
     demo.queue(default_concurrency_limit=2)
     demo.launch(server_name=host, server_port=port, auth=auth, max_file_size=f"{config.max_upload_mb}mb",
                 allowed_paths=[str(workdir)], ssr_mode=False, share=False, prevent_thread_lock=not block,
                 quiet=quiet, show_error=True, css=CSS, theme=gr.themes.Default(), footer_links=["api"],
-                mcp_server=False, i18n=I18N, blocked_paths=[str(workdir / SECRET)])   # the key that names session folders
+                mcp_server=False, i18n=I18N, app_kwargs={"middleware": [Middleware(QuietDisconnects)]},
+                blocked_paths=[str(workdir / SECRET)])   # the key that names session folders
     return demo, handlers

@@ -10,16 +10,18 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 from wilss.checkpoint import Checkpoint
-from wilss.config import UpdateConfig
+from wilss.config import UPDATE_LIMITS, UpdateConfig
 from wilss.data import DataError
 from wilss.demo import watch_indices  # noqa: F401  (the app's and the demo benchmark's choice)
 from wilss.engine import Progress, Snapshot, resolve_device
-from wilss.recipes import DEMO_UPDATE
-from wilss.service import UpdatePlan, UpdateRequest, UpdateRun, run_update, with_settings
+from models.imagenet import IMAGENET_NETS
+from wilss.recipes import DEMO_UPDATE, TAGS_BASE
+from wilss.service import (TagsBasePlan, TagsBaseRequest, UpdatePlan, UpdateRequest, UpdateRun, run_tags_base,
+                           run_update, with_settings)
 from wilss.tags import TaggedSet
 from wilss.trainer import WeakUpdate
 
@@ -135,6 +137,8 @@ class Tick:
 class UpdateJob:
     """Runs one ``UpdatePlan`` (``run`` is a generator of ``Tick``); thread-safe ``cancel`` and ``between``."""
 
+    reviewable = True      # its pseudo-labels can be paged through, exported, and the update re-run (Review tab)
+
     def __init__(self, plan: UpdatePlan, *, device: str | None = None, live: Sequence[int] = (),
                  live_every_s: float = 2.0, names: Sequence[str] = ()) -> None:
         self.plan, self.live, self.live_every_s = plan, list(live), live_every_s
@@ -186,7 +190,7 @@ class UpdateJob:
         start = time.perf_counter()
         gen = None
         try:
-            self.runner = run_update(self.plan, device=self.device, snapshot_indices=self.live)
+            self.runner = self.start()
             self.update = self.runner.update
             self.last_snapshots = self.update.snapshots() if self.live else []
             yield Tick(None, self.last_snapshots)
@@ -217,6 +221,14 @@ class UpdateJob:
             self._serve_calls()
             if self.state != "done":
                 self.update = self.runner = None   # frees the copies; nothing of a stopped update is kept
+
+    def start(self):
+        """The run (``UpdateRun``'s interface: ``update``, ``dataset``, ``item``, ``finished``, ``checkpoint``)."""
+        return run_update(self.plan, device=self.device, snapshot_indices=self.live)
+
+    def loss_series(self) -> list[str]:
+        """The losses the plot shows (``loss_names``)."""
+        return loss_names(self.plan.cfg, aux=self.plan.base.model.has_aux)
 
     def _serve_calls(self) -> None:
         while True:
@@ -265,3 +277,53 @@ class UpdateJob:
         if self.state != "done" or self.update is None:
             raise RuntimeError(f"the update is {self.state}, there is no result")
         return self.runner.checkpoint()
+
+
+# ------------------------------------------------------------------------------------ a base from tags alone
+TAGS_NETWORKS = (*IMAGENET_NETS, "tiny")   # the page's choices: ImageNet-initialised networks, or the tiny one
+
+
+def plan_tags_base(tagged: Optional[TaggedSet], *, arch: str, values: Mapping[str, object],
+                   source: str) -> TagsBasePlan:
+    """The page's "start from tags alone": the Data tab's images and tags, a network (ImageNet-initialised when it
+    has installed weights, else from scratch) and the recipe ``TAGS_BASE`` with the page's epochs, batch and crop
+    (the warm-up keeps its share). Raises ``DataError`` with the reason."""
+    if tagged is None or len(tagged) == 0:
+        raise DataError("There are no images. Bring tagged images in the 'Data' tab first.")
+    if arch not in TAGS_NETWORKS:
+        raise DataError(f"Unknown network {arch!r}; choose one of {', '.join(TAGS_NETWORKS)}.")
+    overrides = {}
+    for name, value in values.items():
+        if value is None or value == "":
+            continue
+        try:
+            number = float(value)
+            if number != int(number) or number < 1:
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
+            raise DataError(f"The setting '{name}' must be a whole number of at least 1, got {value!r}.") from None
+        overrides[name] = int(number)
+        if overrides[name] > UPDATE_LIMITS[name]:   # the update's upper bounds hold here too
+            raise DataError(f"The setting '{name}' must be at most {UPDATE_LIMITS[name]} (got {overrides[name]}).")
+    if "epochs" in overrides:
+        share = TAGS_BASE.warmup_epochs / TAGS_BASE.epochs
+        overrides["warmup_epochs"] = min(max(1, round(share * overrides["epochs"])), overrides["epochs"] - 1)
+    try:
+        cfg = replace(TAGS_BASE, **overrides)
+    except ValueError as err:
+        raise DataError(f"Invalid settings: {err}.") from None
+    encoder = "imagenet" if arch in IMAGENET_NETS else "none"
+    return TagsBaseRequest(tagged, cfg, arch=arch, encoder=encoder, source=source, tool="app").validate()
+
+
+class TagsBaseJob(UpdateJob):
+    """Trains a base from tags alone (``wilss.service.run_tags_base``) as the page runs an update: the same ticks,
+    cancel and live snapshots. Its result is a new model, not a grown one; it has no Review pages."""
+
+    reviewable = False
+
+    def start(self):
+        return run_tags_base(self.plan, device=self.device, snapshot_indices=self.live)
+
+    def loss_series(self) -> list[str]:
+        return ["cls", "seg", "total"]   # l_CLS, then l_SEG after the warm-up (wilss.tags_base)

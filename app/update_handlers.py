@@ -14,11 +14,13 @@ from gradio.utils import get_upload_folder
 
 from app import render
 from app.frames import FrameStore
+from app.serving import release_memory
 from app.views import before_after_rows
 from app.handlers import CLASS_ROWS, Handlers, error, ok
 from app.intake import table_rows
 from app.session import Session
-from app.update import ADVANCED, UpdateJob, loss_names, make_config, plan_update, watch_indices
+from app.update import (ADVANCED, TAGS_NETWORKS, TagsBaseJob, UpdateJob, make_config, plan_tags_base,
+                        plan_update, watch_indices)
 from wilss.conventions import rgb_to_hex
 from wilss.checkpoint import load_checkpoint
 from wilss.data import DataError
@@ -69,18 +71,24 @@ class UpdateHandlers:
         yield from self._run(s, plan, image_names, live)
 
     def _run(self, s: Session, plan, image_names, live) -> Iterator[tuple]:
-        if s.job is not None and s.job.running:
-            yield (gr.skip(), error("An update is already running in this tab: wait for it to finish, or cancel it."),
-                   gr.skip(), gr.skip())
-            return
-        job = UpdateJob(plan, device=self.device, live=live, live_every_s=self.config.live_every_s, names=image_names)
-        s.job = job
-        ticket = self.queue.join(self.device)
-        ticks = None
         what = ", ".join(plan.new_names)
         start_text = (f"Adding **{what}** to {plan.request.base_name} from {len(plan.tagged)} images "
                       f"({plan.tagged.num_negatives} negatives) on `{self.device}`: {plan.cfg.epochs} epochs, "
                       f"{plan.cfg.warmup_epochs} of localizer warm-up." + (f" Note: {plan.note}" if plan.note else ""))
+        job = UpdateJob(plan, device=self.device, live=live, live_every_s=self.config.live_every_s, names=image_names)
+        yield from self._stream(s, job, start_text, self._finish)
+
+    def _stream(self, s: Session, job: UpdateJob, start_text: str, finish) -> Iterator[tuple]:
+        """(progress, status, loss plot, live gallery) while ``job`` waits for the device and runs; ``finish(s, job)``
+        gives the last of them."""
+        if s.job is not None and s.job.running:
+            yield (gr.skip(), error("An update is already running in this tab: wait for it to finish, or cancel it."),
+                   gr.skip(), gr.skip())
+            return
+        plan = job.plan
+        s.job = job
+        ticket = self.queue.join(self.device)
+        ticks = None
         try:
             while True:
                 place = self.queue.wait(ticket, 1.0)
@@ -107,21 +115,22 @@ class UpdateHandlers:
                     plot, plotted = self.loss_frame(job), time.monotonic()
                 gallery = self.live_gallery(s, job, tick.snapshots) if tick.snapshots else gr.skip()
                 yield bar, start_text, plot, gallery
-            yield self._finish(s, job)
+            yield finish(s, job)
         finally:
             if ticks is not None:
                 ticks.close()
             if job.state == "waiting":
                 job.abandon()
             self.queue.leave(ticket)
+            release_memory()   # the update's batches, copies and pictures are freed: hand the memory back
 
     def _finish(self, s: Session, job: UpdateJob) -> tuple:
         plan = job.plan
         done_iters = job.last.iteration if job.last else 0
         if job.state == "done":
+            rejected = f" ({len(plan.request.rejected)} rejected)" if plan.request.rejected else ""
             version = s.add_checkpoint(job.result(), f"added {', '.join(plan.new_names)} from {len(plan.tagged)} "
-                                       "images" + (f" ({len(plan.request.rejected)} rejected)" if plan.request.rejected else ""),
-                                       parent=plan.request.base_name)
+                                       f"images{rejected}", parent=plan.request.base_name)
             s.last_update, job.saved_as = job, version.name
             return (render.message_html(f"Finished in {render.format_duration(job.train_seconds)}: saved as "
                                         f"{version.name}.", "done"),
@@ -134,6 +143,51 @@ class UpdateHandlers:
                     ok(f"cancelled; the model is still {s.current.name}, as it was."), gr.skip(), gr.skip())
         return (render.message_html("The update failed: nothing changed.", "error"),
                 error(f"the update failed ({job.error}); the model is unchanged."), gr.skip(), gr.skip())
+
+    # ----------------------------------------------------------------------------- a base from tags alone
+    def start_from_tags(self, request: gr.Request, arch, epochs, batch_size, crop_size) -> Iterator[tuple]:
+        """A new model learnt from the Data tab's images and tags alone (``wilss.service.run_tags_base``), streamed
+        like an update (same live gallery, same cancel) and saved as the next version. Outputs: tabs + the four
+        update outputs + the Model tab's status."""
+        s = self.session(request)
+        try:
+            plan = plan_tags_base(s.tagged, arch=arch or TAGS_NETWORKS[0], source=s.data_source,
+                                  values={"epochs": epochs, "batch_size": batch_size, "crop_size": crop_size})
+        except DataError as err:
+            text = error(f"{err} Nothing was started; the model is unchanged.")
+            yield gr.skip(), gr.skip(), text, gr.skip(), gr.skip(), text
+            return
+        names = [n for n, _ in table_rows(plan.tagged, s.data_root)]
+        live = watch_indices(plan.tagged, plan.new_names, self.config.live_images)
+        job = TagsBaseJob(plan, device=self.device, live=live, live_every_s=self.config.live_every_s, names=names)
+        text = (f"Starting from tags alone: {plan.describe()}, on `{self.device}`."
+                + (f" Note: {plan.note}" if plan.note else ""))
+        yield gr.Tabs(selected="add"), gr.skip(), gr.skip(), gr.skip(), gr.skip(), "Training a model from the tags: " \
+            "follow it in 'Add classes'."
+        last = None
+        for last in self._stream(s, job, text, self._finish_tags):
+            yield (gr.skip(), *last, gr.skip())
+        yield (gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), last[1] if last else gr.skip())
+
+    def _finish_tags(self, s: Session, job: TagsBaseJob) -> tuple:
+        plan = job.plan
+        if job.state == "done":
+            version = s.add_checkpoint(job.result(), f"started from tags alone: {', '.join(plan.new_names)} from "
+                                       f"{len(plan.tagged)} images", parent=None)
+            job.saved_as = version.name
+            job.update = job.runner = None   # the model is saved and no Review page shows it: free the training
+            return (render.message_html(f"Finished in {render.format_duration(job.train_seconds)}: saved as "
+                                        f"{version.name}.", "done"),
+                    ok(f"a model of {', '.join(plan.new_names)} learnt from the tags alone is now **{version.name}** "
+                       f"({len(version.class_names)} classes). Try it in 'Predict', grow it in 'Add classes', "
+                       "download it in 'Versions & export'."),
+                    self.loss_frame(job), gr.skip())
+        if job.state == "cancelled":
+            done = job.last.iteration if job.last else 0
+            return (render.message_html(f"Cancelled after {done} iteration(s): nothing changed.", "cancelled"),
+                    ok(f"cancelled; the model is still {s.current.name}, as it was."), gr.skip(), gr.skip())
+        return (render.message_html("Training from the tags failed: nothing changed.", "error"),
+                error(f"training from the tags failed ({job.error}); the model is unchanged."), gr.skip(), gr.skip())
 
     def cancel(self, request: gr.Request) -> str:
         job = self.session(request).job
@@ -186,8 +240,7 @@ class UpdateHandlers:
         return gr.Button(interactive=bool(job is not None and job.running))
 
     def loss_frame(self, job: UpdateJob) -> pd.DataFrame:
-        series = loss_names(job.plan.cfg, aux=job.plan.base.model.has_aux)
-        return pd.DataFrame(render.loss_rows(job.losses, series=series))
+        return pd.DataFrame(render.loss_rows(job.losses, series=job.loss_series()))
 
     def live_gallery(self, s: Session, job: UpdateJob, snapshots) -> gr.Gallery:
         plan = job.plan
@@ -200,7 +253,7 @@ class UpdateHandlers:
 
     # ------------------------------------------------------------------------------------------- review
     def _review_job(self, s: Session) -> Optional[UpdateJob]:
-        if s.job is not None and s.job.state == "running" and s.job.update is not None:
+        if s.job is not None and s.job.reviewable and s.job.state == "running" and s.job.update is not None:
             return s.job
         return s.last_update
 

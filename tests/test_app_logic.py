@@ -202,3 +202,83 @@ def test_data_summary_and_thumbnails(tmp_path):
     assert ": ," not in text and text.startswith("12 images from your upload (12 file(s)): none tagged yet, 12 neg")
     assert views.thumbnails(tagged, ["a.png", "b.png"]) == [(str(tmp_path / "a.png"), "arrow: a.png"),
                                                            (str(tmp_path / "b.png"), "negative: b.png")]
+
+
+# ------------------------------------------------------------------------------------ start from tags alone
+def tagged_upload(folder, tags):
+    """Generated 32 px scenes as uploaded files, with a tags CSV (``tags[i]`` for image i, ';'-separated)."""
+    from wilss.world import generate
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, (image, _) in enumerate(generate(len(tags), seed=0, size=32)):
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+        files.append(str(folder / f"{i:02d}.png"))
+    (folder / "my_tags.csv").write_text("filename,tags\n" + "".join(f"{i:02d}.png,{t}\n" for i, t in enumerate(tags)))
+    return files, str(folder / "my_tags.csv")
+
+
+@pytest.fixture
+def page(tmp_path, monkeypatch):
+    from app.handlers import Handlers
+    from app.update_handlers import UpdateHandlers
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))   # the live gallery's frames
+    handlers = Handlers(AppConfig(workdir=tmp_path / "work", checkpoint=tiny_checkpoint(tmp_path / "base.pt"),
+                                  live_every_s=0.0))
+    return handlers, UpdateHandlers(handlers)
+
+
+def test_start_from_tags_alone_streams_and_makes_a_version(page, tmp_path, one_thread):
+    handlers, u = page
+    files, tags = tagged_upload(tmp_path / "up", ["disc", "square", "disc;square", ""] * 2)
+    assert handlers.bring_data(None, files, tags)[0].startswith("**Done:**")
+    outs = list(u.start_from_tags(None, "tiny", 2, 4, 32))
+    assert "follow it in 'Add classes'" in outs[0][-1]
+    galleries = [o[4] for o in outs if getattr(o[4], "value", None)]
+    assert galleries, "the live gallery never showed the images"
+    captions = {item["caption"] if isinstance(item, dict) else item[1] for item in galleries[-1].value}
+    assert {"CAM disc", "CAM square", "pseudo-label", "mask"} <= captions
+    phases = {o[1].split('data-phase="')[1].split('"')[0] for o in outs
+              if isinstance(o[1], str) and "data-phase" in o[1]}
+    assert phases == {"warmup", "joint"}
+    status = outs[-1][-1]
+    assert status.startswith("**Done:**") and "v001" in status, status
+    s = handlers.session(None)
+    assert s.current.name == "v001" and s.current.parent is None and "tags alone" in s.current.note
+    assert s.ckpt.class_names == ["background", "disc", "square"] and s.ckpt.model.activation == "softmax"
+    step = s.ckpt.history[-1]
+    assert len(s.ckpt.history) == 1 and step["kind"] == "pretrain" and step["settings"]["supervision"] == "tags"
+    assert step["settings"]["arch"] == "tiny" and step["tool"] == "app" and step["negatives"] == 2
+    assert step["num_images"] == 8 and step["settings"]["epochs"] == 2
+    assert load_checkpoint(s.current.path).class_names == s.ckpt.class_names      # saved like an update's result
+    assert handlers.rollback(None, "v000").startswith("**Done:**") and s.current.name == "v000"
+    assert s.job.update is None and not s.job.running                             # the training is freed
+
+
+@pytest.mark.parametrize("tags,words", [
+    (["", "", "", ""], "None of the 4 images is tagged"),
+    (["disc", "disc", "disc", "disc"], "the only class, 'disc', tags every image"),
+    (["disc;square", "disc;square", "disc;square", "disc;square"], "every class tags every image"),
+    (["background", "disc", "", ""], "No tag may be 'background'"),
+])
+def test_start_from_tags_alone_refuses_tags_that_cannot_make_a_model(page, tmp_path, tags, words):
+    handlers, u = page
+    files, tags_file = tagged_upload(tmp_path / "up", tags)
+    assert handlers.bring_data(None, files, tags_file)[0].startswith("**Done:**")
+    outs = list(u.start_from_tags(None, "tiny", 2, 4, 32))
+    assert len(outs) == 1 and outs[0][-1].startswith("**Error:**") and words in outs[0][-1], outs[0][-1]
+    assert "unchanged" in outs[0][-1] and [v.name for v in handlers.session(None).versions] == ["v000"]
+
+
+def test_start_from_tags_alone_refuses_bad_settings_and_no_data(page, tmp_path):
+    handlers, u = page
+    s = handlers.session(None)
+    s.tagged = None
+    assert "Bring tagged images" in list(u.start_from_tags(None, "tiny", 2, 4, 32))[0][-1]
+    files, tags_file = tagged_upload(tmp_path / "up", ["disc", ""])
+    handlers.bring_data(None, files, tags_file)
+    for args, words in ((("tiny", 2.5, 4, 32), "whole number"), (("tiny", 201, 4, 32), "at most 200"),
+                        (("resnet", 2, 4, 32), "Unknown network")):
+        assert words in list(u.start_from_tags(None, *args))[0][-1]
+    assert [v.name for v in s.versions] == ["v000"]

@@ -502,6 +502,42 @@ def test_folders_of_untouched_sessions_are_capped_and_cleaned_but_made_versions_
     assert [v.name for v in restarted.get("a").versions] == ["v000", "v001"]
 
 
+def test_a_reloaded_page_finds_its_session_by_its_stored_token_and_no_one_else_can(tmp_path):
+    from types import SimpleNamespace as Page
+
+    from app.handlers import Handlers
+    from app.session import AppConfig
+    from app.session_files import folder_name, new_token
+
+    config = AppConfig(workdir=tmp_path / "work", checkpoint=tiny_checkpoint(tmp_path / "base.pt"))
+    handlers = Handlers(config)
+    first = Page(session_hash="page-1")
+    token = handlers.attach(first, None)                       # a new browser: the page stores this token
+    assert len(token) == 65 and token != handlers.attach(Page(session_hash="page-0"), None)
+    made_version(handlers.session(first))
+    reloaded = Page(session_hash="page-2")                     # a reload: a new session hash, the same token
+    assert handlers.attach(reloaded, token) == token
+    assert [v.name for v in handlers.session(reloaded).versions] == ["v000", "v001"]
+    handlers.close_session(first)                              # the old page's close, arriving late, drops nothing
+    assert handlers.session(reloaded) is handlers.session(Page(session_hash="page-2"))
+    assert handlers.session(reloaded).current.name == "v001"
+    mine = handlers.session(reloaded).folder
+    # forged or altered tokens, another server's, a session id: a fresh session of their own, never this one
+    forged = [token[:-1] + ("0" if token[-1] != "0" else "1"), token[:32] + "." + "0" * 32, "page-2", "../" * 5,
+              new_token(tmp_path / "elsewhere"), 12345, {"token": token}]
+    for n, value in enumerate(forged):
+        page = Page(session_hash=f"intruder-{n}")
+        assert handlers.attach(page, value) != token
+        assert handlers.session(page).folder != mine and [v.name for v in handlers.session(page).versions] == ["v000"]
+    assert folder_name(config.workdir, token) != mine.name and token[33:] not in mine.name   # no folder in a token
+    restarted = Handlers(config)                               # after a restart, the stored token still works
+    back = Page(session_hash="page-3")
+    restarted.attach(back, token)
+    assert restarted.session(back).folder == mine and restarted.session(back).current.name == "v001"
+    restarted.close_session(back)                              # closed: out of memory, its versions stay on disk
+    assert (mine / "v001.pt").is_file()
+
+
 def test_the_served_app_hides_the_session_key_and_answers_parallel_identical_predicts(tmp_path):
     """Through HTTP, as a client sees it: the key naming session folders is not served, and 8 identical predicts at
     once all arrive whole (they used to share one cache file, written while it was served)."""

@@ -12,19 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from models import build_segmenter
 from models.segmenter import Segmenter
-from wilss import recipes
-from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
+from wilss import recipes, service
+from wilss.checkpoint import save_checkpoint
 from wilss.cli_common import CliError, ProgressBar, percent
-from wilss.config import to_dict
-from wilss.conventions import BACKGROUND_NAME
-from wilss.engine import seed_everything
+from wilss.data import DataError
 from wilss.experiment_setup import base_network, encoder_path, quick, world_encoder
 from wilss.experiments import Benchmark, Row
 from wilss.tags import read_tagged_folder
-from wilss.tags_base import train_tags_base
-from wilss.training_data import tagged_training_set
 
 
 def pretrain_tags(args: argparse.Namespace, out: Path, start: float) -> int:
@@ -32,10 +27,6 @@ def pretrain_tags(args: argparse.Namespace, out: Path, start: float) -> int:
     if args.data is not None or args.pretext or args.size is not None or args.layout is not None:
         raise CliError("--tags trains from tagged images alone: leave out --data, --pretext, --size and --layout")
     tagged = read_tagged_folder(args.tags)
-    classes = list(tagged.class_names)
-    if not classes or BACKGROUND_NAME in classes:
-        raise CliError(f"--tags {args.tags}: {'no image is tagged' if not classes else 'no tag may be background'} "
-                       "(tags name the classes to learn; untagged images are negatives)")
     arch = base_network(args)
     init = world_encoder(args)
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "crop_size") if getattr(args, k) is not None}
@@ -44,27 +35,20 @@ def pretrain_tags(args: argparse.Namespace, out: Path, start: float) -> int:
         overrides["warmup_epochs"] = min(max(1, round(share * args.epochs)), args.epochs - 1)
     try:
         cfg = replace(recipes.TAGS_BASE, **overrides)
-    except ValueError as err:
-        raise CliError(str(err)) from None
+        request = service.TagsBaseRequest(tagged, cfg, arch=arch, encoder=str(encoder_path(args) or "none"),
+                                          init=init, source=str(args.tags))
+        plan = request.validate()
+    except (ValueError, DataError) as err:
+        raise CliError(f"--tags {args.tags}: {err}" if isinstance(err, DataError) else str(err)) from None
     print(f"tags: {len(tagged)} images ({tagged.num_negatives} untagged), classes "
           + ", ".join(f"{c} ({n})" for c, n in tagged.counts().items()) + f"; {arch}, encoder: {encoder_path(args)}")
-    always = [c for c, n in tagged.counts().items() if n == len(tagged)]
-    if always:
-        print(f"note: {', '.join(always)} tag every image, so the tags cannot tell where they are not; add images "
-              "without them for a better base")
-    seed_everything(cfg.seed)
-    model = build_segmenter(arch=arch, num_classes=len(classes) + 1)
-    if init is not None:
-        init(model)
+    if plan.note:
+        print(f"note: {plan.note}")
+    run = service.run_tags_base(plan, device=args.device)
     with ProgressBar(quiet=args.quiet) as bar:
-        data = tagged_training_set(tagged, classes, cfg, side=cfg.crop_size)   # the crop shows the whole image
-        for progress in train_tags_base(model, data, cfg, device=args.device):
+        for progress in run:
             bar.update(progress, "tags base")
-    ckpt = new_checkpoint(model.cpu(), [BACKGROUND_NAME, *classes], input_side=cfg.crop_size)   # its images' scale
-    ckpt.history.append(history_entry(
-        "pretrain", classes, num_images=len(tagged), step=0,
-        settings={"supervision": "tags", "tags": str(args.tags), "arch": arch,
-                  "encoder": str(encoder_path(args) or "none"), **to_dict(cfg)}))
+    ckpt = run.checkpoint()
     path = save_checkpoint(ckpt, out, overwrite=args.overwrite)
     print(f"wall time {time.perf_counter() - start:.1f} s")
     print(f"wrote {path} (grow it with add-class; check it with evaluate or predict)")

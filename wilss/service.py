@@ -19,26 +19,30 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, fields, replace
-from typing import Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from models import build_segmenter
+from models.imagenet import IMAGENET_NETS, load_imagenet_encoder
 from wilss.bases import open_model
-from wilss.checkpoint import MAX_INPUT_SIDE, Checkpoint, HistoryEntry, save_checkpoint  # noqa: F401  (the API)
-from wilss.config import UpdateConfig, to_dict
-from wilss.conventions import extend_colours, hex_to_rgb
+from wilss.checkpoint import (MAX_INPUT_SIDE, Checkpoint, HistoryEntry, default_colours,  # noqa: F401  (the API)
+                              save_checkpoint)
+from wilss.config import TagsBaseConfig, UpdateConfig, to_dict
+from wilss.conventions import BACKGROUND_NAME, extend_colours, hex_to_rgb
 from wilss.data import DataError
 from wilss.distributed import current_world
-from wilss.engine import Progress, Snapshot  # noqa: F401  (part of the API)
+from wilss.engine import Progress, Snapshot, seed_everything  # noqa: F401  (part of the API)
 from wilss.export import ExportError, export_onnx  # noqa: F401  (part of the API)
 from wilss.inference import Prediction, Predictor  # noqa: F401  (part of the API)
-from wilss.recipes import DEMO_UPDATE  # noqa: F401  (the CPU-sized settings of the samples)
+from wilss.recipes import DEMO_UPDATE, TAGS_BASE  # noqa: F401  (the CPU-sized settings of the samples)
 from wilss.resume import Resumer
 from wilss.runtime import RuntimeConfig
 from wilss.scoring import EvalSet, Scores, mask_eval_set, score  # noqa: F401  (part of the API)
 from wilss.tags import TaggedSet, check_new_classes, read_tagged_folder, settle_negatives  # noqa: F401
 from wilss.trainer import WeakUpdate
 from wilss.masked_update import MaskedUpdate
+from wilss.tags_base import TagsBaseTraining, check_tags_only
 from wilss.training_data import fitted_image, masked_training_set, tagged_training_set
 
 log = logging.getLogger(__name__)
@@ -237,6 +241,113 @@ def run_update(request: Union[UpdateRequest, UpdatePlan], *, device=None, runtim
                      snapshot_every=snapshot_every, sync_bn=sync_bn)
 
 
+# ------------------------------------------------------------------------------------ a base from tags alone
+@dataclass(frozen=True)
+class TagsBaseRequest:
+    """Step 0 from image tags alone (``wilss.tags_base``: a new model, one class per tag, plus background), as
+    ``pretrain --tags`` and the app's "start from tags alone" ask for it; nothing is checked until ``validate``."""
+
+    tagged: TaggedSet                        # images with their tags (untagged: negatives)
+    cfg: TagsBaseConfig = TAGS_BASE
+    arch: str = "efficientnet_lite0"         # a network of ``models`` (``models.build_segmenter``)
+    encoder: str = "imagenet"                # 'imagenet' (the installed weights), 'none', or what ``init`` loads
+    init: Optional[Callable] = None          # init(model) starts the encoder (e.g. from a pretext network)
+    source: str = ""                         # where the images came from: recorded in the history
+    tool: Optional[str] = None               # who made it ('app'): recorded when given
+
+    def validate(self) -> TagsBasePlan:
+        """The checked plan. Raises ``DataError`` for no tagged image, a 'background' tag, tags on every image
+        (``wilss.tags_base.check_tags_only``), ImageNet weights for a network without them or not installed."""
+        classes, note = check_tags_only(self.tagged)
+        if self.encoder == "imagenet" and self.init is None and self.arch not in IMAGENET_NETS:
+            raise DataError(f"The {self.arch} network has no ImageNet weights; use one of {', '.join(IMAGENET_NETS)} "
+                            "or start it from scratch.")
+        return TagsBasePlan(self, [BACKGROUND_NAME, *classes], default_colours(len(classes) + 1), note)
+
+
+@dataclass(frozen=True)
+class TagsBasePlan:
+    """A checked ``TagsBaseRequest``: the classes it learns (background first) and their colours."""
+
+    request: TagsBaseRequest
+    class_names: list[str]
+    colours: np.ndarray                      # K x 3 uint8
+    note: str = ""
+
+    tagged = property(lambda self: self.request.tagged)
+    cfg = property(lambda self: self.request.cfg)
+    new_names = property(lambda self: self.class_names[1:])   # every class is new (the page's CAM columns)
+
+    def describe(self) -> str:
+        counts = self.tagged.counts()
+        return (f"learning {', '.join(f'{c} ({counts[c]} images)' for c in self.new_names)} from the tags of "
+                f"{len(self.tagged)} images ({self.tagged.num_negatives} untagged) on {self.request.arch} "
+                f"(encoder: {self.request.encoder}); {self.cfg.epochs} epochs ({self.cfg.warmup_epochs} of l_CLS "
+                "alone)")
+
+
+class TagsBaseRun:
+    """A base from tags under way (``UpdateRun``'s interface): iterating trains, one ``Progress`` per iteration
+    (stop iterating to cancel); after the last, ``checkpoint()`` is the new model, its history one 'pretrain' step
+    whose settings say ``supervision: tags``."""
+
+    def __init__(self, plan: TagsBasePlan, *, device=None, snapshot_indices: Sequence[int] = ()) -> None:
+        request, self.plan = plan.request, plan
+        self._start = time.perf_counter()
+        seed_everything(plan.cfg.seed)
+        model = build_segmenter(arch=request.arch, num_classes=len(plan.class_names))
+        try:
+            if request.init is not None:
+                request.init(model)
+            elif request.encoder == "imagenet":
+                load_imagenet_encoder(model)
+        except ValueError as err:   # missing weights (the message names the package), a mismatched encoder
+            raise DataError(str(err)) from None
+        self.dataset = tagged_training_set(plan.tagged, plan.new_names, plan.cfg)
+        self.update = TagsBaseTraining(model, self.dataset, plan.cfg, device=device,
+                                       snapshot_items=[self.item(i) for i in snapshot_indices])
+        self.last: Optional[Progress] = None
+        self.seconds = 0.0
+
+    def item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Training image ``index`` fitted to the crop size (``HxWx3`` uint8), with its ``K-1`` multi-hot tags."""
+        return fitted_image(self.plan.tagged.paths[index], self.plan.cfg.crop_size), self.dataset.targets[index]
+
+    def __iter__(self) -> Iterator[Progress]:
+        try:
+            for progress in self.update.run():
+                self.last = progress
+                yield progress
+        finally:
+            self.seconds = time.perf_counter() - self._start
+
+    @property
+    def finished(self) -> bool:
+        return self.last is not None and self.last.iteration == self.last.total_iterations
+
+    def checkpoint(self) -> Checkpoint:
+        """The new model (a CPU copy) with its step-0 history entry."""
+        if not self.finished:
+            raise RuntimeError("the base has not finished training, there is no result")
+        plan, request = self.plan, self.plan.request
+        settings = {"supervision": "tags", "arch": request.arch, "encoder": request.encoder, **to_dict(plan.cfg)}
+        figures = {"train_seconds": round(self.seconds, 1),
+                   **{f"final_loss_{k}": round(v, 4) for k, v in self.last.losses.items()}}
+        entry = HistoryEntry("pretrain", list(plan.new_names), len(plan.tagged), settings, figures, step=0,
+                             source=request.source, negatives=plan.tagged.num_negatives,
+                             tag_counts=plan.tagged.counts(), tool=request.tool)
+        model = copy.deepcopy(self.update.model).cpu().eval()
+        return Checkpoint(model=model, class_names=list(plan.class_names), colours=plan.colours,
+                          history=[entry.to_dict()], input_side=plan.cfg.crop_size)   # its images' scale
+
+
+def run_tags_base(request: Union[TagsBaseRequest, TagsBasePlan], *, device=None,
+                  snapshot_indices: Sequence[int] = ()) -> TagsBaseRun:
+    """Start training a base from tags alone (the request is validated first). Raises ``DataError``."""
+    plan = request.validate() if isinstance(request, TagsBaseRequest) else request
+    return TagsBaseRun(plan, device=device, snapshot_indices=snapshot_indices)
+
+
 def with_settings(base: UpdateConfig, values: dict) -> UpdateConfig:
     """``base`` with ``values`` (typed already) for some of its fields. Raises ``ValueError`` with the config's own
     reason (a bound of ``UPDATE_LIMITS``, warm-up >= epochs...)."""
@@ -247,6 +358,7 @@ def with_settings(base: UpdateConfig, values: dict) -> UpdateConfig:
 
 
 __all__ = ["Checkpoint", "DEMO_UPDATE", "EvalSet", "ExportError", "HistoryEntry", "Prediction", "Predictor",
-           "Progress", "Scores", "Snapshot", "TaggedSet", "UPDATE_OPTIONS", "UpdateConfig", "UpdatePlan",
-           "UpdateRequest", "UpdateRun", "export_onnx", "load", "mask_eval_set", "read_tagged_folder", "run_update",
+           "Progress", "Scores", "Snapshot", "TAGS_BASE", "TaggedSet", "TagsBaseConfig", "TagsBasePlan",
+           "TagsBaseRequest", "TagsBaseRun", "UPDATE_OPTIONS", "UpdateConfig", "UpdatePlan", "UpdateRequest",
+           "UpdateRun", "export_onnx", "load", "mask_eval_set", "read_tagged_folder", "run_tags_base", "run_update",
            "save_checkpoint", "score", "with_settings"]

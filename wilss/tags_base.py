@@ -22,18 +22,23 @@ The network is trained with softmax (``activation = 'softmax'``): the weak steps
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from typing import Iterator, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 from models.segmenter import Segmenter, resized
 from wilss import losses as L
 from wilss.config import TagsBaseConfig
-from wilss.conventions import denormalize
-from wilss.engine import Progress, make_loader, make_sgd, poly_schedule, resolve_device, run_loop, seed_everything
+from wilss.conventions import BACKGROUND_NAME, denormalize, normalize
+from wilss.data import DataError
+from wilss.engine import (Progress, Snapshot, make_loader, make_sgd, poly_schedule, resolve_device, run_loop,
+                          seed_everything)
 from wilss.pamr import balanced_ce, pamr, pamr_pseudo_label
+from wilss.tags import TaggedSet
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +138,75 @@ def train_tags_base(model: Segmenter, dataset: Dataset, cfg: TagsBaseConfig = Ta
     yield from run_loop(loader=loader, epochs=cfg.epochs, step=step, phase_of=phase_of, optimizer=optimizer,
                         scheduler=scheduler)
     model.eval()
+
+
+def check_tags_only(tagged: TaggedSet) -> tuple[list[str], str]:
+    """The classes a base from ``tagged`` alone learns (its tags, in name order) and a note for the user. Raises
+    ``DataError`` for what cannot make a base: no tagged image, a tag named 'background', or tags that every image
+    carries (with the background always tagged, l_CLS would then have nothing to contrast: a single class on every
+    image is the common case)."""
+    classes = list(tagged.class_names)
+    if not classes:
+        raise DataError(f"None of the {len(tagged)} images is tagged. A base from tags alone learns one class per tag: "
+                        "tag the images that show each class (images without a tag are used as negatives).")
+    if BACKGROUND_NAME in classes:
+        raise DataError(f"No tag may be '{BACKGROUND_NAME}': every model has it already. Tag only what the images "
+                        "show (images showing none of the classes stay untagged).")
+    counts = tagged.counts()
+    always = [c for c in classes if counts[c] == len(tagged)]
+    if len(always) == len(classes):
+        what = f"the only class, '{classes[0]}', tags" if len(classes) == 1 else "every class tags"
+        raise DataError(f"In these {len(tagged)} images {what} every image, so the tags cannot tell where "
+                        f"{'it is' if len(classes) == 1 else 'they are'} not. Add images without "
+                        f"{'it' if len(classes) == 1 else 'each class'} (untagged images are negatives), or tag "
+                        "more classes.")
+    notes = []
+    if always:
+        notes.append(f"{', '.join(always)} tag every image, so the tags cannot tell where they are not; add images "
+                     "without them for a better base.")
+    if tagged.num_negatives:
+        notes.append(f"{tagged.num_negatives} image(s) carry no tag: they are used as negatives (showing none of the "
+                     "classes).")
+    return classes, " ".join(notes)
+
+
+class TagsBaseTraining:
+    """``train_tags_base`` with what a page needs between iterations (the ``WeakUpdate`` interface the app uses):
+    ``run()`` yields one ``Progress`` per iteration, ``snapshots()`` pictures ``snapshot_items`` (``HxWx3`` uint8
+    images with their ``K-1`` multi-hot tags) by the model as it is. ``model`` is trained in place."""
+
+    def __init__(self, model: Segmenter, dataset: Dataset, cfg: TagsBaseConfig, *,
+                 device: str | torch.device | None = None,
+                 snapshot_items: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> None:
+        self.model, self.dataset, self.cfg = model, dataset, cfg
+        self.device = resolve_device(device)
+        self.snapshot_items = list(snapshot_items)
+
+    def run(self, resumer=None) -> Iterator[Progress]:
+        if resumer is not None:
+            raise ValueError("a base from tags alone cannot resume")
+        yield from train_tags_base(self.model, self.dataset, self.cfg, device=self.device)
+
+    @torch.no_grad()
+    def snapshots(self) -> list[Snapshot]:
+        """For each snapshot item: the softmax score of each class (as CAMs), the PAMR-refined pseudo ground truth
+        the network learns after the warm-up (void where ambiguous) and the prediction, at the image's size."""
+        training = self.model.training
+        self.model.eval()
+        try:
+            return [self._snapshot(i, image, tags) for i, (image, tags) in enumerate(self.snapshot_items)]
+        finally:
+            self.model.train(training)
+
+    def _snapshot(self, index: int, image: np.ndarray, tags: np.ndarray) -> Snapshot:
+        x = normalize(image)[None].to(self.device)
+        size = image.shape[:2]
+        scores = self.model.decode(self.model.encode(x))
+        tags_t = torch.as_tensor(np.asarray(tags), dtype=torch.float32, device=self.device)[None]
+        pseudo = pseudo_ground_truth(x, scores, tags_t, stride=self.cfg.pamr_stride,
+                                     iterations=self.cfg.pamr_iterations)
+        pseudo = F.interpolate(pseudo[:, None].float(), size=size, mode="nearest")[0, 0]
+        probs = F.interpolate(scores.float(), size=size, mode="bilinear", align_corners=False).softmax(1)
+        return Snapshot(index=index, image=image, cams=probs[0, 1:].cpu().numpy().astype(np.float32),
+                        pseudo_label=pseudo.cpu().numpy().astype(np.uint8),
+                        prediction=probs[0].argmax(0).cpu().numpy().astype(np.uint8))

@@ -1,0 +1,59 @@
+"""How the app process serves for long: a client that goes away is one log line, and memory freed by a finished
+update or a large request goes back to the system. No gradio here (the middleware is plain ASGI).
+
+Why: under load (``python -m app.stress``) a client whose upload outlived its own timeout left a 70-line starlette
+``ClientDisconnect`` traceback in the server's log, and the app's resident memory doubled: training and predicting
+run in whichever of gradio's worker threads is free, glibc gives busy threads arenas of their own (up to 8 per
+core), and memory freed in one arena is neither reused by the others nor returned to the system.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+from starlette.requests import ClientDisconnect
+
+log = logging.getLogger(__name__)
+
+M_ARENA_MAX = -8     # glibc's mallopt parameter number (malloc.h)
+ARENAS = 2           # enough for a server whose heavy work is one update at a time
+
+
+class QuietDisconnects:
+    """ASGI middleware: a request whose client disconnected before it was read (starlette's ``ClientDisconnect``,
+    e.g. an upload cut by the client's timeout) is logged as one line; there is nobody left to answer."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except ClientDisconnect:
+            client = scope.get("client") or ("?", 0)
+            log.warning("client %s:%s went away during %s %s; request dropped", client[0], client[1],
+                        scope.get("method", ""), scope.get("path", ""))
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None   # glibc only
+
+
+def limit_arenas(arenas: int = ARENAS) -> bool:
+    """Cap glibc's malloc arenas (as ``MALLOC_ARENA_MAX`` would) before the server starts its threads. Returns
+    whether it applied (False off glibc)."""
+    libc = _libc()
+    return bool(libc is not None and libc.mallopt(M_ARENA_MAX, arenas) == 1)
+
+
+def release_memory() -> bool:
+    """Give the free memory of every arena back to the system (``malloc_trim``): after an update or a large request.
+    Returns whether any was released (False off glibc)."""
+    libc = _libc()
+    return bool(libc is not None and libc.malloc_trim(0))
