@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from app.session_files import folder_name
-from app.testing import ROOT, free_port, tiny_checkpoint
+from research.app_testing import ROOT, free_port, tiny_checkpoint
 from wilss.data import list_images
 
 SHORT = dict(epochs=2, warmup_epochs=1, batch_size=8, localizer_channels=16)
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
     p.add_argument("--updates", type=int, default=4)
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (printed)")
     args = p.parse_args(argv)
-    from wilss.demo import write_samples
+    from research.demo import write_samples
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # a timeout's SIGTERM still stops the app (finally)
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from models import DEFAULT_CHECKPOINT
-from wilss import recipes, world
+from research import recipes, world
+from research.experiments import Benchmark, LabelledSplit
 from wilss.checkpoint import load_checkpoint
-from wilss.experiments import Benchmark, LabelledSplit
 
 pytestmark = pytest.mark.slow  # ~25 minutes of training on a busy two-core machine
 

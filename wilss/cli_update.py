@@ -29,7 +29,7 @@ from wilss.conventions import colorize, voc_palette
 from wilss.data import validate_images
 from wilss.distributed import World, cleanup, setup_from_env
 from wilss.engine import Snapshot, batches_per_epoch
-from wilss.protocol import select_images
+from wilss.tasks import select_images
 from wilss.pseudo_labels import export_pseudo_labels
 from wilss.render import cam_overlay
 from wilss.runtime import PLAIN
@@ -37,7 +37,7 @@ from wilss.scoring import EvalSet, mask_eval_set, read_world, score, world_eval_
 from wilss.service import UpdatePlan, UpdateRequest, run_update
 from wilss.step_masks import read_step_masks
 from wilss.tags import TaggedSet, read_tagged_folder
-from wilss.world import WORLD_CLASSES
+from wilss.recipes import WORLD_CLASSES
 
 log = logging.getLogger(__name__)
 

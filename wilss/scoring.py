@@ -19,7 +19,7 @@ from wilss.data import DataError, check_mask_pairs, read_mask_folder
 from wilss.training_data import PixelDataset
 from wilss.inference import evaluate
 from wilss.metrics import per_class_table, percent, summarize
-from wilss.world import WORLD_CLASSES
+from wilss.recipes import WORLD_CLASSES
 
 
 # ----------------------------------------------------------------------------------------- labelled sets

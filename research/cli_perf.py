@@ -12,7 +12,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
-from wilss.bench import CONFIGS, GPU_PEAK_TFLOPS, Measurement, build_setup, interleaved_seconds, measure
+from research.bench import CONFIGS, GPU_PEAK_TFLOPS, Measurement, build_setup, interleaved_seconds, measure
 from wilss.cli_common import (CliError, add_common_flags, device_arg, non_negative_int, positive_float,
                               positive_int)
 from wilss.engine import resolve_device

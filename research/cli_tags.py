@@ -14,14 +14,14 @@ from typing import Sequence
 
 from models import build_segmenter
 from models.segmenter import Segmenter
-from wilss import recipes
+from research import recipes
+from research.experiment_setup import base_network, encoder_path, quick, world_encoder
+from research.experiments import Benchmark, Row
 from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
 from wilss.cli_common import CliError, ProgressBar, percent
 from wilss.config import to_dict
 from wilss.conventions import BACKGROUND_NAME
 from wilss.engine import seed_everything
-from wilss.experiment_setup import base_network, encoder_path, quick, world_encoder
-from wilss.experiments import Benchmark, Row
 from wilss.tags import read_tagged_folder
 from wilss.tags_base import train_tags_base
 from wilss.training_data import tagged_training_set

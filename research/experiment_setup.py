@@ -9,14 +9,14 @@ from typing import Sequence
 
 from models import DEFAULT_ENCODER
 from models.imagenet import IMAGENET_NETS, load_imagenet_encoder
-from wilss import recipes
+from research import recipes
+from research.experiments import Protocol, Row, camvid_splits
+from research.protocol import parse_task
 from wilss.cli_common import REPO_ROOT, CliError, open_checkpoint
 from wilss.config import OptimConfig
 from wilss.data import DataError
 from wilss.datasets import camvid_classes
-from wilss.experiments import Protocol, Row, camvid_splits
 from wilss.metrics import percent
-from wilss.protocol import parse_task
 
 ENCODER_DEFAULT = object()  # --encoder not given: see encoder_path
 DEFAULT_CAMVID = REPO_ROOT.parent / "shared" / "datasets" / "camvid"
