@@ -1,6 +1,6 @@
 """``benchmark demo``: the app's one-click demo, timed and scored.
 
-    python -m wilss benchmark demo [--base CKPT] [--samples DIR] [--device auto] [--out FILE] [--quick]
+    python -m research benchmark demo [--base CKPT] [--samples DIR] [--device auto] [--out FILE] [--quick]
                                    [--curve N]
 
 Runs the demo's update exactly as the app does (``research.demo.run_demo``), then prints the demo class's IoU and mIoU

@@ -192,10 +192,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "every step. Defaults are the paper's (DeepLabV3 ResNet-101, 30 epochs at step 0, 40 per weak "
                     "step with 5 of warm-up, batch 24, crop 512). Layouts: docs/datasets.md.",
         epilog="examples:\n"
-               "  python -m wilss reproduce voc --data VOCdevkit/VOC2012 --task 15-5 --setting both \\\n"
+               "  python -m research reproduce voc --data VOCdevkit/VOC2012 --task 15-5 --setting both \\\n"
                "      --backbone-weights resnet101-63fe2227.pth --workers 8 --out runs/voc-15-5\n"
-               "  python -m wilss generate --voc-layout voc-mini/\n"
-               "  python -m wilss reproduce voc --data voc-mini --task 5-2 --arch tiny \\\n"
+               "  python -m research generate --voc-layout voc-mini/\n"
+               "  python -m research reproduce voc --data voc-mini --task 5-2 --arch tiny \\\n"
                "      --epochs-base 2 --epochs-step 2 --crop-size 64 --batch-size 8")
     p.add_argument("dataset", choices=("voc", "folder"),
                    help="voc: the VOC layout (JPEGImages/, SegmentationClass[Aug]/, ImageSets/Segmentation/*.txt); "

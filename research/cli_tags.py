@@ -1,8 +1,8 @@
 """Step 0 from image tags alone (``wilss.tags_base``), as ``pretrain --tags`` and ``benchmark --tags-base`` run it.
 Not a command: the part of those two commands that trains a base from tags.
 
-    python -m wilss pretrain --tags FOLDER --out base.pt       # a folder of images + tags.csv, no masks
-    python -m wilss benchmark camvid --tags-base               # the tags-only base against the pixel base
+    python -m research pretrain --tags FOLDER --out base.pt       # a folder of images + tags.csv, no masks
+    python -m research benchmark camvid --tags-base               # the tags-only base against the pixel base
 """
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ def encoder_network(args: argparse.Namespace):
     if path is None or path == IMAGENET:
         return None, None
     if not path.is_file():
-        raise CliError(f"--encoder {path} does not exist; create it with `python -m wilss pretrain --pretext --out "
+        raise CliError(f"--encoder {path} does not exist; create it with `python -m research pretrain --pretext --out "
                        f"{path}`, or give --encoder none to train from scratch")
     return open_checkpoint(path).model, path
 

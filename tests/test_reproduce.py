@@ -1,4 +1,4 @@
-"""``python -m wilss reproduce voc`` end to end on a generated VOC-layout tree (tiny network, 48 px, 1-2 epochs): the
+"""``python -m research reproduce voc`` end to end on a generated VOC-layout tree (tiny network, 48 px, 1-2 epochs): the
 paper-layout table, the wall time per step, a checkpoint per step whose history holds every step; and bad input."""
 import pytest
 

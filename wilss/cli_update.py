@@ -128,7 +128,7 @@ def plan_from_world(args: argparse.Namespace) -> AddClass:
     strangers = [n for n in ckpt.class_names[1:] if n not in WORLD_CLASSES]
     if strangers:
         raise CliError(f"the checkpoint knows classes that are not in the world ({', '.join(strangers)}); "
-                       "--world needs a base trained on it ('python -m wilss pretrain')")
+                       "--world needs a base trained on it ('python -m research pretrain')")
     task = recipes.world_task()
     meta = read_world(args.world)
     images, _, present = world_split(args.world, meta, "train")
@@ -252,7 +252,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                           "the tags come from the masks (docs/methods.md)")
     src.add_argument("--world", type=Path, metavar="DIR",
                      help="instead: step 1 of the world benchmark (adds crescent and arrow) on a folder written "
-                          "by 'generate --out'; scored on its test split")
+                          "by 'python -m research generate --out'; scored on its test split")
     out = p.add_argument_group("result")
     out.add_argument("--out", required=True, type=Path, metavar="OUT", help="the new checkpoint file")
     out.add_argument("--overwrite", action="store_true", help="replace an existing --out (never the input)")

@@ -10,7 +10,7 @@ VOC layout (``root`` is ``VOCdevkit/VOC2012``)::
     root/classes.txt                      optional: one class name per line (line i = id i), for other classes
 
 A list line is ``NAME``, or ``IMAGE MASK`` paths relative to ``root`` (MiB / WILSON's ``train_aug.txt``).
-Generic folder layout (what ``python -m wilss generate --out`` writes): ``root/<split>/images/NAME.ext`` with
+Generic folder layout (what ``python -m research generate --out`` writes): ``root/<split>/images/NAME.ext`` with
 ``root/<split>/masks/NAME.png``; class names from ``root/classes.txt`` or ``root/world.json``.
 """
 from __future__ import annotations

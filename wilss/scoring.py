@@ -58,10 +58,10 @@ def read_world(root: Path) -> dict:
     meta_path = root / "world.json"
     if not root.is_dir():
         raise DataError(f"The world folder '{root}' does not exist. Write one with "
-                        f"'python -m wilss generate --out {root}'.")
+                        f"'python -m research generate --out {root}'.")
     if not meta_path.is_file():
         raise DataError(f"'{root}' has no world.json, so it is not a folder written by "
-                        f"'python -m wilss generate --out DIR'.")
+                        f"'python -m research generate --out DIR'.")
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
