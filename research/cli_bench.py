@@ -254,6 +254,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ parsers
 def register(commands: argparse._SubParsersAction) -> None:
+    register_generate(commands)
+    register_pretrain(commands)
+    register_benchmark(commands)
+
+
+def register_generate(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "generate", help="write the procedural world (train/val/test with masks) or the demo's tagged samples",
         description="--out DIR: the procedural world of textured shapes with exact masks (world.json, "
@@ -276,6 +282,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_common_flags(p)
     p.set_defaults(run=cmd_generate)
 
+
+def register_pretrain(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "pretrain", help="train a base model (step 0, pixel labels): the shipped default by the world recipe, "
                          "the pretext network its encoder starts from, or one on your own data (--data)",
@@ -316,13 +324,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_common_flags(p)
     p.set_defaults(run=cmd_pretrain)
 
+
+def register_benchmark(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "benchmark", help="base, WILSS, fine-tuning and joint training on a protocol, as mIoU tables",
         description="Train the base model with pixel labels, add the step-1 classes from tags with WILSS and with "
                     "plain fine-tuning (FT), train the joint pixel-supervised upper bound, and print mIoU old / "
                     "new / all of each on the test split; --methods adds the other incremental methods (ILT, the "
-                    "offline pseudo-label pipeline, MiB with masks) on the same data and schedule. For the world, also checks the goals (exit status 1 "
-                    "when one fails, except in a shortened run: --quick, --epochs-step, --epochs-base).")
+                    "offline pseudo-label pipeline, MiB with masks) on the same data and schedule. For the world, "
+                    "also checks the goals (exit status 1 when one fails, except in a shortened run: --quick, "
+                    "--epochs-step, --epochs-base).")
     p.add_argument("dataset", choices=("world", "camvid", "demo"),
                    help="world: generated in memory; camvid: from --data; demo: the app's one-click update from "
                         "samples/, timed, scored on the world's test split and samples/heldout.zip")
