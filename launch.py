@@ -45,6 +45,65 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class LaunchError(ValueError):
+    """Bad flags or files: printed as ``error: ...``, exit status 2."""
+
+
+def check_flags(args: argparse.Namespace, auth: str | None) -> None:
+    """The numeric flags and the login, before anything is loaded; ``--threads`` is applied here."""
+    import torch
+
+    if auth is not None and (":" not in auth or not auth.split(":", 1)[0] or not auth.split(":", 1)[1]):
+        raise LaunchError("--auth must be USER:PASSWORD")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise LaunchError("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
+    if args.max_side < 32:
+        raise LaunchError("--max-side must be at least 32")
+    if args.max_upload_mb < 1:
+        raise LaunchError("--max-upload-mb must be at least 1")
+
+
+def pick_device(name: str) -> str:
+    """``--device`` resolved ('auto': CUDA when available), refused where this machine has no such device."""
+    import torch
+
+    from wilss.engine import resolve_device
+
+    try:
+        device = str(resolve_device(name))
+    except RuntimeError as err:
+        raise LaunchError(f"--device {name}: {err}") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LaunchError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+def pick_checkpoint(spec: str | None, workdir: Path) -> Path:
+    """The base model's file, opened once to check it: ``spec`` (a file or torchvision:NAME, saved once in the work
+    folder), or the shipped default."""
+    from app.session import base_file, open_checkpoint
+    from models import DEFAULT_CHECKPOINT
+    from wilss.bases import is_base_spec
+    from wilss.checkpoint import CheckpointError
+
+    checkpoint = Path(spec or DEFAULT_CHECKPOINT).resolve()
+    if spec and is_base_spec(spec):
+        try:   # saved once in the work folder; every session starts from that file
+            checkpoint = base_file(spec, workdir / "bases").resolve()
+        except CheckpointError as err:
+            raise LaunchError(f"--checkpoint: {err}") from None
+    if not checkpoint.exists() and checkpoint == DEFAULT_CHECKPOINT.resolve():
+        raise LaunchError(f"the default base checkpoint {checkpoint} does not exist yet: create it with "
+                          f"'python -m research pretrain --out {checkpoint}', or pass --checkpoint")
+    try:
+        open_checkpoint(checkpoint)
+    except CheckpointError as err:
+        raise LaunchError(f"--checkpoint: {err}") from None
+    return checkpoint
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -56,52 +115,15 @@ def main(argv=None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     sys.path.insert(0, str(ROOT))
 
-    import torch
+    from app.session import AppConfig
 
-    from app.session import AppConfig, base_file, open_checkpoint
-    from models import DEFAULT_CHECKPOINT
-    from wilss.bases import is_base_spec
-    from wilss.checkpoint import CheckpointError
-    from wilss.engine import resolve_device
-
-    checkpoint = Path(args.checkpoint or DEFAULT_CHECKPOINT).resolve()
     auth = args.auth or os.environ.get("WILSS_APP_AUTH")
-    if auth is not None and (":" not in auth or not auth.split(":", 1)[0] or not auth.split(":", 1)[1]):
-        print("error: --auth must be USER:PASSWORD", file=sys.stderr)
-        return 2
-    if args.threads is not None:
-        if args.threads < 1:
-            print("error: --threads must be at least 1", file=sys.stderr)
-            return 2
-        torch.set_num_threads(args.threads)
-    if args.max_side < 32:
-        print("error: --max-side must be at least 32", file=sys.stderr)
-        return 2
-    if args.max_upload_mb < 1:
-        print("error: --max-upload-mb must be at least 1", file=sys.stderr)
-        return 2
     try:
-        device = str(resolve_device(args.device))
-    except RuntimeError as err:
-        print(f"error: --device {args.device}: {err}", file=sys.stderr)
-        return 2
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"error: --device {args.device}: no CUDA GPU is available here; use --device cpu", file=sys.stderr)
-        return 2
-    if args.checkpoint and is_base_spec(args.checkpoint):
-        try:   # saved once in the work folder; every session starts from that file
-            checkpoint = base_file(args.checkpoint, workdir / "bases").resolve()
-        except CheckpointError as err:
-            print(f"error: --checkpoint: {err}", file=sys.stderr)
-            return 2
-    if not checkpoint.exists() and checkpoint == DEFAULT_CHECKPOINT.resolve():
-        print(f"error: the default base checkpoint {checkpoint} does not exist yet: create it with "
-              f"'python -m wilss pretrain --out {checkpoint}', or pass --checkpoint", file=sys.stderr)
-        return 2
-    try:
-        open_checkpoint(checkpoint)
-    except CheckpointError as err:
-        print(f"error: --checkpoint: {err}", file=sys.stderr)
+        check_flags(args, auth)
+        device = pick_device(args.device)
+        checkpoint = pick_checkpoint(args.checkpoint, workdir)
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
 
     from app.ui import launch   # imports gradio: after GRADIO_TEMP_DIR is set

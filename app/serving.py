@@ -1,7 +1,7 @@
 """How the app process serves for long: a client that goes away is one log line, and memory freed by a finished
 update or a large request goes back to the system. No gradio here (the middleware is plain ASGI).
 
-Why: under load (``python -m app.stress``) a client whose upload outlived its own timeout left a 70-line starlette
+Why: under load (``python -m research.stress``) a client whose upload outlived its own timeout left a 70-line starlette
 ``ClientDisconnect`` traceback in the server's log, and the app's resident memory doubled: training and predicting
 run in whichever of gradio's worker threads is free, glibc gives busy threads arenas of their own (up to 8 per
 core), and memory freed in one arena is neither reused by the others nor returned to the system.

@@ -6,7 +6,7 @@ from models.segmenter import GrowableClassifier, Segmenter
 from models.torchvision_nets import TORCHVISION_NETS, pretrained_torchvision
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "default_base.pt"
-# The pretext network (wilss.pretext, our ImageNet stand-in) whose encoder starts every world network.
+# The pretext network (research.pretext, our ImageNet stand-in) whose encoder starts every world network.
 DEFAULT_ENCODER = Path(__file__).resolve().parent / "pretext_tiny.pt"
 
 __all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "DEFAULT_CHECKPOINT", "DEFAULT_ENCODER", "GrowableClassifier", "Segmenter",

@@ -20,9 +20,9 @@ sync_api = pytest.importorskip("playwright.sync_api",
 if not CHROMIUM.exists():
     pytest.skip(f"the browser test needs Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
-from app.testing import launched, tiny_checkpoint  # noqa: E402
+from research.app_testing import launched, tiny_checkpoint  # noqa: E402
+from research.demo import write_samples  # noqa: E402
 from wilss.checkpoint import load_checkpoint  # noqa: E402
-from wilss.demo import write_samples  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ DEMO_ARROW_FLOOR = 35.0
 
 def test_the_default_demo_teaches_arrow_in_the_browser(tmp_path_factory, page):
     """The first five minutes: the shipped base and samples/, one click with the default settings."""
-    from app.testing import ROOT
+    from research.app_testing import ROOT
     from models import DEFAULT_CHECKPOINT
 
     root = tmp_path_factory.mktemp("demo_browser")

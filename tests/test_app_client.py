@@ -19,12 +19,12 @@ pytest.importorskip("gradio", reason="the app tests need gradio (pip install gra
 
 from gradio_client import Client, handle_file  # noqa: E402
 
-from app.testing import launched, tiny_checkpoint  # noqa: E402
 from app.update import ADVANCED  # noqa: E402
+from research.app_testing import launched, tiny_checkpoint  # noqa: E402
+from research.demo import write_samples
 from wilss.checkpoint import load_checkpoint  # noqa: E402
 from wilss.data import load_image  # noqa: E402
 from wilss.inference import Predictor  # noqa: E402
-from wilss.demo import write_samples
 from wilss.recipes import DEMO_UPDATE  # noqa: E402
 
 SHORT = dict(epochs=2, warmup_epochs=1, batch_size=8, localizer_channels=16)
@@ -43,7 +43,7 @@ def labelled_set(images_dir, masks_dir, n=6):
     """World scenes of the base classes and arrows, masks remapped to the updated model's ids (arrow = 8)."""
     from PIL import Image
 
-    from wilss.world import WORLD_CLASSES, generate
+    from research.world import WORLD_CLASSES, generate
 
     images_dir.mkdir()
     masks_dir.mkdir()

@@ -9,12 +9,12 @@ from PIL import Image
 
 from app import intake, views
 from app.session import AppConfig, DeviceQueue, Session
-from app.testing import WORLD_BASE, tiny_checkpoint
 from app.update import loss_names, make_config, plan_update, watch_indices
+from research.app_testing import WORLD_BASE, tiny_checkpoint
 from wilss.checkpoint import CheckpointError, load_checkpoint
 from wilss.data import DataError
-from wilss.tags import TaggedSet
 from wilss.recipes import DEMO_UPDATE
+from wilss.tags import TaggedSet
 
 
 def png(path, value=0):

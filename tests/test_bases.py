@@ -11,16 +11,16 @@ from torchvision.models import segmentation
 
 from models import TORCHVISION_NETS, build_segmenter
 from models.torchvision_nets import weights_file
+from research.world import generate
 from wilss.bases import open_model
 from wilss.checkpoint import CheckpointError, load_checkpoint, new_checkpoint, save_checkpoint
 from wilss.cli import main
 from wilss.config import PretrainConfig, UpdateConfig
 from wilss.conventions import class_palette, normalize
-from wilss.training_data import PixelDataset, TagDataset
 from wilss.engine import last
 from wilss.inference import Predictor
 from wilss.trainer import AUX_WEIGHT, WeakUpdate, pretrain
-from wilss.world import generate
+from wilss.training_data import PixelDataset, TagDataset
 
 CHEAP = ("deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
 

@@ -1,4 +1,4 @@
-"""``python -m wilss``: bad input ends in one 'error:' line with exit status 2 and nothing written; a tiny
+"""``python -m wilss`` (and ``python -m research``'s generate, pretrain, benchmark): bad input ends in one 'error:' line with exit status 2 and nothing written; a tiny
 add-class -> predict -> evaluate chain works end to end (CPU, 64 px images, a width-8 network)."""
 import csv
 import json
@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from models import build_segmenter
-from wilss import recipes, world
+from research import recipes, world
+from research.cli import main as research_main
+from research.cli_bench import quick
 from wilss.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
 from wilss.cli import build_parser, main
-from wilss.cli_bench import quick
 from wilss.cli_common import update_config
 from wilss.cli_update import cam_overlay
 from wilss.config import UpdateConfig
@@ -24,8 +25,12 @@ FAST = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "4", "--crop-si
         "--localizer-channels", "16", "--device", "cpu", "--quiet"]
 
 
+RESEARCH = {"generate", "pretrain", "benchmark", "reproduce", "study", "bench"}   # python -m research's commands
+
+
 def run(argv, capsys):
-    code = main([str(a) for a in argv])
+    """Run ``argv`` through the entry point that has its command (``python -m wilss`` or ``python -m research``)."""
+    code = (research_main if str(argv[0]) in RESEARCH else main)([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 

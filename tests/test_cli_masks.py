@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from wilss import world
+from research import world
 from wilss.checkpoint import load_checkpoint
 from wilss.cli import build_parser
 from wilss.cli_common import update_config

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from models import DEFAULT_CHECKPOINT
-from wilss import recipes
+from research import recipes
 from wilss.checkpoint import load_checkpoint
 from wilss.config import PretrainConfig, UpdateConfig, from_dict, to_dict
 

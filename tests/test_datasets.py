@@ -7,15 +7,16 @@ from torchvision.models import resnet50
 
 from models import build_segmenter
 from models.builders import load_backbone_weights
+from research.experiments import LabelledSplit
+from research import world
+from research.world import WORLD_CLASSES
 from wilss import datasets
 from wilss.data import DataError, load_mask
-from wilss.experiments import LabelledSplit
-from wilss.world import WORLD_CLASSES
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    return datasets.write_voc_tree(tmp_path_factory.mktemp("voc") / "VOC2012", n_train=10, n_val=4, size=48, seed=3)
+    return world.write_voc_tree(tmp_path_factory.mktemp("voc") / "VOC2012", n_train=10, n_val=4, size=48, seed=3)
 
 
 def test_voc_tree_reads_back(tree):
@@ -29,7 +30,7 @@ def test_voc_tree_reads_back(tree):
     assert split.present[3] == set(np.unique(load_mask(pairs[3][1])).tolist())
     assert all(1 <= len(p - {0}) <= 3 for p in split.present)                 # 1-3 objects per scene
     with pytest.raises(FileExistsError):
-        datasets.write_voc_tree(tree)
+        world.write_voc_tree(tree)
 
 
 def test_voc_train_aug_list_with_paths(tree):
@@ -60,7 +61,7 @@ def test_voc_train_aug_list_with_paths(tree):
     ("empty_list", "is empty"),
 ])
 def test_voc_layout_errors(tmp_path, breakage, message):
-    root = datasets.write_voc_tree(tmp_path / "voc", n_train=3, n_val=2, size=32)
+    root = world.write_voc_tree(tmp_path / "voc", n_train=3, n_val=2, size=32)
     lists = root / "ImageSets" / "Segmentation"
     split = "train"
     if breakage == "no_root":
@@ -82,13 +83,13 @@ def test_voc_layout_errors(tmp_path, breakage, message):
 
 
 def test_voc_parent_folder_gets_a_hint(tmp_path):
-    datasets.write_voc_tree(tmp_path / "VOCdevkit" / "VOC2012", n_train=2, n_val=1, size=32)
+    world.write_voc_tree(tmp_path / "VOCdevkit" / "VOC2012", n_train=2, n_val=1, size=32)
     with pytest.raises(DataError, match="Did you mean .*VOCdevkit/VOC2012"):
         datasets.read_voc(tmp_path, "train")
 
 
 def test_split_folder_and_class_names(tmp_path):
-    from wilss.world import write_world
+    from research.world import write_world
 
     write_world(tmp_path, size=32, n_train=3, n_val=0, n_test=2)
     assert len(datasets.read_split_folder(tmp_path, "test")) == 2

@@ -2,11 +2,11 @@
 benchmark runs the app's update and scores it (a smoke run on a tiny untrained base)."""
 import numpy as np
 
-from app.testing import tiny_checkpoint
-from wilss.cli import main
+from research.app_testing import tiny_checkpoint
+from research.cli import main
+from research.demo import HELDOUT_FILE, demo_class_names, read_heldout, write_heldout
+from research.demo import write_samples
 from wilss.tags import read_tagged_folder
-from wilss.demo import HELDOUT_FILE, demo_class_names, read_heldout, write_heldout
-from wilss.demo import write_samples
 
 
 def test_heldout_zip_beside_the_tags_leaves_the_tagged_folder_as_it_was(tmp_path, caplog):

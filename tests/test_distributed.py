@@ -16,13 +16,13 @@ from test_cli import FAST, NEW, make_checkpoint, write_tagged
 from torch import nn
 
 from models import build_segmenter
+from research.cli import main
+from research.world import generate
 from wilss.checkpoint import load_checkpoint
 from wilss.config import UpdateConfig
-from wilss.training_data import TagDataset
-from wilss.cli import main
 from wilss.distributed import World, current_world, per_process_batch, setup_from_env, wrap_for_training
 from wilss.trainer import WeakUpdate
-from wilss.world import generate
+from wilss.training_data import TagDataset
 
 CFG = UpdateConfig(epochs=3, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8)
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from app import intake
-from app.testing import tiny_checkpoint
+from research.app_testing import tiny_checkpoint
 from wilss.cli import main
 from wilss.data import DataError
 from wilss.tags import read_tagged_folder
@@ -547,8 +547,8 @@ def test_the_served_app_hides_the_session_key_and_answers_parallel_identical_pre
     pytest.importorskip("gradio_client")
     from gradio_client import Client, handle_file
 
-    from app.testing import launched
-    from wilss.demo import write_samples
+    from research.app_testing import launched
+    from research.demo import write_samples
 
     samples = write_samples(tmp_path / "samples", n_positive=40, n_negative=24)
     work = tmp_path / "work"

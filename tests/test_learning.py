@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from models import DEFAULT_CHECKPOINT
-from wilss import recipes, world
+from research import recipes, world
+from research.experiments import Benchmark, LabelledSplit
 from wilss.checkpoint import load_checkpoint
-from wilss.experiments import Benchmark, LabelledSplit
 
 pytestmark = pytest.mark.slow  # ~25 minutes of training on a busy two-core machine
 
@@ -32,7 +32,7 @@ OLD_DROP_CEILING = 10.0  # at most this many mIoU points lost on the old classes
 @pytest.fixture(scope="module")
 def rows():
     if not DEFAULT_CHECKPOINT.exists():
-        pytest.skip(f"{DEFAULT_CHECKPOINT} is missing: create it with `python -m wilss pretrain --out {DEFAULT_CHECKPOINT}`")
+        pytest.skip(f"{DEFAULT_CHECKPOINT} is missing: create it with `python -m research pretrain --out {DEFAULT_CHECKPOINT}`")
     torch.set_num_threads(2)
     train = LabelledSplit.from_pairs(world.generate(500, seed=101, size=recipes.WORLD_SIZE))
     test = LabelledSplit.from_pairs(world.generate(100, seed=102, size=recipes.WORLD_SIZE))

@@ -6,12 +6,12 @@ import torch
 
 from models import build_segmenter
 from models.segmenter import resized
+from research.world import generate
 from wilss import losses as L
 from wilss.config import UpdateConfig
 from wilss.engine import last
 from wilss.masked_update import MaskedUpdate
 from wilss.training_data import masked_training_set
-from wilss.world import generate
 
 CFG = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, scale_range=(1.0, 1.0))
 NEW_ID = 4   # the world's triangle; the tiny base knows background, disc (1) and square (2)

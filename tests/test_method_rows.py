@@ -6,12 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from wilss import world
+from research import world
+from research.experiment_setup import shortened_schedules, with_epochs
+from research.experiments import Benchmark, LabelledSplit, Protocol
+from research.protocol import parse_task
+from research.world import WORLD_CLASSES
 from wilss.config import ILT_OUTPUT_DISTILLATION, PretrainConfig, UpdateConfig
-from wilss.experiment_setup import shortened_schedules, with_epochs
-from wilss.experiments import Benchmark, LabelledSplit, Protocol
-from wilss.protocol import parse_task
-from wilss.world import WORLD_CLASSES
 
 PRETRAIN = PretrainConfig(epochs=1, batch_size=8, crop_size=32, scale_range=(1.0, 1.0), lr=0.05)
 UPDATE = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=8, crop_size=32, scale_range=(1.0, 1.0),
@@ -53,7 +53,7 @@ def test_shortened_schedules_scale_the_warmup():
 @pytest.mark.slow
 def test_benchmark_command_runs_the_new_rows_on_a_small_world(monkeypatch, tmp_path, capsys):
     from wilss import recipes
-    from wilss.cli import main
+    from research.cli import main
 
     small = (LabelledSplit.from_pairs(world.generate(24, seed=1, size=64, min_objects=1, max_objects=3)),
              LabelledSplit.from_pairs(world.generate(4, seed=2, size=64)))

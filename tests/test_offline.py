@@ -3,10 +3,10 @@ import numpy as np
 import torch
 
 from models import build_segmenter
+from research.world import generate
 from wilss.config import UpdateConfig
 from wilss.offline import OfflinePipeline
 from wilss.training_data import TagDataset
-from wilss.world import generate
 
 
 def test_localizer_then_frozen_pseudo_labels_then_mib_step():

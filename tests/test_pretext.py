@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from models import build_segmenter
-from wilss import pretext, recipes, world
+from research import pretext, recipes, world
+from research.cli import main
 from wilss.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
-from wilss.cli import main
 
 
 def test_pretext_scenes_are_seeded_and_labelled_by_texture_family():

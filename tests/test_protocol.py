@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from wilss.protocol import (Step, Task, eval_label_map, label_map, parse_task, present_classes,
-                            select_images, tags_from_mask)
+from research.protocol import (Step, Task, eval_label_map, label_map, parse_task, present_classes,
+                               select_images, tags_from_mask)
 
 
 def test_parse_task_voc_specs():

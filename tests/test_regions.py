@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from research.world import generate
 from wilss.config import UpdateConfig
 from wilss.conventions import normalize
 from wilss.engine import last
 from wilss.regions import region_average, region_prior_target, superpixels
 from wilss.trainer import WeakUpdate
-from wilss.world import generate
 
 from test_trainer import small_model, tag_dataset
 
@@ -114,19 +114,20 @@ def test_the_weak_step_refines_its_target_by_the_region_prior(scenes):
 
 
 def test_the_command_line_sets_the_region_prior(capsys, tmp_path):
-    from wilss.cli import build_parser, main
+    from research.cli import build_parser as research_parser, main as research_main
+    from wilss.cli import build_parser
     from wilss.cli_common import update_config
 
-    args = build_parser().parse_args(["benchmark", "world", "--region-prior", "Felzenszwalb", "--region-scale", "50"])
+    args = research_parser().parse_args(["benchmark", "world", "--region-prior", "Felzenszwalb", "--region-scale", "50"])
     cfg = update_config(args, UpdateConfig())
     assert (cfg.region_prior, cfg.region_scale, cfg.region_segments) == ("felzenszwalb", 50.0, 800)
-    args = build_parser().parse_args(["benchmark", "camvid", "--region-prior", "slic", "--region-segments", "150"])
+    args = research_parser().parse_args(["benchmark", "camvid", "--region-prior", "slic", "--region-segments", "150"])
     assert (args.region_prior, args.region_segments, args.region_scale) == ("slic", 150, None)
-    assert main(["benchmark", "world", "--region-prior", "sam"]) == 2
+    assert research_main(["benchmark", "world", "--region-prior", "sam"]) == 2
     assert "is not a region prior" in capsys.readouterr().err
     args = build_parser().parse_args(["add-class", "--out", "x.pt", "--region-prior", "slic"])   # both faces take it
     assert update_config(args, UpdateConfig()).region_prior == "slic"
-    assert main(["benchmark", "demo", "--tags-base"]) == 2
+    assert research_main(["benchmark", "demo", "--tags-base"]) == 2
     assert "is for world and camvid" in capsys.readouterr().err
-    args = build_parser().parse_args(["benchmark", "camvid", "--pamr-refine-stride", "2"])
+    args = research_parser().parse_args(["benchmark", "camvid", "--pamr-refine-stride", "2"])
     assert update_config(args, UpdateConfig()).pamr_refine_stride == 2

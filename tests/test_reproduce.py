@@ -1,9 +1,9 @@
-"""``python -m wilss reproduce voc`` end to end on a generated VOC-layout tree (tiny network, 48 px, 1-2 epochs): the
+"""``python -m research reproduce voc`` end to end on a generated VOC-layout tree (tiny network, 48 px, 1-2 epochs): the
 paper-layout table, the wall time per step, a checkpoint per step whose history holds every step; and bad input."""
 import pytest
 
+from research.cli import main
 from wilss.checkpoint import load_checkpoint
-from wilss.cli import main
 
 TINY = ["--arch", "tiny", "--epochs-base", "1", "--epochs-step", "2", "--crop-size", "48", "--batch-size", "8",
         "--device", "cpu", "--quiet"]

@@ -13,15 +13,15 @@ import torch
 from test_cli import NEW, make_checkpoint, write_tagged
 
 from models import build_segmenter
+from research.world import generate
 from wilss.checkpoint import load_checkpoint
 from wilss.cli import main
 from wilss.config import UpdateConfig, to_dict
-from wilss.training_data import TagDataset
-from wilss.resume import ResumeError, Resumer, read_snapshot, resume_path
 from wilss.recipes import DEMO_UPDATE
+from wilss.resume import ResumeError, Resumer, read_snapshot, resume_path
 from wilss.trainer import WeakUpdate
+from wilss.training_data import TagDataset
 from wilss.transforms import train_transform
-from wilss.world import generate
 
 CFG = UpdateConfig(epochs=3, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8)
 

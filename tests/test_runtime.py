@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from models import build_segmenter
-from wilss.bench import BenchSetup, Measurement, measure
-from wilss.cli import main
-from wilss.cli_perf import format_report, pooled
+from research.bench import BenchSetup, Measurement, measure
+from research.cli import main
+from research.cli_perf import format_report, pooled
+from research.world import generate
 from wilss.config import UpdateConfig
-from wilss.training_data import TagDataset
 from wilss.runtime import PLAIN, Precision, RuntimeConfig, optimised, resolve_dtype
 from wilss.trainer import WeakUpdate
-from wilss.world import generate
+from wilss.training_data import TagDataset
 
 CFG = UpdateConfig(epochs=3, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8)
 

@@ -5,12 +5,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from wilss import world
+from research import world
+from research.experiments import Benchmark, LabelledSplit, Protocol
+from research.protocol import parse_task, select_images
+from research.sequence import format_steps, run_sequence
+from research.world import WORLD_CLASSES
 from wilss.config import PretrainConfig, UpdateConfig
-from wilss.experiments import Benchmark, LabelledSplit, Protocol
-from wilss.protocol import parse_task, select_images
-from wilss.sequence import format_steps, run_sequence
-from wilss.world import WORLD_CLASSES
 
 PRETRAIN = PretrainConfig(epochs=1, batch_size=8, crop_size=32, scale_range=(1.0, 1.0), lr=0.05)
 UPDATE = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=8, crop_size=32, scale_range=(1.0, 1.0),

@@ -9,7 +9,8 @@ from PIL import Image
 
 from app.update import ADVANCED, make_config
 from models import build_segmenter
-from wilss import service, world
+from research import world
+from wilss import service
 from wilss.checkpoint import HistoryEntry, load_checkpoint, new_checkpoint, save_checkpoint
 from wilss.cli import build_parser, main
 from wilss.cli_common import UPDATE_SWITCHES, UPDATE_VALUE_FLAGS, update_config

@@ -3,14 +3,14 @@
 
 import pytest
 
-from wilss import world
+from research import world
+from research.cli import main
+from research.experiments import Benchmark, LabelledSplit, Protocol
+from research.protocol import parse_task
+from research.studies import few_image_curve, fixed_budget, format_study, multi_vs_single, single_class_task
+from research.world import WORLD_CLASSES
 from wilss.checkpoint import new_checkpoint
-from wilss.cli import main
 from wilss.config import PretrainConfig, UpdateConfig
-from wilss.experiments import Benchmark, LabelledSplit, Protocol
-from wilss.protocol import parse_task
-from wilss.studies import few_image_curve, fixed_budget, format_study, multi_vs_single, single_class_task
-from wilss.world import WORLD_CLASSES
 
 PRETRAIN = PretrainConfig(epochs=1, batch_size=8, crop_size=32, scale_range=(1.0, 1.0), lr=0.05)
 UPDATE = UpdateConfig(epochs=10, warmup_epochs=2, batch_size=8, crop_size=32, scale_range=(1.0, 1.0),

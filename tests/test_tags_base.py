@@ -101,9 +101,9 @@ def test_the_benchmark_scores_the_tags_only_base_next_to_the_pixel_base():
     import argparse
     from dataclasses import replace
 
-    from wilss import recipes, world
-    from wilss.cli_tags import tags_base, tags_summary
-    from wilss.experiments import Benchmark, LabelledSplit
+    from research import recipes, world
+    from research.cli_tags import tags_base, tags_summary
+    from research.experiments import Benchmark, LabelledSplit
 
     train = LabelledSplit.from_pairs(world.generate(8, seed=0, size=32))
     test = LabelledSplit.from_pairs(world.generate(4, seed=1, size=32))

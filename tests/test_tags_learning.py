@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models import DEFAULT_ENCODER, build_segmenter
-from wilss import world
+from research import world
 from wilss.checkpoint import load_checkpoint
 from wilss.config import TagsBaseConfig
 from wilss.inference import evaluate

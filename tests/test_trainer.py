@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from models import build_segmenter
+from research.world import generate
 from wilss import losses as L
 from wilss.config import PretrainConfig, UpdateConfig
-from wilss.training_data import PixelDataset, TagDataset
 from wilss.engine import last
 from wilss.trainer import WeakUpdate, pretrain
-from wilss.world import generate
+from wilss.training_data import PixelDataset, TagDataset
 
 CFG = UpdateConfig(epochs=3, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wilss.world import WORLD_CLASSES, _draw_scene, generate, render_scene, sample_scene, write_split, write_world
+from research.world import WORLD_CLASSES, _draw_scene, generate, render_scene, sample_scene, write_split, write_world
 
 K = len(WORLD_CLASSES)
 OBJECTS = list(range(1, K))

@@ -59,5 +59,5 @@ def open_model(source: str | Path) -> Checkpoint:
     path = Path(source)
     if not path.exists() and path.resolve() == DEFAULT_CHECKPOINT.resolve():
         raise CheckpointError(f"the default base checkpoint {path} does not exist yet: create it with "
-                              f"'python -m wilss pretrain --out {path}', or pass --checkpoint")
+                              f"'python -m research pretrain --out {path}', or pass --checkpoint")
     return load_checkpoint(path)

@@ -1,9 +1,9 @@
 """``python -m wilss <command>``: the command-line entry point.
 
-The only place that configures logging and turns bad input into ``error: ...`` (exit status 2). Commands live in
-``cli_bench`` (generate, pretrain, benchmark), ``cli_update`` (add-class), ``cli_use`` (evaluate, predict, export) and
-``cli_reproduce`` (reproduce), ``cli_study`` (study) and ``cli_perf`` (bench, the speed of an update);
-each validates all of its input before it trains or writes anything.
+The only place that configures logging and turns bad input into ``error: ...`` (exit status 2); ``research.cli``
+runs its commands through ``run_command`` too. Commands live in ``cli_update`` (add-class) and ``cli_use`` (evaluate,
+predict, export); each validates all of its input before it trains or writes anything. The commands that make the
+project's data and figures (generate, pretrain, benchmark, reproduce, study, bench) are ``python -m research``'s.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from wilss import cli_bench, cli_perf, cli_reproduce, cli_study, cli_update, cli_use
+from wilss import cli_update, cli_use
 from wilss.cli_common import Parser
 from wilss.distributed import launched_by_torchrun
 
@@ -30,38 +30,40 @@ def build_parser() -> argparse.ArgumentParser:
         description="Add new classes to a trained semantic-segmentation model from image-level tags only "
                     "(WILSON, CVPR 2022), and train, score and use such models.",
         epilog="typical use:\n"
-               "  python -m wilss generate --samples samples/\n"
                "  python -m wilss add-class --images samples/ --class arrow=#ff8000 --out arrow.pt\n"
                "  python -m wilss predict --checkpoint arrow.pt --input photo.png --out predictions/ --overlay\n"
-               "Run 'python -m wilss COMMAND --help' for a command's options.")
+               "Run 'python -m wilss COMMAND --help' for a command's options.\n"
+               "The project's data and figures: 'python -m research --help'.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    cli_bench.register(commands)   # generate, pretrain, benchmark
     cli_update.register(commands)  # add-class
     cli_use.register(commands)     # evaluate, predict, export
-    cli_reproduce.register(commands)  # reproduce
-    cli_study.register(commands)   # study
-    cli_perf.register(commands)    # bench
-    order = ["generate", "pretrain", "add-class", "evaluate", "predict", "export", "benchmark", "reproduce", "study",
-             "bench"]
+    order = ["add-class", "evaluate", "predict", "export"]
     commands._choices_actions.sort(key=lambda a: order.index(a.dest))  # help lists them in workflow order
     return parser
 
 
-def _configure_logging(verbosity: int) -> None:
+def _configure_logging(verbosity: int, loggers: Sequence[str]) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     fmt = "%(levelname)s: %(message)s" if verbosity < 2 else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
-    logging.getLogger("wilss").setLevel(level)
+    for name in loggers:
+        logging.getLogger(name).setLevel(level)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one command; returns the exit status (0 ok, 1 a goal or the training failed, 2 bad input)."""
-    parser = build_parser()
+    """Run one command; returns the exit status (0 ok, 1 the training failed, 2 bad input)."""
+    return run_command(build_parser(), argv)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None, *,
+                loggers: Sequence[str] = ("wilss",)) -> int:
+    """Parse ``argv`` with ``parser`` and run the command it names (``args.run``); returns the exit status (0 ok,
+    1 a goal or the training failed, 2 bad input, 130 interrupted). ``loggers`` get the verbosity's level."""
     try:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help (0), or a usage error already printed as 'error: ...' (2)
         return stop.code if isinstance(stop.code, int) else 2
-    _configure_logging(args.verbose)
+    _configure_logging(args.verbose, loggers)
     if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1 and args.command != "add-class":
         print(f"error: only add-class runs on several processes; run '{args.command}' without torchrun",
               file=sys.stderr)  # N copies would each train, and race to write the same files

@@ -29,7 +29,7 @@ from wilss.conventions import colorize, voc_palette
 from wilss.data import validate_images
 from wilss.distributed import World, cleanup, setup_from_env
 from wilss.engine import Snapshot, batches_per_epoch
-from wilss.protocol import select_images
+from wilss.tasks import select_images
 from wilss.pseudo_labels import export_pseudo_labels
 from wilss.render import cam_overlay
 from wilss.runtime import PLAIN
@@ -37,7 +37,7 @@ from wilss.scoring import EvalSet, mask_eval_set, read_world, score, world_eval_
 from wilss.service import UpdatePlan, UpdateRequest, run_update
 from wilss.step_masks import read_step_masks
 from wilss.tags import TaggedSet, read_tagged_folder
-from wilss.world import WORLD_CLASSES
+from wilss.recipes import WORLD_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def plan_from_world(args: argparse.Namespace) -> AddClass:
     strangers = [n for n in ckpt.class_names[1:] if n not in WORLD_CLASSES]
     if strangers:
         raise CliError(f"the checkpoint knows classes that are not in the world ({', '.join(strangers)}); "
-                       "--world needs a base trained on it ('python -m wilss pretrain')")
+                       "--world needs a base trained on it ('python -m research pretrain')")
     task = recipes.world_task()
     meta = read_world(args.world)
     images, _, present = world_split(args.world, meta, "train")
@@ -261,7 +261,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                           "the result records it, and predict / evaluate resize images to it")
     src.add_argument("--world", type=Path, metavar="DIR",
                      help="instead: step 1 of the world benchmark (adds crescent and arrow) on a folder written "
-                          "by 'generate --out'; scored on its test split")
+                          "by 'python -m research generate --out'; scored on its test split")
     out = p.add_argument_group("result")
     out.add_argument("--out", required=True, type=Path, metavar="OUT", help="the new checkpoint file")
     out.add_argument("--overwrite", action="store_true", help="replace an existing --out (never the input)")

@@ -151,7 +151,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "docs/bases.md) (default: the shipped base, models/default_base.pt)")
     p.add_argument("--images", type=Path, metavar="DIR", help="folder of images")
     p.add_argument("--masks", type=Path, metavar="DIR", help="folder of masks NAME.png, one per image NAME.*")
-    p.add_argument("--world", type=Path, metavar="DIR", help="a folder written by 'generate --out'")
+    p.add_argument("--world", type=Path, metavar="DIR", help="a folder written by 'python -m research generate --out'")
     p.add_argument("--data", type=Path, metavar="DIR", help="a labelled dataset in its own ids (VOC, images + masks "
                                                              "folder or CamVid; scored on its test split)")
     p.add_argument("--layout", choices=LAYOUTS, help="the layout of --data (default: detected)")

@@ -10,7 +10,7 @@ VOC layout (``root`` is ``VOCdevkit/VOC2012``)::
     root/classes.txt                      optional: one class name per line (line i = id i), for other classes
 
 A list line is ``NAME``, or ``IMAGE MASK`` paths relative to ``root`` (MiB / WILSON's ``train_aug.txt``).
-Generic folder layout (what ``python -m wilss generate --out`` writes): ``root/<split>/images/NAME.ext`` with
+Generic folder layout (what ``python -m research generate --out`` writes): ``root/<split>/images/NAME.ext`` with
 ``root/<split>/masks/NAME.png``; class names from ``root/classes.txt`` or ``root/world.json``.
 """
 from __future__ import annotations
@@ -143,36 +143,6 @@ def read_split_folder(root: PathLike, split: str) -> list[tuple[Path, Path]]:
         raise DataError(f"'{root}' has no '{split}' folder (with images/ and masks/ inside; found: "
                         f"{', '.join(present) or 'none'}). Check --data and the split name.")
     return read_mask_folder(root / split / "images", root / split / "masks")
-
-
-# ------------------------------------------------------------------------------------- generated tree
-def write_voc_tree(root: PathLike, *, n_train: int = 40, n_val: int = 12, size: int = 64, seed: int = 0) -> Path:
-    """A small tree in the VOC layout from the procedural world (``wilss.world``): JPEGImages/*.jpg, palette PNG
-    masks in SegmentationClass/, ImageSets/Segmentation/{train,val,trainval}.txt, and classes.txt (the world's
-    10 classes, so a task must fit 9 named ids, e.g. '5-2'). Scenes hold 1-3 objects, so the disjoint setting
-    keeps enough images per step. Refuses a non-empty ``root``."""
-    from PIL import Image
-
-    from wilss import world
-
-    root = Path(root)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(f"{root} exists and is not an empty folder; a VOC tree is only written into a new one")
-    lists_dir = root / LIST_DIRS[0]
-    for folder in (root / IMAGE_DIR, root / MASK_DIRS[0], lists_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    names = {}
-    for split, n, s in zip(("train", "val"), (n_train, n_val), np.random.SeedSequence(seed).generate_state(2)):
-        names[split] = [f"{split}_{i:05d}" for i in range(n)]
-        for name, (image, mask) in zip(names[split], world.generate(n, seed=int(s), size=size, min_objects=1,
-                                                                       max_objects=3)):
-            Image.fromarray(image).save(root / IMAGE_DIR / f"{name}.jpg", quality=95)
-            world.save_palette_mask(root / MASK_DIRS[0] / f"{name}.png", mask)
-    names["trainval"] = names["train"] + names["val"]
-    for split, stems in names.items():
-        (lists_dir / f"{split}.txt").write_text("".join(f"{s}\n" for s in stems))
-    (root / CLASSES_FILE).write_text("".join(f"{c}\n" for c in world.WORLD_CLASSES))
-    return root
 
 
 # ------------------------------------------------------------------------------ any labelled dataset

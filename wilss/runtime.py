@@ -2,7 +2,7 @@
 
 ``RuntimeConfig`` is separate from ``UpdateConfig`` on purpose: it changes speed and memory, not the method. Its
 ``optimised(device)`` preset is the default of ``WeakUpdate`` (add-class and the app); ``PLAIN`` is the fp32 eager
-reference path that ``python -m wilss bench`` compares it with. ``Precision`` is the object the training loop
+reference path that ``python -m research bench`` compares it with. ``Precision`` is the object the training loop
 receives: it owns the autocast context and the (optional) fp16 gradient scaler.
 """
 from __future__ import annotations

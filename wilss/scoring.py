@@ -20,8 +20,8 @@ from wilss.datasets import read_labelled
 from wilss.training_data import PixelDataset
 from wilss.inference import evaluate
 from wilss.metrics import per_class_table, percent, summarize
-from wilss.protocol import eval_label_map, parse_task
-from wilss.world import WORLD_CLASSES
+from wilss.recipes import WORLD_CLASSES
+from wilss.tasks import eval_label_map, parse_task
 
 
 # ----------------------------------------------------------------------------------------- labelled sets
@@ -65,10 +65,10 @@ def read_world(root: Path) -> dict:
     meta_path = root / "world.json"
     if not root.is_dir():
         raise DataError(f"The world folder '{root}' does not exist. Write one with "
-                        f"'python -m wilss generate --out {root}'.")
+                        f"'python -m research generate --out {root}'.")
     if not meta_path.is_file():
         raise DataError(f"'{root}' has no world.json, so it is not a folder written by "
-                        f"'python -m wilss generate --out DIR'.")
+                        f"'python -m research generate --out DIR'.")
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

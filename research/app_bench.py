@@ -1,4 +1,4 @@
-"""Benchmark of the app as a user meets it: ``python -m app.bench`` prints the figures of issue 3.
+"""Benchmark of the app as a user meets it: ``python -m research.app_bench`` prints the figures of issue 3.
 
 Launches ``launch.py`` on the shipped default (base model and ``samples/``) on a free 127.0.0.1 port, then measures:
 the page load (HTTP GET of the page), a predict on a sample image (in-process ``Predictor.predict`` at the default
@@ -62,7 +62,7 @@ def gallery_intervals(client, samples: Path, epochs: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m research.app_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--samples", type=Path, default=ROOT / "samples")
     parser.add_argument("--runs", type=int, default=20)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from gradio_client import Client, handle_file
 
-    from app.testing import launched
+    from research.app_testing import launched
 
     image = list_images(args.samples, recursive=False)[0]
     print(f"predict in process ({image.name}, default size, CPU): "

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from wilss import world
+from research import world
 
 Polys = world.Polys
 

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from wilss.files import atomic_write
+from wilss.recipes import WORLD_CLASSES
 
 Scene = tuple[np.ndarray, np.ndarray]  # (image HxWx3 uint8 RGB, mask HxW uint8 class ids)
 Polys = list[tuple[np.ndarray, int]]  # (Nx2 polygon in unit-radius coordinates, 1 = fill / 0 = cut a hole)
@@ -131,7 +132,9 @@ CATEGORIES: dict[str, tuple[Callable, Callable]] = {
     "crescent": (_crescent, _speckle),
     "arrow": (_arrow, _border),
 }
-WORLD_CLASSES: tuple[str, ...] = ("background", *CATEGORIES)
+# The product knows the classes by name (``wilss.recipes.WORLD_CLASSES``, what reads a world folder); the order here
+# must match it.
+assert WORLD_CLASSES == ("background", *CATEGORIES), "wilss.recipes.WORLD_CLASSES and CATEGORIES disagree"
 
 
 # ---- drawing -------------------------------------------------------------------------------------------
@@ -341,4 +344,34 @@ def write_world(root: Path, *, seed: int = 0, size: int = 128, n_train: int = 60
         _check_empty(root / split)  # fail before writing anything
     for (split, n), s in zip(splits.items(), np.random.SeedSequence(seed).generate_state(len(splits))):
         write_split(root, split, _scenes(n, int(s), size=size))
+    return root
+
+
+# ------------------------------------------------------------------------------ a VOC-layout tree
+def write_voc_tree(root, *, n_train: int = 40, n_val: int = 12, size: int = 64, seed: int = 0) -> Path:
+    """A small tree in the VOC layout from the procedural world (this module's): JPEGImages/*.jpg, palette PNG
+    masks in SegmentationClass/, ImageSets/Segmentation/{train,val,trainval}.txt, and classes.txt (the world's
+    10 classes, so a task must fit 9 named ids, e.g. '5-2'). Scenes hold 1-3 objects, so the disjoint setting
+    keeps enough images per step. Refuses a non-empty ``root``."""
+    from PIL import Image
+
+    from wilss.datasets import CLASSES_FILE, IMAGE_DIR, LIST_DIRS, MASK_DIRS  # lazy: wilss.data imports torch
+
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(f"{root} exists and is not an empty folder; a VOC tree is only written into a new one")
+    lists_dir = root / LIST_DIRS[0]
+    for folder in (root / IMAGE_DIR, root / MASK_DIRS[0], lists_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    names = {}
+    for split, n, s in zip(("train", "val"), (n_train, n_val), np.random.SeedSequence(seed).generate_state(2)):
+        names[split] = [f"{split}_{i:05d}" for i in range(n)]
+        for name, (image, mask) in zip(names[split], generate(n, seed=int(s), size=size, min_objects=1,
+                                                                 max_objects=3)):
+            Image.fromarray(image).save(root / IMAGE_DIR / f"{name}.jpg", quality=95)
+            save_palette_mask(root / MASK_DIRS[0] / f"{name}.png", mask)
+    names["trainval"] = names["train"] + names["val"]
+    for split, stems in names.items():
+        (lists_dir / f"{split}.txt").write_text("".join(f"{s}\n" for s in stems))
+    (root / CLASSES_FILE).write_text("".join(f"{c}\n" for c in WORLD_CLASSES))
     return root

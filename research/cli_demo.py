@@ -1,9 +1,9 @@
 """``benchmark demo``: the app's one-click demo, timed and scored.
 
-    python -m wilss benchmark demo [--base CKPT] [--samples DIR] [--device auto] [--out FILE] [--quick]
+    python -m research benchmark demo [--base CKPT] [--samples DIR] [--device auto] [--out FILE] [--quick]
                                    [--curve N]
 
-Runs the demo's update exactly as the app does (``wilss.demo.run_demo``), then prints the demo class's IoU and mIoU
+Runs the demo's update exactly as the app does (``research.demo.run_demo``), then prints the demo class's IoU and mIoU
 old / new / all before and after, on the generated world's test split and on ``samples/heldout.zip``, and the wall
 time of the update.
 """
@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from models import DEFAULT_CHECKPOINT
-from wilss import demo, recipes
+from research import demo, recipes
+from research.experiment_setup import quick
 from wilss.cli_common import (REPO_ROOT, CliError, ProgressBar, check_new_file, open_checkpoint, update_config,
                               write_report)
 from wilss.engine import resolve_device
-from wilss.experiment_setup import quick
 
 DEFAULT_SAMPLES = REPO_ROOT / "samples"
 

@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from research.experiments import Benchmark, Row
 from wilss.checkpoint import Checkpoint, default_colours, history_entry, new_checkpoint
 from wilss.config import to_dict
-from wilss.experiments import Benchmark, Row
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,14 @@ from typing import Sequence
 
 from models import DEFAULT_ENCODER
 from models.imagenet import IMAGENET_NETS, load_imagenet_encoder
-from wilss import recipes
+from research import recipes
+from research.experiments import Protocol, Row, camvid_splits
+from research.protocol import parse_task
 from wilss.cli_common import REPO_ROOT, CliError, open_checkpoint
 from wilss.config import OptimConfig
 from wilss.data import DataError
 from wilss.datasets import camvid_classes
-from wilss.experiments import Protocol, Row, camvid_splits
 from wilss.metrics import percent
-from wilss.protocol import parse_task
 
 ENCODER_DEFAULT = object()  # --encoder not given: see encoder_path
 DEFAULT_CAMVID = REPO_ROOT.parent / "shared" / "datasets" / "camvid"
@@ -47,7 +47,7 @@ def encoder_network(args: argparse.Namespace):
     if path is None or path == IMAGENET:
         return None, None
     if not path.is_file():
-        raise CliError(f"--encoder {path} does not exist; create it with `python -m wilss pretrain --pretext --out "
+        raise CliError(f"--encoder {path} does not exist; create it with `python -m research pretrain --pretext --out "
                        f"{path}`, or give --encoder none to train from scratch")
     return open_checkpoint(path).model, path
 

@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+from research.experiments import Benchmark, Row
+from research.protocol import Task
+from research.sequence import joint_checkpoint, weak_step_checkpoint
 from wilss.checkpoint import Checkpoint
 from wilss.config import UpdateConfig
 from wilss.engine import batches_per_epoch
-from wilss.experiments import Benchmark, Row
-from wilss.protocol import Task
-from wilss.sequence import joint_checkpoint, weak_step_checkpoint
 
 log = logging.getLogger(__name__)
 

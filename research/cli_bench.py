@@ -10,21 +10,21 @@ from pathlib import Path
 import numpy as np
 
 from models.imagenet import IMAGENET_NETS
-from wilss import demo, recipes
+from research import demo, recipes
+from research.cli_tags import pretrain_tags, tags_base, tags_summary
+from research.experiment_setup import (DEFAULT_CAMVID, ENCODER_DEFAULT, add_encoder_flag, base_network,  # noqa: F401
+                                       benchmark_setup, camvid_goal_checks, encoder_network, encoder_path,
+                                       goal_checks, quick, shortened_schedules, world_encoder)
+from research.experiments import METHODS, Benchmark, LabelledSplit, Protocol, format_per_class, format_table
+from research.protocol import Task
+from research.world import write_voc_tree, write_world
 from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, add_update_flags,
                               check_new_file, check_new_folder, non_negative_int, open_checkpoint, percent,
                               positive_int, update_config, write_report)
-from wilss.cli_tags import pretrain_tags, tags_base, tags_summary
 from wilss.config import to_dict
-from wilss.datasets import LAYOUTS, read_labelled, write_voc_tree
-from wilss.experiment_setup import (DEFAULT_CAMVID, ENCODER_DEFAULT, add_encoder_flag, base_network, benchmark_setup,
-                                    camvid_goal_checks, encoder_network, encoder_path, goal_checks, quick,  # noqa: F401
-                                    shortened_schedules, world_encoder)
-from wilss.experiments import METHODS, Benchmark, LabelledSplit, Protocol, format_per_class, format_table
-from wilss.protocol import Task
+from wilss.datasets import LAYOUTS, read_labelled
 from wilss.scoring import read_world
-from wilss.world import write_world
 
 WORLD_DEFAULTS = {"seed": 0, "size": recipes.WORLD_SIZE, "n_train": 600, "n_val": 100, "n_test": 200}
 VOC_TREE_DEFAULTS = {"seed": 0, "size": recipes.WORLD_SIZE, "n_train": 200, "n_val": 50}
@@ -195,7 +195,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.dataset == "demo":
         if args.tags_base:
             raise CliError("--tags-base is for world and camvid")
-        from wilss.cli_demo import cmd_benchmark_demo
+        from research.cli_demo import cmd_benchmark_demo
 
         return cmd_benchmark_demo(args)
     if args.samples is not None:
@@ -254,6 +254,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ parsers
 def register(commands: argparse._SubParsersAction) -> None:
+    register_generate(commands)
+    register_pretrain(commands)
+    register_benchmark(commands)
+
+
+def register_generate(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "generate", help="write the procedural world (train/val/test with masks) or the demo's tagged samples",
         description="--out DIR: the procedural world of textured shapes with exact masks (world.json, "
@@ -276,6 +282,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_common_flags(p)
     p.set_defaults(run=cmd_generate)
 
+
+def register_pretrain(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "pretrain", help="train a base model (step 0, pixel labels): the shipped default by the world recipe, "
                          "the pretext network its encoder starts from, or one on your own data (--data)",
@@ -316,13 +324,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_common_flags(p)
     p.set_defaults(run=cmd_pretrain)
 
+
+def register_benchmark(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "benchmark", help="base, WILSS, fine-tuning and joint training on a protocol, as mIoU tables",
         description="Train the base model with pixel labels, add the step-1 classes from tags with WILSS and with "
                     "plain fine-tuning (FT), train the joint pixel-supervised upper bound, and print mIoU old / "
                     "new / all of each on the test split; --methods adds the other incremental methods (ILT, the "
-                    "offline pseudo-label pipeline, MiB with masks) on the same data and schedule. For the world, also checks the goals (exit status 1 "
-                    "when one fails, except in a shortened run: --quick, --epochs-step, --epochs-base).")
+                    "offline pseudo-label pipeline, MiB with masks) on the same data and schedule. For the world, "
+                    "also checks the goals (exit status 1 when one fails, except in a shortened run: --quick, "
+                    "--epochs-step, --epochs-base).")
     p.add_argument("dataset", choices=("world", "camvid", "demo"),
                    help="world: generated in memory; camvid: from --data; demo: the app's one-click update from "
                         "samples/, timed, scored on the world's test split and samples/heldout.zip")

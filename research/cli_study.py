@@ -1,18 +1,18 @@
 """``study``: beyond the paper, measured — single-class sequences against the multi-class step, and the few-image
-curve (new-class IoU against the number of tagged images), on the world or CamVid (``wilss.studies``)."""
+curve (new-class IoU against the number of tagged images), on the world or CamVid (``research.studies``)."""
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
 
+from research import recipes
+from research.experiment_setup import DEFAULT_CAMVID, add_encoder_flag, benchmark_setup, world_encoder
+from research.experiments import Benchmark
+from research.studies import few_image_curve, format_study, joint_row, multi_vs_single
 from wilss.checkpoint import Checkpoint, new_checkpoint, save_checkpoint
-from wilss import recipes
-from wilss.experiment_setup import DEFAULT_CAMVID, add_encoder_flag, benchmark_setup, world_encoder
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
                               open_checkpoint, positive_int, write_report)
-from wilss.experiments import Benchmark
-from wilss.studies import few_image_curve, format_study, joint_row, multi_vs_single
 
 
 def image_counts(text: str) -> list[int | None]:

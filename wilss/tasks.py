@@ -1,4 +1,5 @@
-"""Incremental task splits and the MiB/WILSON data protocols, as pure functions over class-id sets.
+"""Incremental tasks: which classes each step adds, and which images a step uses (the MiB/WILSON settings),
+as pure functions over class-id sets.
 
 Two id spaces appear here:
 - *dataset ids*: the values in the dataset's mask files (VOC: 0 background, 1..20 classes, 255 void);
@@ -9,6 +10,7 @@ A ``Task`` is the class order. Its ``background_ids`` are the dataset ids that m
 ``(0,)`` for VOC/COCO-style data, ``()`` for a dataset where every pixel is a named class (e.g. CamVid);
 then no pixel is labelled background and all named classes are shifted by one in model ids.
 Dataset ids that belong to no step and are not background are treated like future classes (background).
+The label maps of training and test masks at each step are here too (``label_map``, ``eval_label_map``).
 """
 from __future__ import annotations
 
@@ -155,6 +157,11 @@ def select_images(present: Sequence[set[int]], task: Task, step: int, setting: s
             if ids & new and (setting == "overlap" or not ids & future)]
 
 
+def _check_setting(setting: str) -> None:
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
+
+
 def label_map(task: Task, step: int, *, setting: str, ignore_ids: Sequence[int] = (IGNORE_INDEX,),
               keep_old: bool = True) -> np.ndarray:
     """``256`` uint8 lookup table, dataset id -> model id, for training masks at ``step``.
@@ -180,13 +187,3 @@ def eval_label_map(task: Task, step: int, ignore_ids: Sequence[int] = (IGNORE_IN
     """Lookup table for test masks after ``step`` (MiB convention): all test images are used, seen classes
     -> model ids, future classes -> 0 (background, so predicting nothing there is correct), void -> 255."""
     return label_map(task, step, setting="overlap", ignore_ids=ignore_ids)
-
-
-def tags_from_mask(present: set[int], classes: Sequence[int]) -> np.ndarray:
-    """Multi-hot float32 ``len(classes)``: 1 where ``classes[k]`` is present in the image."""
-    return np.array([1.0 if c in present else 0.0 for c in classes], dtype=np.float32)
-
-
-def _check_setting(setting: str) -> None:
-    if setting not in SETTINGS:
-        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")

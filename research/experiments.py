@@ -4,7 +4,7 @@ pseudo-label pipeline, MiB with masks) and the joint upper bound, as one table.
 A ``Benchmark`` takes a labelled train/test pair, a ``Task`` (class order per step) and a setting, trains the
 base model with pixel labels, runs the weak steps from tags derived from the masks, and evaluates every model on
 the test split with the paper's old / new / all mIoU. ``run`` does step 1 only; ``run_sequence`` (in
-``wilss.sequence``) runs every step of the task in turn and records each in a checkpoint history.
+``research.sequence``) runs every step of the task in turn and records each in a checkpoint history.
 """
 from __future__ import annotations
 
@@ -19,17 +19,17 @@ import numpy as np
 
 from models import build_segmenter
 from models.segmenter import Segmenter
+from research.protocol import Task, eval_label_map, label_map, present_classes, select_images, tags_from_mask
 from wilss.config import ILT_OUTPUT_DISTILLATION, OptimConfig, PretrainConfig, TagsBaseConfig, UpdateConfig
 from wilss.data import load_image, load_mask, read_camvid
-from wilss.training_data import PixelDataset, TagDataset
 from wilss.engine import Progress, seed_everything
 from wilss.inference import evaluate
 from wilss.masked_update import MaskedUpdate
 from wilss.metrics import summarize
 from wilss.offline import OfflinePipeline
-from wilss.protocol import Task, eval_label_map, label_map, present_classes, select_images, tags_from_mask
 from wilss.tags_base import train_tags_base
 from wilss.trainer import WeakUpdate, pretrain
+from wilss.training_data import PixelDataset, TagDataset
 from wilss.transforms import Compose, Resize, train_transform
 
 METHODS = ("wilss", "ft", "ilt", "offline", "mib", "joint")   # the rows ``Benchmark.run`` can add to the base

@@ -1,5 +1,5 @@
-"""Reliability figures of the served app (issue 20): ``python -m app.stress`` launches ``launch.py`` on 127.0.0.1 with a
-tiny untrained base and the demo's samples, then, as attackers and unlucky users would:
+"""Reliability figures of the served app (issue 20): ``python -m research.stress`` launches ``launch.py`` on 127.0.0.1
+with a tiny untrained base and the demo's samples, then, as attackers and unlucky users would:
 
 1. sends a corpus of bad inputs through every endpoint that takes a file (and a few good ones);
 2. tries reads outside the session: gradio's file route and tag rows pointing at other files and sessions;
@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from app.session_files import folder_name
-from app.testing import ROOT, free_port, tiny_checkpoint
+from research.app_testing import ROOT, free_port, tiny_checkpoint
 from wilss.data import list_images
 
 SHORT = dict(epochs=2, warmup_epochs=1, batch_size=8, localizer_channels=16)
@@ -291,7 +291,7 @@ def run_load(url: str, folder: Path, image: Path, *, updates: int, predicts: int
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m app.stress")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m research.stress")
     p.add_argument("--predicts", type=int, default=50)
     p.add_argument("--updates", type=int, default=4)
     p.add_argument("--loads", type=int, default=2,
@@ -303,7 +303,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.updates, args.predicts = min(args.updates, 2), min(args.predicts, 20)
-    from wilss.demo import write_samples
+    from research.demo import write_samples
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # a timeout's SIGTERM still stops the app (finally)
 
