@@ -207,7 +207,7 @@ def test_data_summary_and_thumbnails(tmp_path):
 # ------------------------------------------------------------------------------------ start from tags alone
 def tagged_upload(folder, tags):
     """Generated 32 px scenes as uploaded files, with a tags CSV (``tags[i]`` for image i, ';'-separated)."""
-    from wilss.world import generate
+    from research.world import generate
 
     folder.mkdir(parents=True, exist_ok=True)
     files = []

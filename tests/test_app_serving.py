@@ -8,7 +8,7 @@ from starlette.requests import ClientDisconnect
 
 from app.serving import QuietDisconnects, limit_arenas, release_memory
 from app.session import AppConfig, SessionStore
-from app.testing import tiny_checkpoint
+from research.app_testing import tiny_checkpoint
 
 
 def test_a_client_gone_during_its_upload_is_one_log_line_not_a_traceback(caplog):

@@ -221,7 +221,6 @@ def cmd_add_class(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    world_cfg = recipes.WORLD_UPDATE
     p = commands.add_parser(
         "add-class", help="add new classes to a checkpoint from image-level tags (WILSON)",
         description="Teach a segmentation checkpoint new classes from images that are only tagged (no masks), "
@@ -239,6 +238,16 @@ def register(commands: argparse._SubParsersAction) -> None:
                "  torchrun --nproc-per-node 4 -m wilss add-class --world world/ --out world_step1.pt --resume\n"
                "tags: DIR/tags.csv ('filename,tags', tags separated by ';', empty = negative), DIR/tags.json, "
                "or one sub-folder per tag (negatives in 'none/' or at the top).")
+    add_source_flags(p)
+    add_result_flags(p)
+    add_update_flags(p, (("", recipes.DEMO_UPDATE), ("with --world", recipes.WORLD_UPDATE)))
+    add_run_flags(p)
+    add_common_flags(p)
+    p.set_defaults(run=cmd_add_class)
+
+
+def add_source_flags(p: argparse.ArgumentParser) -> None:
+    """add-class: the model to extend, the images, their tags or masks, the scale."""
     src = p.add_argument_group("what to learn from")
     src.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, metavar="IN",
                      help="the model to extend: a checkpoint file, or torchvision:NAME for a pretrained VOC base "
@@ -248,7 +257,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     src.add_argument("--tags", type=Path, metavar="FILE",
                      help="tags file, .csv or .json (default: DIR/tags.csv or DIR/tags.json, else sub-folders)")
     src.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME[=#RRGGBB]",
-                     help="a new class and, optionally, its colour (default: the next free VOC palette colour); "
+                     help="a new class and, optionally, its colour (default: a colour far, in CIELAB, from those in use); "
                           "repeat for several classes")
     src.add_argument("--masks", type=Path, metavar="DIR",
                      help="pixel masks of the images, DIR/NAME.png for IMAGES/NAME.* (same sub-folders), in the NEW "
@@ -262,6 +271,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     src.add_argument("--world", type=Path, metavar="DIR",
                      help="instead: step 1 of the world benchmark (adds crescent and arrow) on a folder written "
                           "by 'python -m research generate --out'; scored on its test split")
+
+
+def add_result_flags(p: argparse.ArgumentParser) -> None:
+    """add-class: where the result goes, what it is scored on, what is written beside it."""
     out = p.add_argument_group("result")
     out.add_argument("--out", required=True, type=Path, metavar="OUT", help="the new checkpoint file")
     out.add_argument("--overwrite", action="store_true", help="replace an existing --out (never the input)")
@@ -280,7 +293,3 @@ def register(commands: argparse._SubParsersAction) -> None:
     out.add_argument("--pseudo-min-confidence", type=unit_float, default=0.0, metavar="C",
                      help="with --export-pseudo: pixels whose pseudo-label target is below C become void (255), "
                           "marking what to check (default: 0, none)")
-    add_update_flags(p, (("", recipes.DEMO_UPDATE), ("with --world", world_cfg)))
-    add_run_flags(p)
-    add_common_flags(p)
-    p.set_defaults(run=cmd_add_class)

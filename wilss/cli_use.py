@@ -134,6 +134,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ parsers
 def register(commands: argparse._SubParsersAction) -> None:
+    register_evaluate(commands)
+    register_predict(commands)
+    register_export(commands)
+
+
+def register_evaluate(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "evaluate", help="per-class IoU and mIoU old / new / all of a checkpoint on labelled images",
         description="Score a checkpoint on labelled images: IoU per class, and mIoU over the old classes, the "
@@ -166,6 +172,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_common_flags(p)
     p.set_defaults(run=cmd_evaluate)
 
+
+def register_predict(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "predict", help="segment images: palette mask PNGs (and overlays) with the checkpoint's colours",
         description="Segment one image or every image of a folder at the checkpoint's input scale (each image "
@@ -183,6 +191,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_common_flags(p)
     p.set_defaults(run=cmd_predict)
 
+
+def register_export(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "export", help="write a checkpoint's network as ONNX (class names and colours in its metadata)",
         description="Export a checkpoint's segmenter to ONNX, the same file as the app's 'Versions & export' tab: "
