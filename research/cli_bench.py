@@ -4,26 +4,24 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from models.imagenet import IMAGENET_NETS
 from research import demo, recipes
-from research.cli_tags import pretrain_tags, tags_base, tags_summary
-from research.experiment_setup import (DEFAULT_CAMVID, ENCODER_DEFAULT, add_encoder_flag, base_network,  # noqa: F401
+from research.cli_tags import tags_base, tags_summary
+from research.experiment_setup import (DEFAULT_CAMVID, ENCODER_DEFAULT, add_encoder_flag,  # noqa: F401 (quick)
                                        benchmark_setup, camvid_goal_checks, encoder_network, encoder_path,
                                        goal_checks, quick, shortened_schedules, world_encoder)
-from research.experiments import METHODS, Benchmark, LabelledSplit, Protocol, format_per_class, format_table
-from research.protocol import Task
+from research.experiments import METHODS, Benchmark, format_per_class, format_table
 from research.world import write_voc_tree, write_world
 from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
+from wilss.cli_bases import add_network_flags, pretrain_data, pretrain_tags
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, add_update_flags,
                               check_new_file, check_new_folder, non_negative_int, open_checkpoint, percent,
                               positive_int, update_config, write_report)
 from wilss.config import to_dict
-from wilss.datasets import LAYOUTS, read_labelled
 from wilss.scoring import read_world
 
 WORLD_DEFAULTS = {"seed": 0, "size": recipes.WORLD_SIZE, "n_train": 600, "n_val": 100, "n_test": 200}
@@ -87,7 +85,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.pretext:
         return _pretrain_pretext(args, out, start)
     if args.data is not None:
-        return _pretrain_labelled(args, out, start)
+        return pretrain_data(args, out, start)
     if args.arch is not None or args.size is not None or args.layout is not None:
         raise CliError("--arch, --size and --layout are for a base from your own data (--data)")
     encoder, path = encoder_network(args)  # read before training
@@ -100,51 +98,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     print(f"base model: {', '.join(ckpt.class_names[1:])}")
     print(f"test mIoU: base classes {percent(base_miou)} | all (with background) {percent(row.all)}")
     print("per class IoU %: " + ", ".join(f"{n} {percent(v)}" for n, v in zip(ckpt.class_names, row.per_class)))
-    path = save_checkpoint(ckpt, out, overwrite=args.overwrite)
-    print(f"wall time {time.perf_counter() - start:.1f} s")
-    print(f"wrote {path}")
-    return 0
-
-
-def size_arg(text: str) -> tuple[int, int]:
-    """``--size H,W``: the side lengths every image is resized to."""
-    try:
-        h, w = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size takes H,W in pixels (e.g. 180,240), got {text!r}") from None
-    if min(h, w) < 32:
-        raise argparse.ArgumentTypeError(f"--size {text}: each side must be at least 32 px")
-    return h, w
-
-
-def _pretrain_labelled(args: argparse.Namespace, out: Path, start: float) -> int:
-    """``pretrain --data``: a base from the user's own pixel labels (VOC layout, images + masks or CamVid; every
-    class of the dataset), its encoder from ImageNet by default; scored on the dataset's test split."""
-    source = read_labelled(args.data, args.layout)
-    named = tuple(c for c in range(len(source.classes)) if c not in source.background_ids)
-    arch = base_network(args)
-    protocol = Protocol(name=source.description, dataset_classes=source.classes,
-                        task=Task((named,), source.background_ids), ignore_ids=source.ignore_ids, resize=args.size,
-                        background_in_all=bool(source.background_ids), eval_batch_size=8 if args.size else 1)
-    overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "crop_size") if getattr(args, k) is not None}
-    cfg = replace(recipes.CAMVID.pretrain if arch != "tiny" else recipes.CAMVID_TINY.pretrain, **overrides)
-    print(f"data: {source.description}; {len(named)} classes; {arch}, encoder: {encoder_path(args) or 'none'}")
-    bench = Benchmark(protocol, LabelledSplit.from_pairs(source.train, source.ignore_ids),
-                      LabelledSplit.from_pairs(source.test, source.ignore_ids), pretrain_cfg=cfg,
-                      update_cfg=recipes.CAMVID.update, arch=arch, device=args.device, init_model=world_encoder(args))
-    with ProgressBar(quiet=args.quiet) as bar:
-        bench.on_progress = lambda name, p: bar.update(p, name)
-        model = bench.train_base()
-    row = bench.score("base", model, time.perf_counter() - start, step=0)
-    names = protocol.model_class_names(0)
-    ckpt = new_checkpoint(model, names, input_side=source.input_side(args.size))
-    ckpt.history.append(history_entry(
-        "pretrain", names[1:], num_images=len(bench.base_indices()), step=0,
-        settings={"data": source.description, "arch": arch, "encoder": str(encoder_path(args) or "none"),
-                  "size": list(args.size) if args.size else None, **to_dict(cfg)},
-        metrics={"test_mIoU": round(row.new, 2)}))
-    print(f"test mIoU over the {len(named)} classes: {percent(row.new)}")
-    print("per class IoU %: " + ", ".join(f"{n} {percent(v)}" for n, v in zip(names, row.per_class)))
     path = save_checkpoint(ckpt, out, overwrite=args.overwrite)
     print(f"wall time {time.perf_counter() - start:.1f} s")
     print(f"wrote {path}")
@@ -308,18 +261,10 @@ def register_pretrain(commands: argparse._SubParsersAction) -> None:
                    help="train a base from image tags alone (single-stage WSSS, docs/bases.md): a folder of images "
                         "with tags.csv, its classes the tags; uses --arch, --encoder, --epochs, --batch-size, "
                         "--crop-size")
-    own = p.add_argument_group("a base from your own pixel labels (docs/bases.md)")
+    own = add_network_flags(p)
     own.add_argument("--data", type=Path, metavar="PATH",
                      help="train on this labelled dataset instead of the world: every class of it, scored on its "
-                          "test split (layouts: docs/datasets.md)")
-    own.add_argument("--layout", choices=LAYOUTS, help="the dataset's layout (default: detected)")
-    own.add_argument("--arch", choices=sorted(("tiny", *IMAGENET_NETS)),
-                     help=f"network (default: {recipes.CAMVID.arch}, its encoder from ImageNet)")
-    own.add_argument("--size", type=size_arg, metavar="H,W", help="resize every image to H,W (default: as they are)")
-    own.add_argument("--batch-size", type=positive_int, metavar="N",
-                     help=f"images per batch (default: {recipes.CAMVID.pretrain.batch_size})")
-    own.add_argument("--crop-size", type=positive_int, metavar="PX",
-                     help=f"training crop side (default: {recipes.CAMVID.pretrain.crop_size})")
+                          "test split (layouts: docs/datasets.md; also 'python -m wilss pretrain --data')")
     add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(run=cmd_pretrain)

@@ -8,25 +8,18 @@ from pathlib import Path
 from typing import Sequence
 
 from models import DEFAULT_ENCODER
-from models.imagenet import IMAGENET_NETS, load_imagenet_encoder
+from models.imagenet import IMAGENET_NETS
 from research import recipes
 from research.experiments import Protocol, Row, camvid_splits
 from research.protocol import parse_task
+from wilss.cli_bases import ENCODER_DEFAULT, IMAGENET, encoder_arg, imagenet_init
 from wilss.cli_common import REPO_ROOT, CliError, open_checkpoint
 from wilss.config import OptimConfig
 from wilss.data import DataError
 from wilss.datasets import camvid_classes
 from wilss.metrics import percent
 
-ENCODER_DEFAULT = object()  # --encoder not given: see encoder_path
 DEFAULT_CAMVID = REPO_ROOT.parent / "shared" / "datasets" / "camvid"
-IMAGENET = "imagenet"   # --encoder imagenet: the ImageNet weights installed with the requirements (models.imagenet)
-
-
-def encoder_arg(text: str) -> Path | str | None:
-    """``--encoder``: a pretext checkpoint, 'imagenet' (the installed ImageNet weights), or 'none' (from scratch)."""
-    word = text.strip().lower()
-    return None if word == "none" else IMAGENET if word == IMAGENET else Path(text)
 
 
 def encoder_path(args: argparse.Namespace) -> Path | str | None:
@@ -50,14 +43,6 @@ def encoder_network(args: argparse.Namespace):
         raise CliError(f"--encoder {path} does not exist; create it with `python -m research pretrain --pretext --out "
                        f"{path}`, or give --encoder none to train from scratch")
     return open_checkpoint(path).model, path
-
-
-def imagenet_init(model) -> None:
-    """``Benchmark.init_model`` for --encoder imagenet: the installed ImageNet weights into the encoder."""
-    try:
-        load_imagenet_encoder(model)
-    except ValueError as err:   # MissingWeights among them
-        raise CliError(f"--encoder imagenet: {err}") from None
 
 
 def world_encoder(args: argparse.Namespace):
@@ -155,16 +140,3 @@ def camvid_goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:
     by = {r.method: r for r in rows}
     joint = [(f"joint all {percent(by['joint'].all)} >= 55", by["joint"].all >= 55)] if "joint" in by else []
     return joint + _weak_step_checks(by, 0.6, 0.95)
-
-
-def base_network(args: argparse.Namespace) -> str:
-    """The network a new base trains (``--arch``, default the CamVid recipe's), with ``--encoder``'s default settled
-    (ImageNet for the networks that have installed weights, else none). Raises ``CliError`` for ImageNet weights
-    asked of a network without them."""
-    arch = args.arch or recipes.CAMVID.arch
-    if args.encoder is ENCODER_DEFAULT:
-        args.encoder = IMAGENET if arch in IMAGENET_NETS else None
-    if encoder_path(args) == IMAGENET and arch not in IMAGENET_NETS:
-        raise CliError(f"--encoder imagenet: the {arch} network has no installed ImageNet weights; use one of "
-                       f"{', '.join(IMAGENET_NETS)} (or --encoder none)")
-    return arch

@@ -16,8 +16,10 @@ from wilss.checkpoint import history_entry, new_checkpoint
 from wilss.config import PretrainConfig, TagsBaseConfig, UpdateConfig, to_dict
 from wilss.engine import seed_everything
 from wilss.inference import evaluate
-from wilss.recipes import (DEMO_CLASS, DEMO_COLOUR, DEMO_UPDATE, WORLD_CLASSES, WORLD_SETTING, WORLD_SIZE,
-                           WORLD_TASK_SPEC, WORLD_UPDATE, TAGS_BASE, world_task)
+from wilss.pixel_base import encoder_init
+from wilss.recipes import (DEMO_CLASS, DEMO_COLOUR, DEMO_UPDATE, PIXEL_BASE, PIXEL_BASE_ARCH, PIXEL_BASE_TINY,
+                           WORLD_CLASSES, WORLD_SETTING, WORLD_SIZE, WORLD_TASK_SPEC, WORLD_UPDATE, TAGS_BASE,
+                           world_task)
 from wilss.trainer import pretrain
 from wilss.training_data import PixelDataset
 from wilss.transforms import train_transform
@@ -57,10 +59,9 @@ class CamVidRecipe:
     task_spec: str = "0,1,2,3,4,5,6,8,9|7,10"   # Fence (7) and Bicyclist (10) are learnt from tags
     setting: str = "overlap"
     resize: tuple[int, int] = (180, 240)        # half resolution: two CPU cores
-    arch: str = "efficientnet_lite0"
+    arch: str = PIXEL_BASE_ARCH
     encoder: str = "imagenet"                   # what the base and joint networks start from
-    pretrain: PretrainConfig = PretrainConfig(epochs=20, lr=0.05, encoder_lr=0.01, batch_size=8, crop_size=176,
-                                              scale_range=(0.75, 1.5))
+    pretrain: PretrainConfig = PIXEL_BASE       # the product's 'pretrain --data' recipe
     update: UpdateConfig = UpdateConfig(epochs=16, warmup_epochs=4, batch_size=8, crop_size=176,
                                         scale_range=(0.75, 1.5), localizer_channels=128, localizer_detail=True)
 
@@ -73,8 +74,7 @@ def tags_base_config(pixel: PretrainConfig) -> TagsBaseConfig:
                    batch_size=pixel.batch_size, crop_size=pixel.crop_size, scale_range=pixel.scale_range)
 # The recipe before the ImageNet encoder: the tiny network from scratch (``benchmark camvid --arch tiny``).
 CAMVID_TINY = CamVidRecipe(arch="tiny", encoder="none",
-                           pretrain=PretrainConfig(epochs=30, lr=0.05, batch_size=8, crop_size=176,
-                                                   scale_range=(0.75, 1.5)),
+                           pretrain=PIXEL_BASE_TINY,
                            update=UpdateConfig(epochs=20, warmup_epochs=3, batch_size=8, crop_size=176,
                                                scale_range=(0.75, 1.5), localizer_channels=128))
 
@@ -115,22 +115,6 @@ def train_pretext_encoder(*, epochs: int | None = None, device=None, on_progress
         settings={"recipe": "world pretext", "seed": PRETEXT_SEED, **to_dict(cfg)},
         metrics={"test_mIoU_all": round(miou, 2)}))
     return ckpt, miou
-
-
-def encoder_init(source, *, origin: str = "the pretext network"):
-    """``Benchmark.init_model`` that starts a fresh network's encoder from ``source``, a loaded network (the pretext
-    network of ``models/pretext_tiny.pt``); None for ``source`` None (from scratch). ``origin`` names it in errors."""
-    if source is None:
-        return None
-    config = {k: source.config.get(k) for k in ("arch", "width")}
-
-    def init(model) -> None:
-        mine = {k: model.config.get(k) for k in config}
-        if mine != config:
-            raise ValueError(f"the encoder of {origin} is {config}, the network to start from it is {mine}")
-        model.encoder.load_state_dict(source.encoder.state_dict())
-
-    return init
 
 
 def train_default_base(*, epochs: int | None = None, device=None, on_progress=None, encoder=None,

@@ -112,6 +112,7 @@ def test_networks_do_not_import_the_method():
 # `cli_*.py` modules that are not commands: what several commands share, or one command's part split off.
 HELPERS = {"wilss.cli_common": "flags, checks and output shared by every command",
            "wilss.cli_resume": "add-class's long-run flags and snapshots (not a command, despite its name)",
+           "wilss.cli_bases": "pretrain's --data and --tags, shared with python -m research pretrain",
            "research.cli_demo": "benchmark's demo part (the app's one-click update, timed and scored)",
            "research.cli_tags": "pretrain's --tags and benchmark's --tags-base part (a base from image tags alone)"}
 

@@ -1,9 +1,10 @@
 """``python -m wilss <command>``: the command-line entry point.
 
 The only place that configures logging and turns bad input into ``error: ...`` (exit status 2); ``research.cli``
-runs its commands through ``run_command`` too. Commands live in ``cli_update`` (add-class) and ``cli_use`` (evaluate,
-predict, export); each validates all of its input before it trains or writes anything. The commands that make the
-project's data and figures (generate, pretrain, benchmark, reproduce, study, bench) are ``python -m research``'s.
+runs its commands through ``run_command`` too. Commands live in ``cli_pretrain`` (pretrain: a base from pixel labels
+or tags), ``cli_update`` (add-class) and ``cli_use`` (evaluate, predict, export); each validates all of its input
+before it trains or writes anything. The commands that make the project's data and figures (generate, benchmark,
+reproduce, study, bench, and pretrain's world and pretext networks) are ``python -m research``'s.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from wilss import cli_update, cli_use
+from wilss import cli_pretrain, cli_update, cli_use
 from wilss.cli_common import Parser
 from wilss.distributed import launched_by_torchrun
 
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     cli_update.register(commands)  # add-class
     cli_use.register(commands)     # evaluate, predict, export
-    order = ["add-class", "evaluate", "predict", "export"]
+    cli_pretrain.register(commands)  # pretrain
+    order = ["pretrain", "add-class", "evaluate", "predict", "export"]
     commands._choices_actions.sort(key=lambda a: order.index(a.dest))  # help lists them in workflow order
     return parser
 

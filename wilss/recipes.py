@@ -6,7 +6,7 @@ The paper's defaults live in ``wilss.config``; a recipe changes only what the da
 """
 from __future__ import annotations
 
-from wilss.config import TagsBaseConfig, UpdateConfig
+from wilss.config import PretrainConfig, TagsBaseConfig, UpdateConfig
 from wilss.tasks import Task, parse_task
 
 # The generated world's classes in id order (``research.world`` draws them): its folders (``wilss.scoring``) and
@@ -58,3 +58,13 @@ def world_task() -> Task:
 # two CPU cores (one iteration about 0.8 CPU s in the warm-up and 1.0 after it, forward and backward, one thread).
 TAGS_BASE = TagsBaseConfig(epochs=30, warmup_epochs=6, lr=0.05, encoder_lr=0.01, batch_size=8, crop_size=176,
                            scale_range=(0.75, 1.5))
+
+
+# A base from the user's own pixel labels (``python -m wilss pretrain --data``): EfficientNet-Lite0 from its ImageNet
+# weights with an LR-ASPP head (real photos need real features), the encoder fine-tuning at a fifth of the head's
+# learning rate. Epochs: what two CPU cores finish in about 20 minutes on CamVid at 180x240 (920 iterations at batch
+# 8); the CamVid benchmark's base (``research.recipes.CAMVID``) is this recipe.
+PIXEL_BASE_ARCH = "efficientnet_lite0"
+PIXEL_BASE = PretrainConfig(epochs=20, lr=0.05, encoder_lr=0.01, batch_size=8, crop_size=176, scale_range=(0.75, 1.5))
+# The tiny network from scratch (``--arch tiny``): no ImageNet encoder to keep, so one learning rate and more epochs.
+PIXEL_BASE_TINY = PretrainConfig(epochs=30, lr=0.05, batch_size=8, crop_size=176, scale_range=(0.75, 1.5))
