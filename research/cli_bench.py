@@ -246,7 +246,8 @@ def register_pretrain(commands: argparse._SubParsersAction) -> None:
                     "default. With --pretext, train that pretext network instead (per-pixel texture families of "
                     "generic shapes, our stand-in for ImageNet pretraining). With --data, train a base for real "
                     "photos on your own pixel labels, from ImageNet (docs/bases.md). With --tags, "
-                    "train one from image tags alone, no masks (single-stage WSSS; docs/bases.md).")
+                    "train one from image tags alone, no masks (single-stage WSSS; docs/bases.md). --data and --tags "
+                    "run the product's 'python -m wilss pretrain'.")
     p.add_argument("--out", required=True, type=Path, metavar="CKPT", help="checkpoint file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--epochs", type=positive_int, metavar="N",
@@ -261,10 +262,10 @@ def register_pretrain(commands: argparse._SubParsersAction) -> None:
                    help="train a base from image tags alone (single-stage WSSS, docs/bases.md): a folder of images "
                         "with tags.csv, its classes the tags; uses --arch, --encoder, --epochs, --batch-size, "
                         "--crop-size")
-    own = add_network_flags(p)
-    own.add_argument("--data", type=Path, metavar="PATH",
-                     help="train on this labelled dataset instead of the world: every class of it, scored on its "
-                          "test split (layouts: docs/datasets.md; also 'python -m wilss pretrain --data')")
+    p.add_argument("--data", type=Path, metavar="PATH",
+                   help="train on this labelled dataset instead of the world: every class of it, scored on its "
+                        "test split (layouts: docs/datasets.md)")
+    add_network_flags(p)
     add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(run=cmd_pretrain)

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Add new classes to a trained semantic-segmentation model from image-level tags only "
                     "(WILSON, CVPR 2022), and train, score and use such models.",
         epilog="typical use:\n"
+               "  python -m wilss pretrain --data VOCdevkit/VOC2012 --out base.pt\n"
                "  python -m wilss add-class --images samples/ --class arrow=#ff8000 --out arrow.pt\n"
                "  python -m wilss predict --checkpoint arrow.pt --input photo.png --out predictions/ --overlay\n"
                "Run 'python -m wilss COMMAND --help' for a command's options.\n"

@@ -47,7 +47,7 @@ def size_arg(text: str) -> tuple[int, int]:
 
 def add_network_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """``--layout``, ``--arch``, ``--size``, ``--batch-size``, ``--crop-size``: the network and data of a new base."""
-    own = parser.add_argument_group("a base from your own pixel labels (docs/bases.md)")
+    own = parser.add_argument_group("the network and the data (docs/bases.md)")
     own.add_argument("--layout", choices=LAYOUTS, help="the dataset's layout (default: detected)")
     own.add_argument("--arch", choices=NETWORKS,
                      help=f"network (default: {recipes.PIXEL_BASE_ARCH}, its encoder from ImageNet)")
