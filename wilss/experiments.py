@@ -187,7 +187,8 @@ class Benchmark:
 
     def weak_step(self, name: str, base: Segmenter, cfg: UpdateConfig, step: int = 1) -> Segmenter:
         update = WeakUpdate(base, self.tag_dataset(self.step_indices(step), step),
-                            num_new=len(self.protocol.task.step(step).new_classes), cfg=cfg, device=self.device)
+                            num_new=len(self.protocol.task.step(step).new_classes), cfg=cfg, device=self.device,
+                            class_names=self.protocol.model_class_names(step - 1))
         for progress in update.run():
             self.on_progress(name, progress)
         return update.model
