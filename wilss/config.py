@@ -47,6 +47,8 @@ REGION_PRIORS = ("none", "slic", "felzenszwalb")   # UpdateConfig.region_prior (
 
 # The weight of ILT's output distillation in the benchmark's 'ilt' row: MiB's runs of ILT (its argparser: loss_kd 100).
 ILT_OUTPUT_DISTILLATION = 100.0
+# The benchmark's 'hrhf' row (WILSS + HRHF replay) when --replay-images is not given: fake images synthesised per step.
+HRHF_REPLAY_IMAGES = 64
 
 
 @dataclass(frozen=True)
