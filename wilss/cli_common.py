@@ -210,7 +210,7 @@ UPDATE_SWITCHES = (
 
 
 def _defaults_text(field: str, labelled: Sequence[tuple[str, UpdateConfig]]) -> str:
-    values = [(label, getattr(cfg, field)) for label, cfg in labelled]
+    values = [(label, getattr(cfg, field) if getattr(cfg, field) != "" else "empty") for label, cfg in labelled]
     if all(v == values[0][1] for _, v in values):
         return f"default: {values[0][1]}"
     return "default: " + ", or ".join(f"{v} {label}".rstrip() for label, v in values)
