@@ -24,7 +24,8 @@ from wilss.sequence import METHODS, StepResult, format_steps, run_sequence
 
 log = logging.getLogger(__name__)
 
-ROW_NAMES = {"joint": "Joint (pixel labels)", "ft": "FT", "wilss": "WILSS", "base": "Step 0 (base)"}
+ROW_NAMES = {"joint": "Joint (pixel labels)", "ft": "FT", "wilss": "WILSS", "base": "Step 0 (base)",
+             "ilt": "WILSS + ILT", "hrhf": "WILSS + HRHF replay"}
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -103,7 +104,7 @@ def paper_table(rows_by_setting: dict[str, list[Row]], protocol: Protocol, title
         head += f" {setting} {old} | {setting} {new} | {setting} All |"
         rule += " ---: | ---: | ---: |"
     lines = [f"### {title}", "", head, rule]
-    order = [m for m in ("joint", "ft", "wilss", "base") if any(r.method == m for rs in rows_by_setting.values()
+    order = [m for m in ("joint", "ft", "wilss", "ilt", "hrhf", "base") if any(r.method == m for rs in rows_by_setting.values()
                                                                  for r in rs)]
     for method in order:
         cells = ""
@@ -206,7 +207,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--setting", choices=(*SETTINGS, "both"), default="disjoint",
                    help="disjoint: step images hold no future class; overlap: they may (default: disjoint)")
     p.add_argument("--methods", default="ft,wilss,joint", metavar="LIST",
-                   help="comma-separated, from ft, wilss, joint (default: all three)")
+                   help="comma-separated, from ft, wilss, joint, ilt (WILSS + ILT output distillation), hrhf (WILSS "
+                        "+ HRHF replay) (default: ft,wilss,joint)")
     p.add_argument("--train-split", metavar="NAME", help="list to train on (default: train_aug if present, else "
                    "train; folder: train)")
     p.add_argument("--test-split", metavar="NAME", help="list to score on (default: val; folder: test, else val)")
