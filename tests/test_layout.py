@@ -80,7 +80,8 @@ def test_networks_do_not_import_the_method():
 HELPERS = {"wilss.cli_common": "flags, checks and output shared by every command",
            "wilss.cli_resume": "add-class's long-run flags and snapshots (not a command, despite its name)",
            "wilss.cli_demo": "benchmark's demo part (the app's one-click update, timed and scored)",
-           "wilss.cli_tags": "pretrain's --tags and benchmark's --tags-base part (a base from image tags alone)"}
+           "wilss.cli_tags": "pretrain's --tags and benchmark's --tags-base part (a base from image tags alone)",
+           "wilss.cli_sequence": "benchmark's --sequence part (forgetting over a long sequence of weak steps)"}
 
 
 def test_command_modules_do_not_import_each_other():
