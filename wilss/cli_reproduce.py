@@ -104,8 +104,8 @@ def paper_table(rows_by_setting: dict[str, list[Row]], protocol: Protocol, title
         head += f" {setting} {old} | {setting} {new} | {setting} All |"
         rule += " ---: | ---: | ---: |"
     lines = [f"### {title}", "", head, rule]
-    order = [m for m in ("joint", "ft", "wilss", "ilt", "hrhf", "base") if any(r.method == m for rs in rows_by_setting.values()
-                                                                 for r in rs)]
+    order = [m for m in ("joint", "ft", "wilss", "ilt", "hrhf", "base")
+             if any(r.method == m for rs in rows_by_setting.values() for r in rs)]
     for method in order:
         cells = ""
         for rows in rows_by_setting.values():

@@ -19,7 +19,8 @@ import numpy as np
 
 from models import build_segmenter
 from models.segmenter import Segmenter
-from wilss.config import HRHF_REPLAY_IMAGES, ILT_OUTPUT_DISTILLATION, OptimConfig, PretrainConfig, TagsBaseConfig, UpdateConfig
+from wilss.config import (HRHF_REPLAY_IMAGES, ILT_OUTPUT_DISTILLATION, OptimConfig, PretrainConfig, TagsBaseConfig,
+                          UpdateConfig)
 from wilss.data import load_image, load_mask, read_camvid
 from wilss.training_data import PixelDataset, TagDataset
 from wilss.engine import Progress, seed_everything

@@ -65,7 +65,8 @@ def train_base_checkpoint(bench: Benchmark) -> StepResult:
 
 def weak_step_checkpoint(bench: Benchmark, method: str, previous: Checkpoint, step: int, *,
                          score: bool = False) -> StepResult:
-    """Weak step ``step`` of ``method`` ('wilss', 'ft', 'ilt' or 'hrhf') from ``previous`` (the model after step - 1)."""
+    """Weak step ``step`` of ``method`` ('wilss', 'ft', 'ilt' or 'hrhf') from ``previous`` (the model after
+    step - 1)."""
     cfg = bench.method_config(method, step)
     indices = bench.step_indices(step)
     start = time.perf_counter()
