@@ -44,6 +44,8 @@ def _advanced_widget(name: str, label: str, info: str):
     kind, value = field_type(name), getattr(DEMO_UPDATE, name)
     if kind is bool:
         return gr.Checkbox(value=value, label=label, info=info, elem_id=f"adv-{name}", min_width=240)
+    if kind is str and name == "replay_classes":   # free text: old class names, comma-separated
+        return gr.Textbox(value=value, label=label, info=info, elem_id=f"adv-{name}", min_width=170)
     if kind is str:                # a choice: the region prior
         return gr.Dropdown(choices=list(REGION_PRIORS), value=value, label=label, info=info, elem_id=f"adv-{name}",
                            min_width=170)

@@ -16,7 +16,8 @@ from wilss.conventions import rgb_to_hex
 # The image helpers live in the engine so the CLI draws the same pictures; re-exported for the app.
 from wilss.render import _rgb, blend, cam_overlay, colour_mask, heatmap, mask_overlay, upscale  # noqa: F401
 
-PHASE_TEXT = {"warmup": "localizer warm-up", "joint": "joint training", "pretrain": "training"}
+PHASE_TEXT = {"warmup": "localizer warm-up", "joint": "joint training", "pretrain": "training",
+              "replay": "HRHF: synthesising replay images"}
 
 
 # ------------------------------------------------------------------------------------------ snapshot tiles

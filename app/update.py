@@ -69,6 +69,11 @@ ADVANCED = (
      "ILT: distillation of the old classes' logits (MiB's ILT runs: 100); 0 = off"),
     ("freeze_encoder", "frozen encoder (ILT)", "ILT: only the heads, classifier and localizer learn"),
     ("unbiased_kd", "MiB unbiased distillation weight", "the MiB step with masks only (MiB: 10)"),
+    ("replay_images", "HRHF replay: images",
+     "synthesise this many images of the old classes by inverting the model, replayed during the update; 0 = off"),
+    ("replay_classes", "HRHF replay: classes", "comma-separated old classes to synthesise; empty = all"),
+    ("replay_steps", "HRHF replay: inversion steps", "optimisation steps per batch of synthesised images"),
+    ("replay_weight", "HRHF replay: weight", "weight of the distillation on the synthesised images"),
 )   # new entries go at the end: API clients pass these values in this order (docs/app.md)
 _FIELD_TYPES = {f.name: type(getattr(DEMO_UPDATE, f.name)) for f in fields(UpdateConfig)}
 
@@ -111,7 +116,8 @@ def loss_names(cfg: UpdateConfig, *, aux: bool = False) -> list[str]:
     has an auxiliary head (torchvision's FCN / DeepLabV3), trained with its own l_SEG."""
     names = ["cls"] + (["loc"] if cfg.old_model_prior else []) + (["fd"] if cfg.feature_distillation > 0 else [])
     names += ["seg"] + (["od"] if cfg.output_distillation > 0 else []) + (["aux"] if aux else [])
-    return names + (["self"] if cfg.pamr_self_training else []) + ["total"]
+    names += ["self"] if cfg.pamr_self_training else []
+    return names + (["replay"] if cfg.replay_images > 0 else []) + ["total"]
 
 
 # ------------------------------------------------------------------------------------------------- plan
@@ -198,7 +204,8 @@ class UpdateJob:
             shown = time.monotonic()
             for progress in gen:
                 self.last = progress
-                self.losses.append((progress.iteration, dict(progress.losses)))
+                if progress.phase != "replay":   # the inversion's steps are not training iterations
+                    self.losses.append((progress.iteration, dict(progress.losses)))
                 self._serve_calls()
                 snaps = []
                 final = progress.iteration == progress.total_iterations

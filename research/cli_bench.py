@@ -145,6 +145,10 @@ def save_base(bench: Benchmark, model, path: Path, args: argparse.Namespace, tit
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    if args.sequence is not None:   # a long sequence of weak steps: forgetting per step (research.cli_sequence)
+        from research.cli_sequence import cmd_sequence
+
+        return cmd_sequence(args)
     if args.dataset == "demo":
         if args.tags_base:
             raise CliError("--tags-base is for world and camvid")
@@ -302,11 +306,16 @@ def register_benchmark(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", type=methods_arg, default=("wilss", "ft", "joint"), metavar="LIST",
                    help="which rows to run besides the base, in this order (default: wilss,ft,joint; none: the "
                         "base alone). Also: ilt (WILSS + ILT's output distillation), offline (localizer from the "
-                        "tags, pseudo-labels frozen, then a MiB step), mib (MiB with the step's masks): "
+                        "tags, pseudo-labels frozen, then a MiB step), mib (MiB with the step's masks), hrhf (WILSS "
+                        "+ HRHF replay; --replay-* set it, by default 64 images): "
                         "docs/methods.md")
     p.add_argument("--tags-base", action="store_true",
                    help="also train the base from image tags alone (single-stage WSSS, docs/bases.md) on the same "
                         "images and classes; the table shows both bases, and the weak steps grow the tags-only one")
+    p.add_argument("--sequence", metavar="SPEC",
+                   help="world only: run every weak step of this task in turn (e.g. 7-1-1 or 5-1-1-1-1, the "
+                        "recipe's setting) for --methods among wilss, ft, ilt, hrhf, joint, and print old mIoU after "
+                        "each step (forgetting); with --base, a checkpoint of step 0's classes")
     p.add_argument("--epochs-step", type=positive_int, metavar="N",
                    help="epochs of every step-1 run (wilss, ft, ilt, offline, mib), the warm-up scaled in proportion "
                         "(default: the recipe's)")

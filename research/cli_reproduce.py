@@ -27,7 +27,8 @@ from wilss.data import DataError
 log = logging.getLogger(__name__)
 
 WEAK_LRS = ("lr_backbone", "lr_head", "lr_localizer")   # the weak steps' learning rates (UpdateConfig)
-ROW_NAMES = {"joint": "Joint (pixel labels)", "ft": "FT", "wilss": "WILSS", "base": "Step 0 (base)"}
+ROW_NAMES = {"joint": "Joint (pixel labels)", "ft": "FT", "wilss": "WILSS", "base": "Step 0 (base)",
+             "ilt": "WILSS + ILT", "hrhf": "WILSS + HRHF replay"}
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -117,8 +118,8 @@ def paper_table(rows_by_setting: dict[str, list[Row]], protocol: Protocol, title
     note = ("Every model is scored on the whole test split after the last step; classes a model has not added yet "
             "count as background (MiB's convention): the step-0 base scores 0 on the new classes.")
     lines = [f"### {title}", "", note, "", head, rule]
-    order = [m for m in ("joint", "ft", "wilss", "base") if any(r.method == m for rs in rows_by_setting.values()
-                                                                 for r in rs)]
+    order = [m for m in ("joint", "ft", "wilss", "ilt", "hrhf", "base")
+             if any(r.method == m for rs in rows_by_setting.values() for r in rs)]
     for method in order:
         cells = ""
         for rows in rows_by_setting.values():
@@ -225,7 +226,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--setting", choices=(*SETTINGS, "both"), default="disjoint",
                    help="disjoint: step images hold no future class; overlap: they may (default: disjoint)")
     p.add_argument("--methods", default="ft,wilss,joint", metavar="LIST",
-                   help="comma-separated, from ft, wilss, joint (default: all three)")
+                   help="comma-separated, from ft, wilss, joint, ilt (WILSS + ILT output distillation), hrhf (WILSS "
+                        "+ HRHF replay) (default: ft,wilss,joint)")
     p.add_argument("--train-split", metavar="NAME", help="list to train on (default: train_aug if present, else "
                    "train; folder: train)")
     p.add_argument("--test-split", metavar="NAME", help="list to score on (default: val; folder: test, else val)")

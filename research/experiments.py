@@ -20,7 +20,8 @@ import numpy as np
 from models import build_segmenter
 from models.segmenter import Segmenter
 from research.protocol import Task, eval_label_map, label_map, present_classes, select_images, tags_from_mask
-from wilss.config import ILT_OUTPUT_DISTILLATION, OptimConfig, PretrainConfig, TagsBaseConfig, UpdateConfig
+from wilss.config import (HRHF_REPLAY_IMAGES, ILT_OUTPUT_DISTILLATION, OptimConfig, PretrainConfig, TagsBaseConfig,
+                          UpdateConfig)
 from wilss.data import load_image, load_mask, read_camvid
 from wilss.engine import Progress, seed_everything
 from wilss.inference import evaluate
@@ -32,7 +33,7 @@ from wilss.trainer import WeakUpdate, pretrain
 from wilss.training_data import PixelDataset, TagDataset
 from wilss.transforms import Compose, Resize, train_transform
 
-METHODS = ("wilss", "ft", "ilt", "offline", "mib", "joint")   # the rows ``Benchmark.run`` can add to the base
+METHODS = ("wilss", "ft", "ilt", "offline", "mib", "joint", "hrhf")   # the rows ``Benchmark.run`` can add to the base
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,8 @@ class Benchmark:
 
     def weak_step(self, name: str, base: Segmenter, cfg: UpdateConfig, step: int = 1) -> Segmenter:
         update = WeakUpdate(base, self.tag_dataset(self.step_indices(step), step),
-                            num_new=len(self.protocol.task.step(step).new_classes), cfg=cfg, device=self.device)
+                            num_new=len(self.protocol.task.step(step).new_classes), cfg=cfg, device=self.device,
+                            class_names=self.protocol.model_class_names(step - 1))
         for progress in update.run():
             self.on_progress(name, progress)
         return update.model
@@ -226,17 +228,19 @@ class Benchmark:
         ``wilss.tags.settle_negatives``); 'ft' (fine-tuning on the localizer's pseudo-labels) without the old
         model's prior (l_LOC) and targets (Eq. 7), and so without old-class tags from it."""
         if method == "ft":
-            return replace(self.update_cfg, old_model_prior=False, old_model_targets=False)
+            return replace(self.update_cfg, old_model_prior=False, old_model_targets=False, **NO_REPLAY)
         if method == "ilt":   # WILSS + ILT's output distillation, at the weight of MiB's ILT runs
             return replace(self.method_config("wilss", step), output_distillation=ILT_OUTPUT_DISTILLATION)
+        if method == "hrhf":   # the --replay-* settings (or HRHF_REPLAY_IMAGES) on the wilss row's
+            return hrhf_config(self.update_cfg, self.method_config("wilss", step))
         if method != "wilss":
-            raise ValueError(f"no weak-step settings for method {method!r}; use 'wilss', 'ft' or 'ilt'")
+            raise ValueError(f"no weak-step settings for method {method!r}; use 'wilss', 'ft', 'ilt' or 'hrhf'")
         new = self.protocol.task.step(step).new_classes
         tags = np.array([[c in self.train.present[i] for c in new] for i in self.step_indices(step)], dtype=bool)
         if len(tags) and tags.all(axis=0).any() and not (self.update_cfg.relaxed or self.update_cfg.auto_old_tags):
             log.info("step %d: a new class is in every step image (no negatives): automatic old-class tags", step)
-            return replace(self.update_cfg, auto_old_tags=True)
-        return self.update_cfg
+            return replace(self.update_cfg, auto_old_tags=True, **NO_REPLAY)
+        return replace(self.update_cfg, **NO_REPLAY)
 
     def score(self, name: str, model: Segmenter, seconds: float, step: int = 1, *, keep: bool = True) -> Row:
         """The test figures after ``step`` in the paper's columns (``Task.paper_columns``); ``keep``: add the row
@@ -264,12 +268,24 @@ class Benchmark:
             "offline": lambda: self.offline_step("offline", base, self.method_config("wilss", 1)),
             "mib": lambda: self.masked_step("mib", base, self.update_cfg),
             "joint": lambda: self.pixel_model("joint", self.joint_indices(1), step=1),
+            "hrhf": lambda: self.weak_step("hrhf", base, self.method_config("hrhf", 1)),
         }
         for name in methods:
             start = time.perf_counter()
             model = runs[name]()
             self.score(name, model, time.perf_counter() - start)
         return self.rows
+
+
+NO_REPLAY = {"replay_images": 0, "replay_classes": ""}   # only the 'hrhf' row replays
+
+
+def hrhf_config(recipe: UpdateConfig, wilss: UpdateConfig) -> UpdateConfig:
+    """The 'hrhf' row: the ``wilss`` row's settings with the replay settings of ``recipe`` (``--replay-*``), its
+    images ``HRHF_REPLAY_IMAGES`` where it has none."""
+    return replace(wilss, replay_images=recipe.replay_images or HRHF_REPLAY_IMAGES,
+                   replay_classes=recipe.replay_classes, replay_steps=recipe.replay_steps,
+                   replay_weight=recipe.replay_weight)
 
 
 def format_table(rows: Sequence[Row], title: str) -> str:

@@ -21,14 +21,14 @@ from wilss.config import to_dict
 
 log = logging.getLogger(__name__)
 
-METHODS = ("wilss", "ft", "joint")
+METHODS = ("wilss", "ft", "joint", "ilt", "hrhf")   # ilt: + output distillation; hrhf: + HRHF replay
 
 
 @dataclass
 class StepResult:
     """One trained step of one method: its checkpoint, training wall time and (when scored) test row."""
 
-    method: str               # 'base', 'wilss', 'ft' or 'joint'
+    method: str               # 'base', 'joint' or a weak-step method ('wilss', 'ft', 'ilt', 'hrhf')
     step: int
     classes: list[str]        # class names this step added (joint: every class)
     num_images: int
@@ -65,7 +65,8 @@ def train_base_checkpoint(bench: Benchmark) -> StepResult:
 
 def weak_step_checkpoint(bench: Benchmark, method: str, previous: Checkpoint, step: int, *,
                          score: bool = False) -> StepResult:
-    """Weak step ``step`` of ``method`` ('wilss' or 'ft') from ``previous`` (the model after step - 1)."""
+    """Weak step ``step`` of ``method`` ('wilss', 'ft', 'ilt' or 'hrhf') from ``previous`` (the model after
+    step - 1)."""
     cfg = bench.method_config(method, step)
     indices = bench.step_indices(step)
     start = time.perf_counter()
@@ -146,4 +147,22 @@ def format_steps(results: Sequence[StepResult]) -> str:
         scores = ("| - | - | - |" if r.row is None else f"| {r.row.old:.1f} | {r.row.new:.1f} | {r.row.all:.1f} |")
         shown = ", ".join(r.classes) if len(r.classes) <= 6 else f"{', '.join(r.classes[:5])}, ... ({len(r.classes)})"
         lines.append(f"| {r.method} | {r.step} | {shown} | {r.num_images} | {r.seconds:.1f} " + scores)
+    return "\n".join(lines)
+
+
+def format_forgetting(rows: Sequence[Row], results: Sequence[StepResult], title: str) -> str:
+    """Markdown table of forgetting over a sequence (``run_sequence`` with ``score_each_step``): per weak-step
+    method, old mIoU (step 0's classes) before the first step (the base's) and after each step, then new and all
+    after the last step and the training time summed over the steps."""
+    steps = sorted({r.step for r in results if r.method not in ("base", "joint")})
+    base = next((r for r in rows if r.method == "base"), None)
+    lines = [f"### {title}", "", "| method | " + " | ".join(["base"] + [f"old after step {t}" for t in steps])
+             + " | new (last) | all (last) | train time (s) |", "| --- |" + " ---: |" * (len(steps) + 4)]
+    for row in rows:
+        if row.method in ("base", "joint"):
+            continue
+        by_step = {r.step: r.row for r in results if r.method == row.method}
+        olds = [f"{by_step[t].old:.1f}" if by_step.get(t) is not None else "-" for t in steps]
+        lines.append(f"| {row.method} | {'-' if base is None else f'{base.old:.1f}'} | " + " | ".join(olds)
+                     + f" | {row.new:.1f} | {row.all:.1f} | {row.seconds:.0f} |")
     return "\n".join(lines)

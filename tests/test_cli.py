@@ -280,8 +280,8 @@ def test_benchmark_input_errors(tmp_path, capsys):
     camvid = ["benchmark", "camvid", "--data", tmp_path / "nowhere"]
     code, _, err = run(["benchmark", "world", "--arch", "tiny"], capsys)
     assert code == 2 and "for the CamVid benchmark" in err
-    code, _, err = run(["benchmark", "world", "--methods", "wilss,hrhf"], capsys)
-    assert code == 2 and "subset of wilss,ft,ilt,offline,mib,joint" in err
+    code, _, err = run(["benchmark", "world", "--methods", "wilss,unicorn"], capsys)
+    assert code == 2 and "subset of wilss,ft,ilt,offline,mib,joint,hrhf" in err
     code, _, err = run(["benchmark", "world", "--methods", "wilss,wilss"], capsys)
     assert code == 2 and "each once" in err
     code, _, err = run(["benchmark", "world", "--quick", "--epochs-step", "3"], capsys)

@@ -114,7 +114,8 @@ HELPERS = {"wilss.cli_common": "flags, checks and output shared by every command
            "wilss.cli_resume": "add-class's long-run flags and snapshots (not a command, despite its name)",
            "wilss.cli_bases": "pretrain's --data and --tags, shared with python -m research pretrain",
            "research.cli_demo": "benchmark's demo part (the app's one-click update, timed and scored)",
-           "research.cli_tags": "pretrain's --tags and benchmark's --tags-base part (a base from image tags alone)"}
+           "research.cli_tags": "pretrain's --tags and benchmark's --tags-base part (a base from image tags alone)",
+           "research.cli_sequence": "benchmark's --sequence part (forgetting over a long sequence of weak steps)"}
 
 
 @pytest.mark.parametrize("package", ["wilss", "research"])

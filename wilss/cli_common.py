@@ -163,6 +163,13 @@ UPDATE_VALUE_FLAGS = (
     ("--unbiased-kd", "unbiased_kd", non_negative_float, "W",
      "with --masks (MiB): weight of the unbiased knowledge distillation from the old model"),
     ("--seed", "seed", int, "S", "random seed of initialisation, shuffling and augmentation"),
+    ("--replay-images", "replay_images", non_negative_int, "N",
+     "HRHF replay: synthesise N images of the old classes by inverting the model before the update, and distil the "
+     "old model on them during it (0: off)"),
+    ("--replay-classes", "replay_classes", str, "LIST",
+     "HRHF replay: comma-separated old classes to synthesise (empty: every old class)"),
+    ("--replay-steps", "replay_steps", positive_int, "N", "HRHF replay: inversion steps per batch of images"),
+    ("--replay-weight", "replay_weight", non_negative_float, "W", "HRHF replay: weight of the distillation on them"),
     ("--region-prior", "region_prior", region_prior_arg, "{" + ",".join(REGION_PRIORS) + "}",
      "average the pseudo-labels over each superpixel of the image (after the PAMR refinement, when on) and train "
      "l_SEG at the image's resolution (beyond the paper; none: off)"),
@@ -203,7 +210,7 @@ UPDATE_SWITCHES = (
 
 
 def _defaults_text(field: str, labelled: Sequence[tuple[str, UpdateConfig]]) -> str:
-    values = [(label, getattr(cfg, field)) for label, cfg in labelled]
+    values = [(label, getattr(cfg, field) if getattr(cfg, field) != "" else "empty") for label, cfg in labelled]
     if all(v == values[0][1] for _, v in values):
         return f"default: {values[0][1]}"
     return "default: " + ", or ".join(f"{v} {label}".rstrip() for label, v in values)

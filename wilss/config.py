@@ -41,11 +41,14 @@ class PretrainConfig(OptimConfig):
 # Upper bounds of an update's settings, so that one request (the app's, or a typo in a flag) cannot hold the machine
 # for days or exhaust its memory: several times the paper's and the recipes' values (wilss.recipes).
 UPDATE_LIMITS = {"epochs": 200, "batch_size": 128, "crop_size": 1024, "localizer_channels": 1024,
-                 "pamr_refine_iterations": 100, "pamr_refine_fine_iterations": 100, "region_segments": 4096}
+                 "pamr_refine_iterations": 100, "pamr_refine_fine_iterations": 100, "region_segments": 4096,
+                 "replay_images": 1024, "replay_steps": 5000}
 REGION_PRIORS = ("none", "slic", "felzenszwalb")   # UpdateConfig.region_prior (wilss.regions)
 
 # The weight of ILT's output distillation in the benchmark's 'ilt' row: MiB's runs of ILT (its argparser: loss_kd 100).
 ILT_OUTPUT_DISTILLATION = 100.0
+# The benchmark's 'hrhf' row (WILSS + HRHF replay) when --replay-images is not given: fake images synthesised per step.
+HRHF_REPLAY_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,14 @@ class UpdateConfig(OptimConfig):
     # The pixel-supervised MiB step only (wilss.masked_update; WILSON's step ignores it): weight of MiB's unbiased
     # knowledge distillation (losses.unbiased_kd), 10 as in MiB's runs.
     unbiased_kd: float = 10.0
+    # HRHF replay (Huang et al.; wilss.hrhf), off by default: before the update, ``replay_images`` images are
+    # synthesised by inverting the old model (``replay_steps`` Adam steps each) for ``replay_classes`` (comma-separated
+    # old class names; '' = every old class); in the joint phase each batch is joined by half as many of them, on
+    # which the new model distils the old one (loss 'replay', weight ``replay_weight``).
+    replay_images: int = 0
+    replay_classes: str = ""
+    replay_steps: int = 200
+    replay_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name, most in UPDATE_LIMITS.items():
@@ -131,7 +142,12 @@ class UpdateConfig(OptimConfig):
         if self.region_segments < 2 or self.region_scale <= 0:
             raise ValueError("region_segments must be at least 2 and region_scale positive, got "
                              f"{self.region_segments} and {self.region_scale}")
-        for name in ("output_distillation", "unbiased_kd", "feature_distillation"):
+        if self.replay_images < 0 or self.replay_steps < 1:
+            raise ValueError(f"replay_images must be 0 (off) or positive and replay_steps at least 1, got "
+                             f"{self.replay_images} and {self.replay_steps}")
+        if self.replay_classes.strip() and not self.replay_images:
+            raise ValueError("replay_classes needs replay images (replay_images > 0)")
+        for name in ("output_distillation", "unbiased_kd", "feature_distillation", "replay_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} is a loss weight, at least 0; got {getattr(self, name)}")
         if not 0.0 <= self.alpha <= 1.0:

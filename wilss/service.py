@@ -33,6 +33,7 @@ from wilss.conventions import BACKGROUND_NAME, extend_colours, hex_to_rgb
 from wilss.data import DataError
 from wilss.distributed import current_world
 from wilss.engine import Progress, Snapshot, seed_everything  # noqa: F401  (part of the API)
+from wilss.hrhf import replay_class_ids
 from wilss.export import ExportError, export_onnx  # noqa: F401  (part of the API)
 from wilss.inference import Prediction, Predictor  # noqa: F401  (part of the API)
 from wilss.recipes import DEMO_UPDATE, TAGS_BASE  # noqa: F401  (the CPU-sized settings of the samples)
@@ -56,7 +57,8 @@ UPDATE_OPTIONS = ("epochs", "warmup_epochs", "batch_size", "crop_size", "lr_back
                   "feature_distillation", "seed", "mib_init", "relaxed", "auto_old_tags", "drop_unlocalized",
                   "pamr_self_training", "pamr_refine_stride", "pamr_refine_iterations", "pamr_refine_fine_iterations",
                   "output_distillation", "freeze_encoder", "unbiased_kd", "new_on_old_background", "freeze_encoder_bn",
-                  "region_prior", "region_segments", "region_scale", "region_weight")
+                  "region_prior", "region_segments", "region_scale", "region_weight", "replay_images", "replay_classes",
+                  "replay_steps", "replay_weight")
 
 
 def load(source) -> Checkpoint:
@@ -104,6 +106,14 @@ class UpdateRequest:
             raise DataError(f"The input scale must be 16-{MAX_INPUT_SIDE} px (the images' longer side), got "
                             f"{self.input_side}.")
         check_new_classes(self.tagged, names, self.base.class_names[1:])
+        if self.cfg.replay_images:   # HRHF: the classes to invert must be the model's, checked before anything runs
+            if self.masks is not None:
+                raise DataError("HRHF replay (replay_images) is an option of the weak step, not of the step with "
+                                "masks.")
+            try:
+                replay_class_ids(self.cfg.replay_classes, self.base.class_names, len(self.base.class_names))
+            except ValueError as err:
+                raise DataError(f"{str(err)[0].upper()}{str(err)[1:]}.") from None
         wilson = self.auto_negatives and self.masks is None   # l_CLS's negatives: WILSON's step only
         cfg, note = settle_negatives(self.tagged, names, self.cfg) if wilson else (self.cfg, "")
         if cfg.localizer_detail and self.base.model.detail_key is None:   # a recipe's default, for another network
@@ -180,7 +190,8 @@ class UpdateRun:
             self.dataset = tagged_training_set(plan.tagged, plan.columns, plan.cfg, side=plan.input_side)
             self.update = WeakUpdate(plan.base.model, self.dataset, num_new=len(plan.new_names), cfg=plan.cfg,
                                      device=device, snapshot_items=[self.item(i) for i in snapshot_indices],
-                                     snapshot_every=snapshot_every, sync_bn=sync_bn, runtime=runtime)
+                                     snapshot_every=snapshot_every, sync_bn=sync_bn, runtime=runtime,
+                                     class_names=plan.base.class_names)
         self.last: Optional[Progress] = None
         self.seconds = 0.0                   # wall time of this process's training (set when iteration ends)
 
@@ -212,7 +223,9 @@ class UpdateRun:
         if not self.finished:
             raise RuntimeError("the update has not finished, there is no result")
         plan, request = self.plan, self.plan.request
-        figures = {"train_seconds": round(self.train_seconds, 1),
+        replay = getattr(self.update, "replay_seconds", 0.0)   # HRHF's synthesis, part of train_seconds
+        figures = {"train_seconds": round(self.train_seconds, 1), **({"replay_seconds": round(replay, 1)} if replay
+                                                                      else {}),
                    **{f"final_loss_{k}": round(v, 4) for k, v in self.last.losses.items()}, **(metrics or {})}
         world = current_world()
         entry = HistoryEntry(

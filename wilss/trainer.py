@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from dataclasses import replace
 from functools import partial
 from typing import Iterator, Optional, Sequence
@@ -19,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from models.segmenter import Segmenter, resized
+from wilss import hrhf as H
 from wilss import losses as L
 from wilss.config import PretrainConfig, UpdateConfig
 from wilss.conventions import IGNORE_INDEX, denormalize, normalize
@@ -106,6 +108,7 @@ class WeakUpdate:
     index); the last ``num_new`` columns are the new classes, the others are read only in the relaxed setting.
     ``snapshot_items``: (image ``HxWx3`` uint8, targets) pairs rendered every ``snapshot_every`` iterations.
     ``runtime``: precision, memory format, compilation, workers (``wilss.runtime``); default ``optimised(device)``.
+    ``class_names``: the old model's (background first), to read ``cfg.replay_classes`` by name (HRHF replay).
     The input model is never modified: the result is ``self.model``.
     Under an initialised process group (torchrun) each process trains its share of every global batch through
     DistributedDataParallel (``sync_bn``: SyncBatchNorm, CUDA only); otherwise it runs in this process alone.
@@ -114,7 +117,8 @@ class WeakUpdate:
     def __init__(self, old_model: Segmenter, dataset: Dataset, *, num_new: int, cfg: UpdateConfig = UpdateConfig(),
                  device: str | torch.device | None = None,
                  snapshot_items: Sequence[tuple[np.ndarray, np.ndarray]] = (), snapshot_every: int = 0,
-                 sync_bn: bool = False, runtime: RuntimeConfig | None = None) -> None:
+                 sync_bn: bool = False, runtime: RuntimeConfig | None = None,
+                 class_names: Sequence[str] | None = None) -> None:
         self.cfg, self.dataset, self.num_new = cfg, dataset, num_new
         self.device = resolve_device(device)
         self.runtime = optimised(self.device) if runtime is None else runtime
@@ -122,6 +126,10 @@ class WeakUpdate:
         seed_everything(cfg.seed)  # new classifier rows (without MiB init) and the localizer start from the seed
         self.old_model = copy.deepcopy(old_model).to(self.device).eval().requires_grad_(False)
         self.num_old = old_model.num_classes  # background + old classes
+        # HRHF replay: the old classes to invert (checked now: a bad name fails before anything runs)
+        self.replay_classes = H.replay_class_ids(cfg.replay_classes, class_names, self.num_old)
+        self.replay: H.ReplayBank | None = None   # the fake images, once synthesised (run)
+        self.replay_seconds = 0.0
         self.model = copy.deepcopy(old_model)
         self.model.grow(num_new, mib_init=cfg.mib_init)
         self.model.config["activation"] = "sigmoid"  # l_SEG (Eq. 8) trains every output as a sigmoid
@@ -155,14 +163,27 @@ class WeakUpdate:
     def losses(self, images: torch.Tensor, targets: torch.Tensor, phase: str) -> dict[str, torch.Tensor]:
         """The named losses of one iteration on a batch (``phase``: 'warmup' or 'joint'), in the runtime's precision
         (autocast; each loss itself is float32)."""
+        fake = None
+        if self.replay is not None and phase != "warmup":   # HRHF: half as many fake images join the batch
+            fake = self.replay.draw(H.fakes_per_batch(len(images), len(self.replay)))
+            fake = (resized(fake[0], images.shape[-2:]).contiguous(memory_format=self.precision.memory_format),
+                    fake[1])
         with self.precision.autocast():
-            return self._compiled_losses(images, targets, phase)
+            return self._compiled_losses(images, targets, phase, fake)
 
-    def _losses(self, images: torch.Tensor, targets: torch.Tensor, phase: str) -> dict[str, torch.Tensor]:
+    def _losses(self, images: torch.Tensor, targets: torch.Tensor, phase: str,
+                fake: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         tags_new = targets[:, -self.num_new:]
         old_logits, old_features = self.precision.frozen(self.old_model.forward_features, images)
-        features, z, seg_logits, aux_logits = self.net(images, decode=phase != "warmup")
+        if fake is None:
+            features, z, seg_logits, aux_logits = self.net(images, decode=phase != "warmup")
+        else:   # one forward over real + fake (one batch-norm batch, as HRHF's half-real half-fake batches)
+            features, z, seg_logits, aux_logits = self.net(torch.cat([images, fake[0]]), decode=True)
+            n = len(images)
+            replay = cfg.replay_weight * H.replay_distillation(seg_logits[n:], resized(fake[1], seg_logits.shape[-2:]))
+            features, z, seg_logits = features[:n], z[:n], seg_logits[:n]
+            aux_logits = None if aux_logits is None else aux_logits[:n]
         old_probs = self.old_model.probabilities(resized(old_logits, z.shape[-2:]))  # at z's resolution
         class_logits = L.aggregate_scores(z, gamma=cfg.focal_gamma, lam=cfg.focal_lambda, eps=cfg.gwp_eps)
         if cfg.auto_old_tags:
@@ -193,6 +214,8 @@ class WeakUpdate:
             out["aux"] = AUX_WEIGHT * L.segmentation_loss(aux_logits, target, weights)
         if cfg.pamr_self_training:
             out["self"] = self._self_training_loss(images, z, old_logits, targets)
+        if fake is not None:
+            out["replay"] = replay
         return out
 
     def _refined(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -247,6 +270,8 @@ class WeakUpdate:
         if self.precision.scaler is not None:  # fp16: the loss scale resumes too
             state["scaler"] = self.precision.scaler
         start = resumer.restore(state, loader.sampler) if resumer else 0
+        if cfg.replay_images and self.replay is None:
+            yield from self._synthesise()
 
         def step(batch: tuple, phase: str) -> dict[str, torch.Tensor]:
             images = self.precision.images(batch[0])
@@ -268,6 +293,24 @@ class WeakUpdate:
                              batch_size=loader.batch_size)
             yield progress
         self.model.eval().to(memory_format=torch.contiguous_format)  # the result is an ordinary model
+
+    def _synthesise(self) -> Iterator[Progress]:
+        """HRHF: invert the old model into ``cfg.replay_images`` images at the crop size, once; one ``Progress``
+        (phase 'replay', loss 'inversion') per inversion step; then ``self.replay`` holds them."""
+        cfg, start, inversion = self.cfg, time.perf_counter(), H.InversionConfig()
+        total = cfg.replay_steps * -(-cfg.replay_images // inversion.batch_size)
+        images = None
+        for step, loss, images in H.synthesise(self.old_model, num=cfg.replay_images, size=cfg.crop_size,
+                                               classes=self.replay_classes, steps=cfg.replay_steps, cfg=inversion,
+                                               seed=cfg.seed, device=self.device):
+            if images is None:
+                yield Progress(iteration=step, total_iterations=total, epoch=0, phase="replay",
+                               losses={"inversion": loss}, lr=inversion.lr, elapsed_s=time.perf_counter() - start)
+        images = images.to(self.device)
+        self.replay = H.ReplayBank(images, H.old_probabilities(self.old_model, images, device=self.device),
+                                   seed=cfg.seed)
+        self.replay_seconds = time.perf_counter() - start
+        log.info("HRHF: %d replay images in %.1f s", len(images), self.replay_seconds)
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
