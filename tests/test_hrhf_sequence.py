@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from models import build_segmenter
-from wilss import recipes, world
+from research import recipes, world
 from wilss.checkpoint import new_checkpoint, save_checkpoint
-from wilss.cli import main
+from research.cli import main
 from research.experiments import LabelledSplit
-from research.world import WORLD_CLASSES
+from wilss.recipes import WORLD_CLASSES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
