@@ -1,17 +1,6 @@
-"""The MiB/WILSON data protocols: the label maps of training and test masks at each step, and tags from masks,
-as pure functions over class-id sets. The task splits, the image selection and the label maps live in ``wilss.tasks``
-(add-class ``--world`` and evaluate ``--task`` need them); they are re-exported here.
-
-Two id spaces appear here:
-- *dataset ids*: the values in the dataset's mask files (VOC: 0 background, 1..20 classes, 255 void);
-- *model ids*: output channels of the model after step ``t``: 0 background, then the seen classes in task
-  order (step 0's classes first, then step 1's, ...) as 1, 2, ...
-
-A ``Task`` is the class order. Its ``background_ids`` are the dataset ids that mean background (model id 0):
-``(0,)`` for VOC/COCO-style data, ``()`` for a dataset where every pixel is a named class (e.g. CamVid);
-then no pixel is labelled background and all named classes are shifted by one in model ids.
-Dataset ids that belong to no step and are not background are treated like future classes (background).
-"""
+"""The MiB/WILSON data protocols of the benchmarks: tags from masks, as pure functions over class-id sets. The task
+splits, the image selection and the label maps (dataset ids -> model ids) live in ``wilss.tasks``, where add-class
+``--world`` and evaluate ``--task`` need them; they are re-exported here."""
 from __future__ import annotations
 
 from typing import Sequence

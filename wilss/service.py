@@ -171,7 +171,31 @@ class UpdatePlan:
 
 
 # --------------------------------------------------------------------------------------------------- run
-class UpdateRun:
+class _Run:
+    """Iterating a run trains it, one ``Progress`` per iteration, and times it: ``last`` is the latest progress,
+    ``seconds`` the wall time since the run was made (set when iteration ends)."""
+
+    _start: float
+    last: Optional[Progress] = None
+    seconds: float = 0.0
+
+    def _progress(self) -> Iterator[Progress]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Progress]:
+        try:
+            for progress in self._progress():
+                self.last = progress
+                yield progress
+        finally:
+            self.seconds = time.perf_counter() - self._start
+
+    @property
+    def finished(self) -> bool:
+        return self.last is not None and self.last.iteration == self.last.total_iterations
+
+
+class UpdateRun(_Run):
     """An update under way: iterating it trains, one ``Progress`` per iteration (stop iterating to cancel: the base
     is untouched); after the last, ``checkpoint()`` is the result. ``update`` (the ``WeakUpdate``) and ``dataset``
     stay for pictures and pseudo-label exports, also between iterations."""
@@ -200,17 +224,8 @@ class UpdateRun:
         (``K-1`` multi-hot over ``plan.columns``)."""
         return fitted_image(self.plan.tagged.paths[index], self.plan.input_side), self.dataset.targets[index]
 
-    def __iter__(self) -> Iterator[Progress]:
-        try:
-            for progress in self.update.run(self.resumer):
-                self.last = progress
-                yield progress
-        finally:
-            self.seconds = time.perf_counter() - self._start
-
-    @property
-    def finished(self) -> bool:
-        return self.last is not None and self.last.iteration == self.last.total_iterations
+    def _progress(self) -> Iterator[Progress]:
+        return self.update.run(self.resumer)
 
     @property
     def train_seconds(self) -> float:
@@ -299,7 +314,7 @@ class TagsBasePlan:
                 "alone)")
 
 
-class TagsBaseRun:
+class TagsBaseRun(_Run):
     """A base from tags under way (``UpdateRun``'s interface): iterating trains, one ``Progress`` per iteration
     (stop iterating to cancel); after the last, ``checkpoint()`` is the new model, its history one 'pretrain' step
     whose settings say ``supervision: tags``."""
@@ -326,17 +341,8 @@ class TagsBaseRun:
         """Training image ``index`` fitted to the crop size (``HxWx3`` uint8), with its ``K-1`` multi-hot tags."""
         return fitted_image(self.plan.tagged.paths[index], self.plan.cfg.crop_size), self.dataset.targets[index]
 
-    def __iter__(self) -> Iterator[Progress]:
-        try:
-            for progress in self.update.run():
-                self.last = progress
-                yield progress
-        finally:
-            self.seconds = time.perf_counter() - self._start
-
-    @property
-    def finished(self) -> bool:
-        return self.last is not None and self.last.iteration == self.last.total_iterations
+    def _progress(self) -> Iterator[Progress]:
+        return self.update.run()
 
     def checkpoint(self) -> Checkpoint:
         """The new model (a CPU copy) with its step-0 history entry."""
