@@ -4,7 +4,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from wilss.pseudo_labels import VOID_COLOUR, palette_png, write_label_map
+from wilss.conventions import VOID_COLOUR, palette_png
+from wilss.pseudo_labels import write_label_map
 
 
 def test_palette_png_keeps_ids_and_marks_void(tmp_path):

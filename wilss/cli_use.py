@@ -11,7 +11,7 @@ from PIL import Image
 from models import DEFAULT_CHECKPOINT
 from wilss.cli_common import (CliError, add_common_flags, add_device_flag, add_max_side_flag, check_new_file,
                               check_writable_folder, open_checkpoint, positive_int)
-from wilss.conventions import rgb_to_hex
+from wilss.conventions import palette_png, rgb_to_hex
 from wilss.data import DataError, list_images, load_image, validate_images
 from wilss.render import mask_overlay
 from wilss.datasets import LAYOUTS
@@ -54,15 +54,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- predict
-def palette_png(mask: np.ndarray, colours: np.ndarray) -> Image.Image:
-    """``HxW`` class ids -> a mode 'P' PNG image whose palette holds the class colours (ids stay readable)."""
-    palette = np.full((256, 3), 255, dtype=np.uint8)
-    palette[: len(colours)] = colours
-    png = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="L")
-    png.putpalette(palette.flatten().tolist())
-    return png
-
-
 def _predict_inputs(source: Path) -> list[Path]:
     if source.is_file():
         return [source]

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ BACKGROUND = 0
 BACKGROUND_NAME = "background"
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+VOID_COLOUR = (224, 224, 192)  # PASCAL VOC's void/boundary colour, for IGNORE_INDEX in palette PNGs
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -39,6 +41,17 @@ def voc_palette(n: int = 256) -> np.ndarray:
             c >>= 3
         palette[i] = (r, g, b)
     return palette
+
+
+def palette_png(labels: np.ndarray, colours: np.ndarray) -> Image.Image:
+    """``HxW`` uint8 class ids -> a palette ('P' mode) image: pixel value = class id (readable as ids), shown in
+    ``colours`` (``Kx3``), with ``IGNORE_INDEX`` in VOC's void colour. Every mask file the tool writes is one."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(colours)] = colours
+    palette[IGNORE_INDEX] = VOID_COLOUR
+    image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="P")
+    image.putpalette(palette.flatten().tolist())
+    return image
 
 
 def hex_to_rgb(colour: str) -> tuple[int, int, int]:

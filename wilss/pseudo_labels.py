@@ -20,25 +20,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from wilss.conventions import IGNORE_INDEX
+from wilss.conventions import IGNORE_INDEX, palette_png
 from wilss.data import DataError, load_image
 from wilss.trainer import WeakUpdate
 from wilss.transforms import fit_longer_side
 
 log = logging.getLogger(__name__)
-
-VOID_COLOUR = (224, 224, 192)  # PASCAL VOC's void/boundary colour
-
-
-def palette_png(labels: np.ndarray, colours: np.ndarray) -> Image.Image:
-    """``HxW`` uint8 class ids -> a palette ('P' mode) image with ``colours`` (``Kx3``) and 255 as VOC void."""
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[: len(colours)] = colours
-    palette[IGNORE_INDEX] = VOID_COLOUR
-    image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    image.putpalette(palette.flatten().tolist())
-    return image
-
 
 def write_label_map(folder: Path, class_names: Sequence[str], colours: np.ndarray) -> None:
     """CVAT's ``labelmap.txt`` and a ``labels.json`` with ids, names and colours."""
