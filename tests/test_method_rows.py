@@ -52,7 +52,7 @@ def test_shortened_schedules_scale_the_warmup():
 
 @pytest.mark.slow
 def test_benchmark_command_runs_the_new_rows_on_a_small_world(monkeypatch, tmp_path, capsys):
-    from wilss import recipes
+    from research import recipes
     from research.cli import main
 
     small = (LabelledSplit.from_pairs(world.generate(24, seed=1, size=64, min_objects=1, max_objects=3)),
