@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 
 from starlette.requests import ClientDisconnect
@@ -36,6 +37,7 @@ class QuietDisconnects:
                         scope.get("method", ""), scope.get("path", ""))
 
 
+@functools.lru_cache(maxsize=1)   # find_library runs ldconfig: once, not after every update
 def _libc():
     name = ctypes.util.find_library("c")
     try:

@@ -176,8 +176,8 @@ class _Run:
     ``seconds`` the wall time since the run was made (set when iteration ends)."""
 
     _start: float
-    last: Optional[Progress] = None
-    seconds: float = 0.0
+    last: Optional[Progress]
+    seconds: float
 
     def _progress(self) -> Iterator[Progress]:
         raise NotImplementedError
@@ -216,8 +216,7 @@ class UpdateRun(_Run):
                                      device=device, snapshot_items=[self.item(i) for i in snapshot_indices],
                                      snapshot_every=snapshot_every, sync_bn=sync_bn, runtime=runtime,
                                      class_names=plan.base.class_names)
-        self.last: Optional[Progress] = None
-        self.seconds = 0.0                   # wall time of this process's training (set when iteration ends)
+        self.last, self.seconds = None, 0.0   # seconds: this process's training wall time (set when iteration ends)
 
     def item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Training image ``index`` as the update sees it (``HxWx3`` uint8 at the input scale), with its targets
@@ -334,8 +333,7 @@ class TagsBaseRun(_Run):
         self.dataset = tagged_training_set(plan.tagged, plan.new_names, plan.cfg)
         self.update = TagsBaseTraining(model, self.dataset, plan.cfg, device=device,
                                        snapshot_items=[self.item(i) for i in snapshot_indices])
-        self.last: Optional[Progress] = None
-        self.seconds = 0.0
+        self.last, self.seconds = None, 0.0
 
     def item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Training image ``index`` fitted to the crop size (``HxWx3`` uint8), with its ``K-1`` multi-hot tags."""
