@@ -27,6 +27,7 @@ from app.views import (HISTORY_HEADERS, added_in, architecture_markdown, before_
                        history_rows, spare_colours, thumbnails)
 from wilss.checkpoint import CheckpointError, load_checkpoint
 from wilss.data import DataError, list_images, load_image
+from wilss.conventions import prepare_image
 from wilss.tags import read_tagged_folder
 from wilss.demo import HELDOUT_FILE
 from wilss.engine import resolve_device
@@ -34,7 +35,6 @@ from wilss.files import atomic_write
 from wilss.export import ONNX_MISSING, onnx_available
 from wilss.service import ExportError, Predictor, export_onnx, score
 from wilss.recipes import DEMO_CLASS, DEMO_COLOUR, DEMO_UPDATE
-from wilss.transforms import fit_longer_side
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ class Handlers:
             return None, gr.skip(), None, error(tidy(str(err), {files[0]: f"'{files[0].name}'"}))
         large = image.size > LARGE_IMAGE
         if max(image.shape[:2]) > self.config.max_side:   # the page shows it no larger: predict at that size
-            image = fit_longer_side(image, self.config.max_side)
+            image = prepare_image(image, self.config.max_side)
         s = self.session(request)
         ckpt = s.ckpt
         start = time.perf_counter()

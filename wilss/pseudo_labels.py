@@ -20,10 +20,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from wilss.conventions import IGNORE_INDEX, palette_png
+from wilss.conventions import IGNORE_INDEX, palette_png, prepare_image
 from wilss.data import DataError, load_image
 from wilss.trainer import WeakUpdate
-from wilss.transforms import fit_longer_side
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ def export_pseudo_labels(update: WeakUpdate, paths: Sequence[Path], targets: np.
     for index, (path, row) in enumerate(zip(paths, targets)):
         original = load_image(path)   # decoded once: fitted for the network, its size for the mask
         with update.evaluating():
-            labels = pseudo_label_mask(update, fit_longer_side(original, side), row, min_confidence)
+            labels = pseudo_label_mask(update, prepare_image(original, side), row, min_confidence)
         height, width = original.shape[:2]
         image = palette_png(labels, colours).resize((width, height), Image.NEAREST)
         stem = Path(path).stem

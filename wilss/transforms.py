@@ -213,8 +213,3 @@ class FitLongerSide:
 
     def __repr__(self) -> str:
         return f"FitLongerSide({self.side})"
-
-
-def fit_longer_side(image: np.ndarray, side: int) -> np.ndarray:
-    """Resize ``HxWx3`` so its longer side is ``side`` (aspect kept): ``conventions.prepare_image``."""
-    return prepare_image(image, side)
