@@ -58,6 +58,8 @@ ADVANCED = (
      "beyond the paper: the localizer also reads the encoder's stride-4 map (tiny network): sharper CAMs"),
     ("new_on_old_background", "new classes on old background only",
      "beyond the paper: a new class's pseudo-label is capped by the old model's background probability"),
+    ("no_background", "no background class in the data",
+     "beyond the paper: every pixel is a named class, so the old background goes to the image's tagged new classes"),
     ("freeze_encoder_bn", "frozen encoder batch-norm statistics",
      "beyond the paper: the encoder's batch-norm layers keep the base model's statistics while its weights train"),
     ("region_prior", "region prior (superpixels)",

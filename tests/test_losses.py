@@ -118,6 +118,27 @@ def test_new_targets_capped_by_the_old_background_where_asked():
     torch.testing.assert_close(capped[:, :2], plain[:, :2])   # background and old targets unchanged
 
 
+def test_no_background_hands_the_old_background_to_the_tagged_new_classes_by_hand():
+    # two pixels; channels background, one old class, two new classes (A, B); the localizer prefers A on pixel 1,
+    # B on pixel 2, by e^1 : 1
+    z = torch.tensor([[[[5.0, 5.0]], [[0.0, 0.0]], [[1.0, 0.0]], [[0.0, 1.0]]]])
+    old_probs = torch.tensor([[[[0.8, 0.1]], [[0.3, 0.9]]]])   # the old model: background, then its old class
+    both, only_b, none = torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 1.0]]), torch.zeros(1, 2)
+    target = L.pseudo_label(z, old_probs, both, alpha=0.5, no_background=True)
+    r = math.e / (math.e + 1)   # pixel 1's share for A: alpha one-hot + (1 - alpha) softmax over A, B
+    torch.testing.assert_close(target[0, 2, 0], torch.tensor([0.8 * (0.5 + 0.5 * r), 0.1 * 0.5 * (1 - r)]))
+    torch.testing.assert_close(target[0, 3, 0], torch.tensor([0.8 * 0.5 * (1 - r), 0.1 * (0.5 + 0.5 * r)]))
+    torch.testing.assert_close(target[0, 0], torch.zeros(1, 2))          # no background left to learn
+    torch.testing.assert_close(target[0, 1], old_probs[0, 1])            # old classes: the old model (Eq. 7)
+    # one tagged class takes the whole old background, whatever the localizer prefers
+    alone = L.pseudo_label(z, old_probs, only_b, alpha=0.5, no_background=True)
+    torch.testing.assert_close(alone[0, 3], old_probs[0, 0])
+    assert alone[0, 2].abs().max().item() == 0.0
+    # an image without new tags keeps the paper's targets
+    torch.testing.assert_close(L.pseudo_label(z, old_probs, none, no_background=True),
+                               L.pseudo_label(z, old_probs, none))
+
+
 def test_unbiased_ce_background_is_background_or_old_by_hand():
     # channels: background, one old class, one new class (num_old = 2); four pixels in a row
     logits = torch.tensor([[[[0.0, math.log(2), 0.0, 5.0]],

@@ -201,6 +201,9 @@ UPDATE_SWITCHES = (
     ("--new-on-old-background", "new_on_old_background", True,
      "cap a new class's pseudo-label by the old model's background probability: new classes take only what the "
      "old model calls background (beyond the paper)"),
+    ("--no-background", "no_background", True,
+     "the data has no background class (every pixel is a named class): the old model's background goes to an "
+     "image's tagged new classes, shared by the localizer (beyond the paper)"),
     ("--freeze-encoder-bn", "freeze_encoder_bn", True,
      "the encoder's batch-norm layers keep the old model's statistics while its weights train (beyond the paper; "
      "on in the demo recipe)"),

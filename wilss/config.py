@@ -81,6 +81,10 @@ class UpdateConfig(OptimConfig):
     old_model_targets: bool = True     # Eq. 7 targets from the old model
     # Beyond the paper: new-class targets capped by the old model's background probability (losses.pseudo_label)
     new_on_old_background: bool = False
+    # Beyond the paper, for data without a background class (every pixel named, e.g. CamVid): the old model's
+    # background is the classes not yet added; in an image tagged with new classes it goes to them alone, shared by
+    # the localizer's scores (losses.unnamed_background_target).
+    no_background: bool = False
     drop_unlocalized: bool = False     # weight 0 for images whose pseudo-label misses a tagged class
     # Reference-code extras, off by default
     feature_distillation: float = 0.0  # weight of MSE(e_t(x), e_t-1(x)); the reference uses 1

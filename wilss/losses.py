@@ -60,7 +60,8 @@ def hard_soft_mix(scores: torch.Tensor, alpha: float) -> torch.Tensor:
 
 @torch.no_grad()
 def pseudo_label(z: torch.Tensor, old_probs: torch.Tensor | None, tags: torch.Tensor,
-                 *, alpha: float = 0.5, new_on_old_background: bool = False) -> torch.Tensor:
+                 *, alpha: float = 0.5, new_on_old_background: bool = False,
+                 no_background: bool = False) -> torch.Tensor:
     """Soft pseudo-label targets ``BxKxhxw`` in [0, 1] for l_SEG (Eq. 5-7).
 
     Eq. 5: q_hard = one-hot argmax of m = softmax(z);  Eq. 6: q = alpha * q_hard + (1 - alpha) * m, with the
@@ -71,6 +72,9 @@ def pseudo_label(z: torch.Tensor, old_probs: torch.Tensor | None, tags: torch.Te
     ``new_on_old_background`` (beyond the paper): target_new = min(q_new, sigmoid(o_bg)), so a new class is taught
     only where the old model saw background, as the incremental setting labels new-class pixels at step t-1 (the
     localizer's CAMs spill over neighbouring old classes; the old model knows better there).
+    ``no_background`` (beyond the paper, for data where every pixel is a named class, e.g. CamVid): the old model's
+    background is then made of the classes not yet added, so in an image tagged with new classes it is shared among
+    them alone (``unnamed_background_target``); images without a new tag keep Eq. 7.
     """
     q = hard_soft_mix(z.float().softmax(dim=1), alpha)
     num_new = tags.shape[1]
@@ -84,7 +88,27 @@ def pseudo_label(z: torch.Tensor, old_probs: torch.Tensor | None, tags: torch.Te
     target[:, 1:num_old] = old_prob[:, 1:]
     if new_on_old_background:
         target[:, num_old:] = torch.minimum(target[:, num_old:], old_prob[:, :1])
+    if no_background:
+        target = unnamed_background_target(z.float(), target, old_prob[:, :1], tags, alpha)
     return target
+
+
+@torch.no_grad()
+def unnamed_background_target(z: torch.Tensor, target: torch.Tensor, old_bg: torch.Tensor, tags: torch.Tensor,
+                              alpha: float) -> torch.Tensor:
+    """``target`` with, in each image tagged with a new class, the old model's background probability ``old_bg``
+    ``Bx1xhxw`` handed to the tagged new classes: target_new = old_bg * (``alpha`` one-hot + (1 - ``alpha``) r), r the
+    softmax of the localizer's scores ``z`` over the image's tagged new classes; target_bg = 0 there. Where no
+    pixel is background (every pixel a named class), the old background is exactly the classes not yet added."""
+    num_new = tags.shape[1]
+    tagged = tags.to(z.dtype)[:, :, None, None]
+    scores = z[:, -num_new:].masked_fill(tagged == 0, float("-inf")).softmax(dim=1).nan_to_num(0.0)
+    share = hard_soft_mix(scores, alpha) * tagged
+    any_tag = (tags.sum(dim=1) > 0)[:, None, None, None]
+    out = target.clone()
+    out[:, -num_new:] = torch.where(any_tag, old_bg * share, target[:, -num_new:])
+    out[:, :1] = torch.where(any_tag, torch.zeros_like(old_bg), target[:, :1])
+    return out
 
 
 def segmentation_loss(p: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -200,9 +200,8 @@ class WeakUpdate:
             out["fd"] = cfg.feature_distillation * L.feature_distillation(features, old_features)
         if phase == "warmup":
             return out
-        target = L.pseudo_label(z.detach(), old_probs if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha,
-                                new_on_old_background=cfg.new_on_old_background)
-        target = self._refined(images, target)   # l_SEG at the target's resolution (z's, unless refined)
+        # l_SEG at the target's resolution: z's, unless refined
+        target = self._refined(images, self._pseudo_label(z.detach(), old_probs, tags_new))
         aux_logits = None if aux_logits is None else resized(aux_logits, target.shape[-2:])
         weights = L.localized_weights(target, tags_new) if cfg.drop_unlocalized else None
         if cfg.output_distillation > 0:   # ILT's L'_D on the old channels, at the decoder's resolution
@@ -217,6 +216,12 @@ class WeakUpdate:
         if fake is not None:
             out["replay"] = replay
         return out
+
+    def _pseudo_label(self, z: torch.Tensor, old_probs: torch.Tensor, tags_new: torch.Tensor) -> torch.Tensor:
+        """The Eq. 5-7 target with the config's options (``L.pseudo_label``)."""
+        cfg = self.cfg
+        return L.pseudo_label(z, old_probs if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha,
+                              new_on_old_background=cfg.new_on_old_background, no_background=cfg.no_background)
 
     def _refined(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The Eq. 5-7 target refined by PAMR on the (normalised) ``images`` at ``cfg.pamr_refine_stride`` (beyond
@@ -345,9 +350,7 @@ class WeakUpdate:
         logits = self.model.decode(maps)
         old_probs = self.old_model.probabilities(resized(self.old_model.forward_features(x)[0], z.shape[-2:]))
         tags_new = torch.as_tensor(np.asarray(targets), dtype=torch.float32, device=self.device)[None, -self.num_new:]
-        target = L.pseudo_label(z, old_probs if self.cfg.old_model_targets else None, tags_new, alpha=self.cfg.alpha,
-                                new_on_old_background=self.cfg.new_on_old_background)
-        target = self._refined(x, target)
+        target = self._refined(x, self._pseudo_label(z, old_probs, tags_new))
         cams = F.interpolate(z.softmax(1)[:, -self.num_new:], size=size, mode="bilinear", align_corners=False)
         best, winner = target.max(1, keepdim=True)
         pseudo = F.interpolate(torch.cat([winner.float(), best.float()], 1), size=size, mode="nearest")
