@@ -263,8 +263,8 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
     src.add_argument("--tags", type=Path, metavar="FILE",
                      help="tags file, .csv or .json (default: DIR/tags.csv or DIR/tags.json, else sub-folders)")
     src.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME[=#RRGGBB]",
-                     help="a new class and, optionally, its colour (default: a colour far, in CIELAB, from those in use); "
-                          "repeat for several classes")
+                     help="a new class and, optionally, its colour (default: a colour far, in CIELAB, from those in "
+                          "use); repeat for several classes")
     src.add_argument("--masks", type=Path, metavar="DIR",
                      help="pixel masks of the images, DIR/NAME.png for IMAGES/NAME.* (same sub-folders), in the NEW "
                           "model's ids (0 background, the old ids, then the new classes in --class order; 255 void): "
