@@ -235,9 +235,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "showing none of the new classes. Without negatives (e.g. one class at a time from images "
                     "that all show it), the old classes' tags are read from the model's confident predictions "
                     "(automatic relaxed setting, beyond the paper). With pixel masks of the new classes (--masks), "
-                    "the step trains MiB on them instead.",
+                    "the step trains MiB on them instead; --method offline trains the offline pseudo-label pipeline "
+                    "on the tags (docs/methods.md).",
         epilog="examples:\n"
                "  python -m wilss add-class --images samples/ --class arrow=#ff8000 --out arrow.pt\n"
+               "  python -m wilss add-class --images samples/ --class arrow --method offline --out arrow_offline.pt\n"
                "  python -m wilss add-class --world world/ --out world_step1.pt\n"
                "  python -m wilss add-class --checkpoint torchvision:lraspp_mobilenet_v3_large \\\n"
                "      --images kites/ --class kite --out voc_kite.pt\n"
