@@ -5,7 +5,11 @@ import torch
 
 from wilss import service
 from wilss.checkpoint import load_checkpoint
+from wilss.cli import build_parser
+from wilss.cli_resume import fingerprint
+from wilss.cli_update import plan_from_folder
 from wilss.data import DataError
+from wilss.distributed import World
 from wilss.tags import read_tagged_folder
 from test_cli import FAST, NEW, make_checkpoint, run, write_tagged
 from test_cli_masks import write_masks
@@ -73,3 +77,12 @@ def test_add_class_refuses_offline_with_masks_or_pseudo_label_pictures(ckpt, tmp
                         *[tmp_path / e if e in ("masks", "pseudo") else e for e in extra]], capsys)
     assert code == 2 and err.startswith("error:") and all(w in err for w in words), err
     assert not out.exists() and not (tmp_path / "pseudo").exists()
+
+
+def test_an_offline_run_does_not_take_a_wilson_steps_snapshot_for_its_own(ckpt, tmp_path, capsys):
+    images = write_tagged(tmp_path / "images")
+    argv = ["add-class", "--checkpoint", str(ckpt), "--images", str(images), "--class", NEW, "--out",
+            str(tmp_path / "o.pt"), *FAST]
+    prints = [fingerprint(plan_from_folder(build_parser().parse_args(argv + extra)), World(), False)
+              for extra in ([], ["--method", "offline"])]
+    assert "method" not in prints[0] and prints[1] == {**prints[0], "method": "offline"}

@@ -75,6 +75,10 @@ class AddClass:
         return self.plan.request.masks
 
     @property
+    def method(self) -> str:
+        return self.plan.method
+
+    @property
     def input_side(self) -> Optional[int]:
         """The scale asked for with --input-side (None: the checkpoint's, which its bytes already fingerprint)."""
         return self.plan.request.input_side
