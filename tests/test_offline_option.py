@@ -1,5 +1,7 @@
 """The offline pipeline as a user's option of the update (``wilss.methods``): through the service (what the app
 calls) and ``add-class --method offline``; refused with masks, before anything is written."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -53,6 +55,9 @@ def test_the_service_refuses_an_unknown_method_and_offline_with_masks(ckpt, tmp_
     masks = tuple(sorted((tmp_path / "images").glob("*.png")))   # any files: refused before they are read
     with pytest.raises(DataError, match="with pixel masks the step trains MiB"):
         service.UpdateRequest(base, tagged, [(NEW, None)], TINY, masks=masks, method="offline").validate()
+    replay = replace(TINY, replay_images=4)
+    with pytest.raises(DataError, match="HRHF replay .* not of the offline pipeline"):
+        service.UpdateRequest(base, tagged, [(NEW, None)], replay, method="offline").validate()
 
 
 def test_add_class_method_offline_writes_a_checkpoint_that_names_it(ckpt, tmp_path, capsys):

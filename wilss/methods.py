@@ -10,6 +10,7 @@ from typing import Iterator, Optional
 from models.segmenter import Segmenter
 from wilss.config import UpdateConfig
 from wilss.data import DataError
+from wilss.distributed import current_world
 from wilss.engine import Progress, batches_per_epoch
 from wilss.offline import OfflinePipeline
 from wilss.resume import Resumer
@@ -46,6 +47,9 @@ class OfflineStep:
 
     def __init__(self, old_model: Segmenter, dataset: TagDataset, *, num_new: int, cfg: UpdateConfig,
                  device=None, runtime: Optional[RuntimeConfig] = None) -> None:
+        if current_world().distributed:   # refused before the localizer trains, not after it (MiB's step would)
+            raise ValueError("the offline pipeline ends in a MiB step, which runs in one process: start it without "
+                             "torchrun")
         # the images are at the input scale already (``dataset.load``): the MiB step augments them as the weak step
         augment = train_transform(cfg.crop_size, cfg.scale_range, cfg.hflip)
         self.pipeline = OfflinePipeline(old_model, dataset, num_new=num_new, cfg=cfg, device=device,

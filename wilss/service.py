@@ -207,8 +207,9 @@ class _Run:
 
 class UpdateRun(_Run):
     """An update under way: iterating it trains, one ``Progress`` per iteration (stop iterating to cancel: the base
-    is untouched); after the last, ``checkpoint()`` is the result. ``update`` (the ``WeakUpdate``) and ``dataset``
-    stay for pictures and pseudo-label exports, also between iterations."""
+    is untouched); after the last, ``checkpoint()`` is the result. ``update`` (the ``WeakUpdate``; a ``MaskedUpdate``
+    with masks, an ``OfflineStep`` for the offline pipeline) and ``dataset`` stay for pictures and pseudo-label
+    exports (WILSON's step), also between iterations."""
 
     def __init__(self, plan: UpdatePlan, *, device=None, runtime: Optional[RuntimeConfig] = None,
                  resumer: Optional[Resumer] = None, snapshot_indices: Sequence[int] = (), snapshot_every: int = 0,
@@ -272,7 +273,8 @@ class UpdateRun(_Run):
 def run_update(request: Union[UpdateRequest, UpdatePlan], *, device=None, runtime: Optional[RuntimeConfig] = None,
                resumer: Optional[Resumer] = None, snapshot_indices: Sequence[int] = (), snapshot_every: int = 0,
                sync_bn: bool = False) -> UpdateRun:
-    """Start one WILSON step (the request is validated first; a plan is taken as it is). ``device``: 'auto' / None
+    """Start one step: WILSON's, the offline pipeline or MiB with masks (``wilss.methods``; the request is
+    validated first, a plan is taken as it is). ``device``: 'auto' / None
     (CUDA when available), 'cpu', 'cuda:N'...; ``runtime``: how it runs (``wilss.runtime``, default: the optimised
     path for the device); ``resumer``: periodic resumable snapshots (``wilss.resume``); ``snapshot_indices``: training
     images whose CAMs, pseudo-labels and predictions come with the progress every ``snapshot_every`` iterations (and
