@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence
 
 from wilss.data import IMAGE_SUFFIXES, DataError, listing, validate_images
+from wilss.step_masks import mask_path, read_step_masks
 from wilss.tags import TAG_FILES, TaggedSet, check_tag_row, inside_folder, read_tagged_folder
 
 TAG_SUFFIXES = (".csv", ".json")
@@ -125,6 +126,20 @@ def bring_tagged(files: Sequence[Path], tags_file: Optional[Path], dest: Path, *
     tagged = read_tagged_folder(root, chosen)
     validate_images(tagged.paths, full=True)
     return tagged, root
+
+
+def bring_step_masks(files: Sequence[Path], dest: Path, tagged: TaggedSet, images_root: Path, *,
+                     class_names: Sequence[str], num_old: int, max_bytes: int) -> tuple[TaggedSet, tuple[Path, ...]]:
+    """Stage uploaded pixel masks of the tagged images (``NAME.png`` per image ``NAME.*``, or a zip keeping the
+    images' folders) in the empty folder ``dest`` and read them as ``add-class --masks`` does
+    (``wilss.step_masks.read_step_masks``: one per image, of its size, ids of ``class_names`` or 255). Returns the
+    images with their tags read from the masks, and the mask files. Raises ``DataError``."""
+    gather_uploads(files, dest, max_bytes=max_bytes)
+    root = dest
+    if not mask_path(images_root, tagged.paths[0], dest).is_file():
+        root = data_root(dest, tags_given=True)   # a zip that wraps the masks in one folder
+    tagged, masks = read_step_masks(tagged, images_root, root, class_names=class_names, num_old=num_old)
+    return tagged, tuple(masks)
 
 
 # ------------------------------------------------------------------------------------------------- table

@@ -9,7 +9,7 @@ import numpy as np
 
 from app.handlers import CLASS_ROWS
 from app.render import legend_html
-from app.update import ADVANCED, TAGS_NETWORKS, field_type
+from app.update import ADVANCED, METHOD_CHOICES, TAGS_NETWORKS, field_type
 from wilss.bases import BASE_SPECS
 from wilss.config import REGION_PRIORS
 from wilss.conventions import hex_to_rgb
@@ -136,6 +136,15 @@ def add_tab(w: SimpleNamespace) -> None:
                     if field_type(name) is bool:
                         widgets[name] = _advanced_widget(name, label, info)
             w.advanced = [widgets[name] for name, *_ in ADVANCED]
+            with gr.Row(equal_height=False):   # the method, and masks that make the step MiB's (docs/methods.md)
+                w.method = gr.Radio(choices=list(METHOD_CHOICES), value=METHOD_CHOICES[0][1], label="method",
+                                    info="how the update learns from the tags", elem_id="adv-method")
+                w.step_masks = gr.File(label="Pixel masks of the tagged images (optional)", file_count="multiple",
+                                       elem_id="step-masks", height=140)
+            w.step_masks_status = gr.Markdown(
+                "Masks: `NAME.png` per image `NAME.*` (or a zip keeping the images' folders), pixel value = class id "
+                "of the updated model (the new classes after the old ones, 255 = void); with them the update trains "
+                "MiB on the masks.", elem_id="step-masks-status")
         with gr.Row():
             w.start_btn = gr.Button("Add the classes", variant="primary", elem_id="start-btn")
             w.cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", interactive=False)

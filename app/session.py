@@ -109,6 +109,7 @@ class Session:
         self.data_message = ""                        # why there is no data, when there is none
         self._job = None                              # app.update.UpdateJob while one runs or after it ran
         self.last_update = None                       # the finished UpdateJob, kept for the Review tab
+        self.step_masks: list[Path] = []              # uploaded pixel masks of the tagged images (a MiB step)
         self.review_view = None                       # (job, image indices, tiles per image) of the shown page
         self.notice = ""                              # told in the page until the next version (a restart)
         self._counter = itertools.count()

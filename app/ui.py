@@ -102,10 +102,12 @@ def wire_update_and_review(w: SimpleNamespace, h: Handlers, u: UpdateHandlers) -
     # add classes: one update per device at a time (our DeviceQueue shows the place in line)
     live_cancel(w, w.start_btn)
     refresh_model(w, h, w.start_btn.click(
-        u.add_classes, [*w.names, *w.colours, w.watch, *w.advanced], w.run_outputs, api_name="add_classes",
+        u.add_classes, [*w.names, *w.colours, w.watch, *w.advanced, w.method], w.run_outputs, api_name="add_classes",
         concurrency_limit=8, concurrency_id="update").then(
         u.cancel_button, None, w.cancel_btn, api_visibility="private").then(
         u.heldout_scores, None, [w.heldout_info, w.heldout_table], api_name="heldout_scores", concurrency_limit=2))
+    w.step_masks.change(u.set_step_masks, w.step_masks, w.step_masks_status, api_name="step_masks",
+                        concurrency_limit=None)
     w.cancel_btn.click(u.cancel, None, w.run_status, api_name="cancel", concurrency_limit=None, queue=False)
     review_inputs = [w.page, w.rejected]
     review_outputs = [w.review, w.review_info, w.page, w.rejected]

@@ -18,6 +18,7 @@ from wilss.config import UPDATE_LIMITS, UpdateConfig
 from wilss.data import DataError
 from wilss.demo import watch_indices  # noqa: F401  (the app's and the demo benchmark's choice)
 from wilss.engine import Progress, Snapshot, resolve_device
+from wilss.methods import OFFLINE, WILSON
 from models.imagenet import IMAGENET_NETS
 from wilss.recipes import DEMO_UPDATE, TAGS_BASE
 from wilss.service import (TagsBasePlan, TagsBaseRequest, UpdatePlan, UpdateRequest, UpdateRun, run_tags_base,
@@ -77,6 +78,9 @@ ADVANCED = (
     ("replay_steps", "HRHF replay: inversion steps", "optimisation steps per batch of synthesised images"),
     ("replay_weight", "HRHF replay: weight", "weight of the distillation on the synthesised images"),
 )   # new entries go at the end: API clients pass these values in this order (docs/app.md)
+# The method of the update (after the advanced values; wilss.methods): (label, value). Masks make it MiB.
+METHOD_CHOICES = (("WILSON (the paper's weak step)", WILSON),
+                  ("offline pipeline: localizer from the tags, its pseudo-labels frozen, then MiB on them", OFFLINE))
 _FIELD_TYPES = {f.name: type(getattr(DEMO_UPDATE, f.name)) for f in fields(UpdateConfig)}
 
 
@@ -124,13 +128,15 @@ def loss_names(cfg: UpdateConfig, *, aux: bool = False) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- plan
 def plan_update(base_name: str, base: Checkpoint, tagged: Optional[TaggedSet], specs: Sequence[tuple[str, str]],
-                cfg: UpdateConfig, *, source: str, rejected: Sequence[str] = ()) -> UpdatePlan:
-    """The page's request, checked (``UpdateRequest.validate``): (name, '#rrggbb') per new class. Raises
+                cfg: UpdateConfig, *, source: str, rejected: Sequence[str] = (), method: str = WILSON,
+                masks: Optional[tuple] = None) -> UpdatePlan:
+    """The page's request, checked (``UpdateRequest.validate``): (name, '#rrggbb') per new class; ``method``
+    (``wilss.methods``), ``masks``: a mask file per image (``app.intake.bring_step_masks``: a MiB step). Raises
     ``DataError``; without negatives the plan uses automatic old-class tags and says so in ``note``."""
     if tagged is None or len(tagged) == 0:
         raise DataError("There are no images. Bring tagged images in the 'Data' tab first.")
     return UpdateRequest(base, tagged, list(specs), cfg, base_name=base_name, source=source,
-                         rejected=tuple(rejected), tool="app").validate()
+                         rejected=tuple(rejected), tool="app", method=method, masks=masks).validate()
 
 
 # -------------------------------------------------------------------------------------------------- job
@@ -145,7 +151,11 @@ class Tick:
 class UpdateJob:
     """Runs one ``UpdatePlan`` (``run`` is a generator of ``Tick``); thread-safe ``cancel`` and ``between``."""
 
-    reviewable = True      # its pseudo-labels can be paged through, exported, and the update re-run (Review tab)
+    @property
+    def reviewable(self) -> bool:
+        """Its pseudo-labels can be paged through, exported, and the update re-run (Review tab): WILSON's step only
+        (MiB on masks and the offline pipeline show no CAMs while they train)."""
+        return self.plan.method == WILSON
 
     def __init__(self, plan: UpdatePlan, *, device: str | None = None, live: Sequence[int] = (),
                  live_every_s: float = 2.0, names: Sequence[str] = ()) -> None:
@@ -236,7 +246,9 @@ class UpdateJob:
         return run_update(self.plan, device=self.device, snapshot_indices=self.live)
 
     def loss_series(self) -> list[str]:
-        """The losses the plot shows (``loss_names``)."""
+        """The losses the plot shows (``loss_names``; another method's are shown as they come)."""
+        if not self.reviewable:
+            return ["total"]
         return loss_names(self.plan.cfg, aux=self.plan.base.model.has_aux)
 
     def _serve_calls(self) -> None:

@@ -16,8 +16,8 @@ from app import render
 from app.frames import FrameStore
 from app.serving import release_memory
 from app.views import before_after_rows
-from app.handlers import CLASS_ROWS, Handlers, error, ok
-from app.intake import table_rows
+from app.handlers import CLASS_ROWS, Handlers, _files, error, ok
+from app.intake import bring_step_masks, table_rows
 from app.session import Session
 from app.update import (ADVANCED, TAGS_NETWORKS, TagsBaseJob, UpdateJob, make_config, plan_tags_base,
                         plan_update, watch_indices)
@@ -26,6 +26,7 @@ from wilss.checkpoint import load_checkpoint
 from wilss.data import DataError
 from wilss.tags import TaggedSet
 from wilss.demo import HELDOUT_FILE, read_heldout
+from wilss.methods import WILSON, check_method
 from wilss.pseudo_labels import export_pseudo_labels
 from wilss.scoring import EvalSet
 from wilss.service import score
@@ -53,14 +54,18 @@ class UpdateHandlers:
 
     # ------------------------------------------------------------------------------------------- update
     def add_classes(self, request: gr.Request, *values) -> Iterator[tuple]:
-        """Streams (progress, status, loss plot, live gallery) while one add-class update runs."""
+        """Streams (progress, status, loss plot, live gallery) while one add-class update runs. ``values``: the
+        class names, their colours, the watched images, the advanced values (``ADVANCED``' order), the method
+        (``METHOD_CHOICES``; default WILSON); masks uploaded with ``set_step_masks`` make it a MiB step."""
         s = self.session(request)
         names, colours = values[:CLASS_ROWS], values[CLASS_ROWS:2 * CLASS_ROWS]
-        watch, advanced = values[2 * CLASS_ROWS], values[2 * CLASS_ROWS + 1:]
+        end = 2 * CLASS_ROWS + 1 + len(ADVANCED)
+        watch, advanced = values[2 * CLASS_ROWS], values[2 * CLASS_ROWS + 1:end]
+        method = (values[end] if len(values) > end else None) or WILSON
         specs = [(n, c) for n, c in zip(names, colours) if (n or "").strip()] or [("", colours[0])]
         try:
             cfg = make_config(dict(zip([a[0] for a in ADVANCED], advanced)))
-            plan = plan_update(s.current.name, s.ckpt, s.tagged, specs, cfg, source=s.data_source)
+            plan = self._plan(s, specs, cfg, method)
         except DataError as err:
             yield render.message_html("Nothing was started.", "error"), error(str(err)), gr.skip(), gr.skip()
             return
@@ -70,11 +75,41 @@ class UpdateHandlers:
         live = live or watch_indices(plan.tagged, plan.new_names, self.config.live_images)
         yield from self._run(s, plan, image_names, live)
 
+    def _plan(self, s: Session, specs, cfg, method: str):
+        """The checked plan; with uploaded masks, those staged in a fresh session folder and read as ``add-class
+        --masks`` reads them (the folder is removed again when they are refused)."""
+        if not s.step_masks or s.tagged is None or not specs[0][0].strip():
+            return plan_update(s.current.name, s.ckpt, s.tagged, specs, cfg, source=s.data_source, method=method)
+        check_method(method, masks=s.step_masks, cfg=cfg)   # the offline pipeline with masks: refused first
+        dest = s.new_folder("step-masks")
+        try:
+            old = list(s.ckpt.class_names)
+            tagged, masks = bring_step_masks(s.step_masks, dest, s.tagged, s.data_root, max_bytes=self.base.max_bytes,
+                                             class_names=old + [n.strip() for n, _ in specs], num_old=len(old))
+            return plan_update(s.current.name, s.ckpt, tagged, specs, cfg, source=s.data_source, method=method,
+                               masks=masks)
+        except DataError:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+
+    def set_step_masks(self, request: gr.Request, files) -> str:
+        """Keeps the uploaded pixel masks of the tagged images (none: the update learns from the tags); they are
+        read and checked when the update starts, against its new classes."""
+        s = self.session(request)
+        s.step_masks = _files(files)
+        if not s.step_masks:
+            return "No masks: the update learns from the tags."
+        return (f"{len(s.step_masks)} mask file(s) kept: the update will train MiB on them (checked when it "
+                "starts; one per image, of its size, ids of the updated model).")
+
     def _run(self, s: Session, plan, image_names, live) -> Iterator[tuple]:
         what = ", ".join(plan.new_names)
         start_text = (f"Adding **{what}** to {plan.request.base_name} from {len(plan.tagged)} images "
                       f"({plan.tagged.num_negatives} negatives) on `{self.device}`: {plan.cfg.epochs} epochs, "
                       f"{plan.cfg.warmup_epochs} of localizer warm-up." + (f" Note: {plan.note}" if plan.note else ""))
+        if plan.method != WILSON:   # MiB on masks or the offline pipeline: no CAMs to watch or review
+            start_text = f"Method {plan.method}: {plan.describe()}, on `{self.device}`."
+            live = []
         job = UpdateJob(plan, device=self.device, live=live, live_every_s=self.config.live_every_s, names=image_names)
         yield from self._stream(s, job, start_text, self._finish)
 
@@ -255,14 +290,18 @@ class UpdateHandlers:
     def _review_job(self, s: Session) -> Optional[UpdateJob]:
         if s.job is not None and s.job.reviewable and s.job.state == "running" and s.job.update is not None:
             return s.job
-        return s.last_update
+        job = s.last_update
+        return job if job is not None and job.reviewable else None
 
     def review_page(self, request: gr.Request, page, rejected):
         """(gallery, info, page, rejected-dropdown) for one page of training images."""
         s = self.session(request)
         job = self._review_job(s)
         if job is None:
-            return gr.skip(), "Run an update first: its training images show up here.", 1, gr.skip()
+            text = ("The last update trained without pseudo-labels (MiB on masks, or the offline pipeline): there is "
+                    "nothing to review." if s.last_update is not None else "Run an update first: its training "
+                    "images show up here.")
+            return gr.skip(), text, 1, gr.skip()
         total = len(job.plan.tagged)
         pages = max(1, -(-total // REVIEW_PAGE))
         page = int(min(max(int(page or 1), 1), pages))

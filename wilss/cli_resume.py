@@ -19,6 +19,7 @@ from typing import Iterator
 from wilss.cli_common import CliError, non_negative_float
 from wilss.config import to_dict
 from wilss.distributed import World
+from wilss.methods import OFFLINE
 from wilss.resume import Resumer, file_digest, read_snapshot, resume_path
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ def fingerprint(plan, world: World, sync_bn: bool) -> dict:
         found["input_side"] = plan.input_side
     if getattr(plan, "masks", None) is not None:   # a MiB step (--masks): its masks too
         found["masks"] = hashlib.sha256(b"".join(file_digest(m).encode() for m in plan.masks)).hexdigest()
+    if getattr(plan, "method", None) == OFFLINE:   # it saves no snapshot: a WILSON run's (same --out) is not its own
+        found["method"] = OFFLINE
     return found
 
 

@@ -29,6 +29,7 @@ from wilss.conventions import colorize, voc_palette
 from wilss.data import validate_images
 from wilss.distributed import World, cleanup, setup_from_env
 from wilss.engine import Snapshot, batches_per_epoch
+from wilss.methods import METHODS, OFFLINE, WILSON
 from wilss.tasks import select_images
 from wilss.pseudo_labels import export_pseudo_labels
 from wilss.render import cam_overlay
@@ -74,6 +75,10 @@ class AddClass:
         return self.plan.request.masks
 
     @property
+    def method(self) -> str:
+        return self.plan.method
+
+    @property
     def input_side(self) -> Optional[int]:
         """The scale asked for with --input-side (None: the checkpoint's, which its bytes already fingerprint)."""
         return self.plan.request.input_side
@@ -89,8 +94,12 @@ def _common_checks(args: argparse.Namespace, base_cfg: UpdateConfig) -> tuple[Pa
         check_new_folder(args.snapshot_dir, flag="--snapshot-dir")
     if args.export_pseudo is not None:
         check_new_folder(args.export_pseudo, flag="--export-pseudo")
-    if args.masks is not None and (args.export_pseudo is not None or args.snapshot_dir is not None):
-        raise CliError("--export-pseudo and --snapshot-dir show pseudo-labels and CAMs: a step with --masks has none")
+    if args.method == OFFLINE and args.masks is not None:
+        raise CliError("--method offline learns from the tags (a localizer's frozen pseudo-labels); with --masks the "
+                       "step trains MiB on your masks: leave out one of them")
+    if (args.masks is not None or args.method == OFFLINE) and (args.export_pseudo or args.snapshot_dir):
+        raise CliError("--export-pseudo and --snapshot-dir show WILSON's pseudo-labels and CAMs: a step with --masks "
+                       "has none (nor one with --method offline)")
     if (args.eval_images is None) != (args.eval_masks is None):
         raise CliError("give --eval-images DIR and --eval-masks DIR together")
     return out, cfg
@@ -120,7 +129,8 @@ def plan_from_folder(args: argparse.Namespace) -> AddClass:
         tagged, masks = read_step_masks(tagged, args.images, args.masks, num_old=len(ckpt.class_names),
                                         class_names=list(ckpt.class_names) + [name for name, _ in specs])
     request = UpdateRequest(ckpt, tagged, specs, cfg, base_name=str(args.checkpoint), source=str(args.images),
-                            masks=None if masks is None else tuple(masks), input_side=args.input_side)
+                            masks=None if masks is None else tuple(masks), input_side=args.input_side,
+                            method=args.method)
     return _finish_plan(request, out, args)
 
 
@@ -145,7 +155,7 @@ def plan_from_world(args: argparse.Namespace) -> AddClass:
     validate_images(tagged.paths)
     colours = voc_palette(256)[[WORLD_CLASSES.index(n) for n in names]]
     request = UpdateRequest(ckpt, tagged, list(zip(names, colours.tolist())), cfg, base_name=str(args.checkpoint),
-                            source=str(args.world), input_side=args.input_side)
+                            source=str(args.world), input_side=args.input_side, method=args.method)
     job = _finish_plan(request, out, args)
     if job.eval_set is None and (meta.get("splits") or {}).get("test"):
         job.eval_set = world_eval_set(args.world, "test", job.class_names)
@@ -229,9 +239,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "showing none of the new classes. Without negatives (e.g. one class at a time from images "
                     "that all show it), the old classes' tags are read from the model's confident predictions "
                     "(automatic relaxed setting, beyond the paper). With pixel masks of the new classes (--masks), "
-                    "the step trains MiB on them instead.",
+                    "the step trains MiB on them instead; --method offline trains the offline pseudo-label pipeline "
+                    "on the tags (docs/methods.md).",
         epilog="examples:\n"
                "  python -m wilss add-class --images samples/ --class arrow=#ff8000 --out arrow.pt\n"
+               "  python -m wilss add-class --images samples/ --class arrow --method offline --out arrow_offline.pt\n"
                "  python -m wilss add-class --world world/ --out world_step1.pt\n"
                "  python -m wilss add-class --checkpoint torchvision:lraspp_mobilenet_v3_large \\\n"
                "      --images kites/ --class kite --out voc_kite.pt\n"
@@ -257,13 +269,17 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
     src.add_argument("--tags", type=Path, metavar="FILE",
                      help="tags file, .csv or .json (default: DIR/tags.csv or DIR/tags.json, else sub-folders)")
     src.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME[=#RRGGBB]",
-                     help="a new class and, optionally, its colour (default: a colour far, in CIELAB, from those in use); "
-                          "repeat for several classes")
+                     help="a new class and, optionally, its colour (default: a colour far, in CIELAB, from those in "
+                          "use); repeat for several classes")
     src.add_argument("--masks", type=Path, metavar="DIR",
                      help="pixel masks of the images, DIR/NAME.png for IMAGES/NAME.* (same sub-folders), in the NEW "
                           "model's ids (0 background, the old ids, then the new classes in --class order; 255 void): "
                           "the step then trains MiB (unbiased cross-entropy and distillation) instead of WILSON, and "
                           "the tags come from the masks (docs/methods.md)")
+    src.add_argument("--method", choices=METHODS, default=WILSON,
+                     help="how the step learns from the tags: wilson (the paper's weak step) or offline (the "
+                          "localizer trained from the tags first, its pseudo-labels frozen, then a MiB step on them; "
+                          "docs/methods.md); with --masks the step is MiB on the masks (default: wilson)")
     src.add_argument("--input-side", type=positive_int, metavar="PX",
                      help="the input scale to train at: images are resized so their longer side is PX before the "
                           "random crops (default: the scale the checkpoint records, e.g. 128 for the shipped base); "

@@ -43,6 +43,7 @@ from wilss.scoring import EvalSet, Scores, mask_eval_set, score  # noqa: F401  (
 from wilss.tags import TaggedSet, check_new_classes, read_tagged_folder, settle_negatives  # noqa: F401
 from wilss.trainer import WeakUpdate
 from wilss.masked_update import MaskedUpdate
+from wilss.methods import OFFLINE, WILSON, OfflineStep, check_method, method_name
 from wilss.tags_base import TagsBaseTraining, check_tags_only
 from wilss.training_data import fitted_image, masked_training_set, tagged_training_set
 
@@ -83,6 +84,7 @@ class UpdateRequest:
     tool: Optional[str] = None               # who made it ('app'): recorded when given
     masks: Optional[tuple] = None            # a mask file per image (wilss.step_masks): a MiB step, not WILSON's
     input_side: Optional[int] = None         # the input scale to train at (longer side, px); None: the base's
+    method: str = WILSON                     # or 'offline' (wilss.methods); with masks the step is MiB's
 
     def validate(self) -> UpdatePlan:
         """The checked plan. Raises ``DataError`` for an empty or existing class name, a bad colour, no images,
@@ -107,6 +109,7 @@ class UpdateRequest:
             raise DataError(f"The input scale must be 16-{MAX_INPUT_SIDE} px (the images' longer side), got "
                             f"{self.input_side}.")
         check_new_classes(self.tagged, names, self.base.class_names[1:])
+        check_method(self.method, masks=self.masks, cfg=self.cfg)
         if self.cfg.replay_images:   # HRHF: the classes to invert must be the model's, checked before anything runs
             if self.masks is not None:
                 raise DataError("HRHF replay (replay_images) is an option of the weak step, not of the step with "
@@ -143,6 +146,11 @@ class UpdatePlan:
         return self.request.tagged
 
     @property
+    def method(self) -> str:
+        """'wilson', 'offline' or 'mib' (a step with masks): what the history records."""
+        return method_name(self.request.method, self.request.masks)
+
+    @property
     def input_side(self) -> int:
         """The input scale of the step and of its result: the request's, else the base's recorded one."""
         return self.request.input_side or self.base.input_side
@@ -167,7 +175,9 @@ class UpdatePlan:
         return (f"adding {', '.join(f'{n} ({counts[n]} images)' for n in self.new_names)} to "
                 f"{self.request.base_name} ({len(self.base.class_names) - 1} classes) from {len(tagged)} images, "
                 f"{without_new} showing none of the new classes; {self.cfg.epochs} epochs " +
-                (f"({self.cfg.warmup_epochs} warm-up)" if self.request.masks is None else "of MiB on their masks") +
+                {WILSON: f"({self.cfg.warmup_epochs} warm-up)", "mib": "of MiB on their masks",
+                 OFFLINE: "of the localizer from the tags, then as many of MiB on its frozen pseudo-labels (offline "
+                          "pipeline)"}[self.method] +
                 f"; images at {self.input_side} px (longer side), crops {self.cfg.crop_size}")
 
 
@@ -198,8 +208,9 @@ class _Run:
 
 class UpdateRun(_Run):
     """An update under way: iterating it trains, one ``Progress`` per iteration (stop iterating to cancel: the base
-    is untouched); after the last, ``checkpoint()`` is the result. ``update`` (the ``WeakUpdate``) and ``dataset``
-    stay for pictures and pseudo-label exports, also between iterations."""
+    is untouched); after the last, ``checkpoint()`` is the result. ``update`` (the ``WeakUpdate``; a ``MaskedUpdate``
+    with masks, an ``OfflineStep`` for the offline pipeline) and ``dataset`` stay for pictures and pseudo-label
+    exports (WILSON's step), also between iterations."""
 
     def __init__(self, plan: UpdatePlan, *, device=None, runtime: Optional[RuntimeConfig] = None,
                  resumer: Optional[Resumer] = None, snapshot_indices: Sequence[int] = (), snapshot_every: int = 0,
@@ -213,6 +224,10 @@ class UpdateRun(_Run):
                                        device=device, runtime=runtime)
         else:
             self.dataset = tagged_training_set(plan.tagged, plan.columns, plan.cfg, side=plan.input_side)
+        if plan.method == OFFLINE:   # the localizer's pseudo-labels, frozen, then MiB on them (no CAMs shown)
+            self.update = OfflineStep(plan.base.model, self.dataset, num_new=len(plan.new_names), cfg=plan.cfg,
+                                      device=device, runtime=runtime)
+        elif plan.method == WILSON:
             self.update = WeakUpdate(plan.base.model, self.dataset, num_new=len(plan.new_names), cfg=plan.cfg,
                                      device=device, snapshot_items=[self.item(i) for i in snapshot_indices],
                                      snapshot_every=snapshot_every, sync_bn=sync_bn, runtime=runtime,
@@ -250,7 +265,7 @@ class UpdateRun(_Run):
             rejected=list(request.rejected) if request.rejected is not None else None, tool=request.tool,
             processes=world.world_size if world.world_size > 1 else None,
             resumed_from_iteration=(self.resumer.resumed_from or None) if self.resumer is not None else None,
-            input_side=plan.input_side, extra={"method": "mib"} if request.masks is not None else {})
+            input_side=plan.input_side, extra={"method": plan.method} if plan.method != WILSON else {})
         model = copy.deepcopy(self.update.model).cpu().eval()
         return Checkpoint(model=model, class_names=plan.class_names, colours=plan.colours,
                           history=[*plan.base.history, entry.to_dict()], input_side=plan.input_side)
@@ -259,7 +274,8 @@ class UpdateRun(_Run):
 def run_update(request: Union[UpdateRequest, UpdatePlan], *, device=None, runtime: Optional[RuntimeConfig] = None,
                resumer: Optional[Resumer] = None, snapshot_indices: Sequence[int] = (), snapshot_every: int = 0,
                sync_bn: bool = False) -> UpdateRun:
-    """Start one WILSON step (the request is validated first; a plan is taken as it is). ``device``: 'auto' / None
+    """Start one step: WILSON's, the offline pipeline or MiB with masks (``wilss.methods``; the request is
+    validated first, a plan is taken as it is). ``device``: 'auto' / None
     (CUDA when available), 'cpu', 'cuda:N'...; ``runtime``: how it runs (``wilss.runtime``, default: the optimised
     path for the device); ``resumer``: periodic resumable snapshots (``wilss.resume``); ``snapshot_indices``: training
     images whose CAMs, pseudo-labels and predictions come with the progress every ``snapshot_every`` iterations (and
