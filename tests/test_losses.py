@@ -139,24 +139,6 @@ def test_no_background_hands_the_old_background_to_the_tagged_new_classes_by_han
                                L.pseudo_label(z, old_probs, none))
 
 
-def test_no_background_localization_targets_by_hand():
-    # one pixel; channels background, one old class, new classes A and B
-    z = torch.tensor([0.5, -1.0, 2.0, 0.0]).view(1, 4, 1, 1)
-    old_probs = torch.tensor([0.8, 0.3]).view(1, 2, 1, 1)
-
-    def bce(logit: float, target: float) -> float:
-        return -(target * math.log(torch.sigmoid(torch.tensor(logit)).item())
-                 + (1 - target) * math.log(1 - torch.sigmoid(torch.tensor(logit)).item()))
-
-    old = bce(-1.0, 0.3)
-    cases = {(1.0, 0.0): (bce(0.5, 0.0) + old + bce(2.0, 0.8) + bce(0.0, 0.0)) / 4,   # A alone: A is the background
-             (1.0, 1.0): (bce(0.5, 0.0) + old) / 2,                                # A and B: l_CLS splits
-             (0.0, 0.0): (bce(0.5, 0.8) + old + bce(2.0, 0.0) + bce(0.0, 0.0)) / 4}   # no new class here
-    for tags, expected in cases.items():
-        loss = L.unnamed_localization_loss(z, old_probs, torch.tensor([tags]))
-        assert loss.item() == pytest.approx(expected, rel=1e-5), tags
-
-
 def test_unbiased_ce_background_is_background_or_old_by_hand():
     # channels: background, one old class, one new class (num_old = 2); four pixels in a row
     logits = torch.tensor([[[[0.0, math.log(2), 0.0, 5.0]],

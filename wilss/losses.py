@@ -50,24 +50,6 @@ def localization_loss(z_old: torch.Tensor, old_probs: torch.Tensor) -> torch.Ten
     return F.binary_cross_entropy_with_logits(z_old.float(), old_probs.float())
 
 
-def unnamed_localization_loss(z: torch.Tensor, old_probs: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
-    """Eq. 4 for data without a background class (``pseudo_label``'s ``no_background``), over all ``K`` channels of
-    ``z``: the old classes as in Eq. 4; background: the old model's background in images without a new tag, 0 in
-    the others (there it is made of the tagged new classes); a new class: the old model's background in an image
-    tagged with it alone, 0 in an image not tagged with it, and no pixel target where it shares the background with
-    another tagged class (l_CLS alone then splits it). Mean over the supervised channels and pixels."""
-    num_old, num_new = old_probs.shape[1], tags.shape[1]
-    old = old_probs.float()
-    tagged = tags.float()[:, :, None, None]
-    count = tags.float().sum(dim=1)[:, None, None, None]
-    background = old[:, :1]
-    target = torch.cat([background * (count == 0), old[:, 1:], background * tagged * (count == 1)], dim=1)
-    shared = (tagged * (count > 1)).expand(-1, -1, *old.shape[-2:])
-    weight = torch.cat([torch.ones_like(old), 1.0 - shared], dim=1)
-    loss = F.binary_cross_entropy_with_logits(z[:, : num_old + num_new].float(), target, reduction="none")
-    return (loss * weight).sum() / weight.sum().clamp_min(1.0)
-
-
 @torch.no_grad()
 def hard_soft_mix(scores: torch.Tensor, alpha: float) -> torch.Tensor:
     """Eq. 5-6: ``alpha`` * one-hot argmax of ``scores`` ``BxKxhxw`` + (1 - ``alpha``) * ``scores``; a pixel whose

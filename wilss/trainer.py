@@ -194,9 +194,7 @@ class WeakUpdate:
             out = {"cls": L.classification_loss(class_logits[:, 1:], targets)}
         else:
             out = {"cls": L.classification_loss(class_logits[:, -self.num_new:], tags_new)}
-        if cfg.old_model_prior and cfg.no_background:
-            out["loc"] = L.unnamed_localization_loss(z, old_probs, tags_new)
-        elif cfg.old_model_prior:
+        if cfg.old_model_prior:
             out["loc"] = L.localization_loss(z[:, : self.num_old], old_probs)
         if cfg.feature_distillation > 0:
             out["fd"] = cfg.feature_distillation * L.feature_distillation(features, old_features)
