@@ -204,6 +204,9 @@ UPDATE_SWITCHES = (
     ("--no-background", "no_background", True,
      "the data has no background class (every pixel is a named class): the old model's background goes to an "
      "image's tagged new classes, shared by the localizer (beyond the paper)"),
+    ("--sharpen-old-targets", "sharpen_old_targets", True,
+     "the old classes' targets mixed with the old model's one-hot argmax, so thin and small old classes stay won "
+     "(beyond the paper)"),
     ("--freeze-encoder-bn", "freeze_encoder_bn", True,
      "the encoder's batch-norm layers keep the old model's statistics while its weights train (beyond the paper; "
      "on in the demo recipe)"),

@@ -85,6 +85,9 @@ class UpdateConfig(OptimConfig):
     # background is the classes not yet added; in an image tagged with new classes it goes to them alone, shared by
     # the localizer's scores (losses.unnamed_background_target).
     no_background: bool = False
+    # Beyond the paper: the old classes' targets are Eq. 6's mix of the old model's probabilities with their one-hot
+    # argmax (losses.pseudo_label), so that thin and small old classes, predicted with low probabilities, stay won.
+    sharpen_old_targets: bool = False
     drop_unlocalized: bool = False     # weight 0 for images whose pseudo-label misses a tagged class
     # Reference-code extras, off by default
     feature_distillation: float = 0.0  # weight of MSE(e_t(x), e_t-1(x)); the reference uses 1
