@@ -152,6 +152,11 @@ class Handlers:
         self.store.close(getattr(request, "session_hash", None) or "local")
 
     # -------------------------------------------------------------------------------------- model views
+    def no_background_box(self, request: gr.Request):
+        """The advanced "no background class in the data" box, from the current model: ticked for one whose data
+        has no background class (``Checkpoint.background``; the update's default, ``UpdateRequest.no_background``)."""
+        return gr.Checkbox(value=not self.session(request).ckpt.background)
+
     def model_views(self, request: gr.Request):
         """Everything that shows the current model (outputs ``ui.MODEL_VIEWS``)."""
         s = self.session(request)

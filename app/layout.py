@@ -136,6 +136,7 @@ def add_tab(w: SimpleNamespace) -> None:
                     if field_type(name) is bool:
                         widgets[name] = _advanced_widget(name, label, info)
             w.advanced = [widgets[name] for name, *_ in ADVANCED]
+            w.no_background = widgets["no_background"]   # set from the model shown (ui.refresh_model)
             with gr.Row(equal_height=False):   # the method, and masks that make the step MiB's (docs/methods.md)
                 w.method = gr.Radio(choices=list(METHOD_CHOICES), value=METHOD_CHOICES[0][1], label="method",
                                     info="how the update learns from the tags", elem_id="adv-method")

@@ -59,6 +59,7 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
         token = gr.BrowserState(None, storage_key="wilss-session", secret=state_secret(config.workdir))
         demo.load(h.attach, token, token, api_visibility="private").then(
             h.model_views, None, w.model_views, api_name="model_info").then(
+            h.no_background_box, None, w.no_background, api_visibility="private").then(
             h.data_views, None, w.data_views, api_name="data_info")
         demo.unload(h.close_session)
         wire_model_and_data(w, h, u)
@@ -68,10 +69,11 @@ def build(config: AppConfig) -> tuple[gr.Blocks, Handlers]:
 
 
 def refresh_model(w: SimpleNamespace, h: Handlers, event):
-    """After an event that may change the current model: its views, the data views (which tags name known classes,
-    the new-class rows), the prediction of the dropped image by the current model, and no export of another
-    version."""
+    """After an event that may change the current model: its views (and the no-background box, from it), the data
+    views (which tags name known classes, the new-class rows), the prediction of the dropped image by the current
+    model, and no export of another version."""
     return event.then(h.model_views, None, w.model_views, api_visibility="private").then(
+        h.no_background_box, None, w.no_background, api_visibility="private").then(
         h.data_views, None, w.data_views, api_visibility="private").then(
         h.predict_current, [w.predict_file, w.opacity], [w.predicted, w.legend, w.scores, w.predict_status],
         api_visibility="private").then(

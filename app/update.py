@@ -131,14 +131,16 @@ def loss_names(cfg: UpdateConfig, *, aux: bool = False) -> list[str]:
 # ------------------------------------------------------------------------------------------------- plan
 def plan_update(base_name: str, base: Checkpoint, tagged: Optional[TaggedSet], specs: Sequence[tuple[str, str]],
                 cfg: UpdateConfig, *, source: str, rejected: Sequence[str] = (), method: str = WILSON,
-                masks: Optional[tuple] = None) -> UpdatePlan:
+                masks: Optional[tuple] = None, no_background: Optional[bool] = None) -> UpdatePlan:
     """The page's request, checked (``UpdateRequest.validate``): (name, '#rrggbb') per new class; ``method``
-    (``wilss.methods``), ``masks``: a mask file per image (``app.intake.bring_step_masks``: a MiB step). Raises
-    ``DataError``; without negatives the plan uses automatic old-class tags and says so in ``note``."""
+    (``wilss.methods``), ``masks``: a mask file per image (``app.intake.bring_step_masks``: a MiB step);
+    ``no_background``: the page's choice (None: on for a base recorded without background). Raises ``DataError``;
+    without negatives the plan uses automatic old-class tags and says so in ``note`` (the background choice too)."""
     if tagged is None or len(tagged) == 0:
         raise DataError("There are no images. Bring tagged images in the 'Data' tab first.")
     return UpdateRequest(base, tagged, list(specs), cfg, base_name=base_name, source=source,
-                         rejected=tuple(rejected), tool="app", method=method, masks=masks).validate()
+                         rejected=tuple(rejected), tool="app", method=method, masks=masks,
+                         no_background=no_background).validate()
 
 
 # -------------------------------------------------------------------------------------------------- job

@@ -64,8 +64,8 @@ class UpdateHandlers:
         method = (values[end] if len(values) > end else None) or WILSON
         specs = [(n, c) for n, c in zip(names, colours) if (n or "").strip()] or [("", colours[0])]
         try:
-            cfg = make_config(dict(zip([a[0] for a in ADVANCED], advanced)))
-            plan = self._plan(s, specs, cfg, method)
+            given = dict(zip([a[0] for a in ADVANCED], advanced))   # the no-background box: from the version loaded
+            plan = self._plan(s, specs, make_config(given), method, given.get("no_background"))
         except DataError as err:
             yield render.message_html("Nothing was started.", "error"), error(str(err)), gr.skip(), gr.skip()
             return
@@ -75,11 +75,13 @@ class UpdateHandlers:
         live = live or watch_indices(plan.tagged, plan.new_names, self.config.live_images)
         yield from self._run(s, plan, image_names, live)
 
-    def _plan(self, s: Session, specs, cfg, method: str):
+    def _plan(self, s: Session, specs, cfg, method: str, no_background: Optional[bool] = None):
         """The checked plan; with uploaded masks, those staged in a fresh session folder and read as ``add-class
-        --masks`` reads them (the folder is removed again when they are refused)."""
+        --masks`` reads them (the folder is removed again when they are refused). ``no_background``: the page's
+        choice (None: the base's default, ``UpdateRequest.no_background``)."""
         if not s.step_masks or s.tagged is None or not specs[0][0].strip():
-            return plan_update(s.current.name, s.ckpt, s.tagged, specs, cfg, source=s.data_source, method=method)
+            return plan_update(s.current.name, s.ckpt, s.tagged, specs, cfg, source=s.data_source, method=method,
+                               no_background=no_background)
         check_method(method, masks=s.step_masks, cfg=cfg)   # the offline pipeline with masks: refused first
         dest = s.new_folder("step-masks")
         try:
@@ -87,7 +89,7 @@ class UpdateHandlers:
             tagged, masks = bring_step_masks(s.step_masks, dest, s.tagged, s.data_root, max_bytes=self.base.max_bytes,
                                              class_names=old + [n.strip() for n, _ in specs], num_old=len(old))
             return plan_update(s.current.name, s.ckpt, tagged, specs, cfg, source=s.data_source, method=method,
-                               masks=masks)
+                               masks=masks, no_background=no_background)
         except DataError:
             shutil.rmtree(dest, ignore_errors=True)
             raise
@@ -379,7 +381,7 @@ class UpdateHandlers:
         specs = [(n, rgb_to_hex(c)) for n, c in zip(old.new_names, old.new_colours)]
         try:
             plan = plan_update(old.request.base_name, old.base, tagged, specs, old.cfg,
-                               source=old.request.source + " (reviewed)",
+                               source=old.request.source + " (reviewed)", no_background=old.cfg.no_background,
                                rejected=[n for n in job.names if n in set(rejected or [])])
         except DataError as err:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), error(f"{err} Nothing was started.")

@@ -55,13 +55,16 @@ def parameter_count(ckpt: Checkpoint) -> int:
 
 def architecture_markdown(ckpt: Checkpoint, *, version: str = "", file_name: str = "") -> str:
     """Architecture and size of the model: the builder config stored in the checkpoint, parameter count,
-    feature channels seen by the localizer."""
+    feature channels seen by the localizer, and whether its data has a background class."""
     cfg = dict(ckpt.model.config)
     arch = cfg.pop("arch", "?")
     lines = [f"**Architecture:** `{arch}` · {parameter_count(ckpt) / 1e6:.2f} M parameters · "
              f"{ckpt.num_classes} outputs (background + {ckpt.num_classes - 1} classes) · "
              f"encoder features: {ckpt.model.feature_channels} channels",
-             f"**Builder config:** `{json.dumps(cfg, sort_keys=True)}`"]
+             f"**Builder config:** `{json.dumps(cfg, sort_keys=True)}`",
+             "**Background class in its data:** " + ("yes" if ckpt.background else "no (every pixel a named class: "
+                                                     "class 0 stands for classes not yet added; updates default to "
+                                                     "'no background class in the data')")]
     if version:
         lines.insert(0, f"**Version:** {version}" + (f" (`{file_name}`)" if file_name else ""))
     return "  \n".join(lines)

@@ -79,7 +79,8 @@ def weak_step_checkpoint(bench: Benchmark, method: str, previous: Checkpoint, st
     entry = history_entry("add-class", added, num_images=len(indices), step=step, metrics=_figures(row),
                           settings={"method": method, **protocol_settings(bench), **to_dict(cfg)},
                           seconds=round(seconds, 1))
-    ckpt = Checkpoint(model=model, class_names=names, colours=colours, history=[*previous.history, entry])
+    ckpt = Checkpoint(model=model, class_names=names, colours=colours, history=[*previous.history, entry],
+                      background=previous.background)
     return StepResult(method, step, added, len(indices), seconds, ckpt, row)
 
 

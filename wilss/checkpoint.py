@@ -6,6 +6,7 @@ A checkpoint file is a ``torch.save`` dict of plain types and tensors::
      "model": {"arch": ..., "num_classes": ..., ...},   # build_segmenter kwargs
      "state_dict": {...}, "class_names": [...], "colours": [[r, g, b], ...],
      "input_side": 240,                                 # the input scale: images' longer side in px (below)
+     "background": True,                                # whether the data has a background class (below)
      "history": [{"step": 0, "kind": "pretrain", "classes": [...], "num_images": ..., "settings": {...},
                   "metrics": {...}, "date": "..."}, ...]}
 
@@ -13,6 +14,11 @@ A checkpoint file is a ``torch.save`` dict of plain types and tensors::
 prediction, evaluation, export) is resized so its longer side is this (``conventions.prepare_image``). Files
 without it (written before it existed) get ``legacy_input_side``: the ``--size`` their pretraining recorded, the
 crop size of a base from tags alone, else 128 px, the generated world's size (the shipped base's).
+
+``background`` says whether the data the model learnt from has a background class: False for a base from a dataset
+where every pixel is a named class (``pretrain --data`` on CamVid), whose class 0 then stands only for classes not
+yet added; an update defaults its ``no_background`` option from it (``wilss.methods.settle_background``) and its
+result inherits it. Files without it (written before it existed) have one: True.
 
 Loading uses ``torch.load(weights_only=True)``: a file carrying pickled code is refused, never executed.
 Writing goes to a temporary file in the target folder and is renamed into place (atomic).
@@ -49,6 +55,7 @@ class Checkpoint:
     colours: np.ndarray                      # K x 3 uint8
     history: list[dict] = field(default_factory=list)
     input_side: int = WORLD_INPUT_SIDE       # the input scale: longer side (px) of the images it trains and predicts at
+    background: bool = True                  # False: its data has no background class (every pixel a named class)
 
     @property
     def num_classes(self) -> int:
@@ -160,7 +167,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, *, protect: tuple[str | 
     payload = {"format": FORMAT, "version": VERSION, "model": dict(ckpt.model.config),
                "state_dict": {k: v.detach().cpu() for k, v in ckpt.model.state_dict().items()},
                "class_names": list(ckpt.class_names), "colours": np.asarray(ckpt.colours).tolist(),
-               "history": list(ckpt.history), "input_side": int(ckpt.input_side)}
+               "history": list(ckpt.history), "input_side": int(ckpt.input_side), "background": bool(ckpt.background)}
     return atomic_torch_save(payload, path)
 
 
@@ -192,7 +199,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     model = _rebuilt_model(payload, len(names), damaged)
     model.eval()
     return Checkpoint(model=model, class_names=names, colours=colours, history=history,
-                      input_side=_input_side(payload, history, damaged))
+                      input_side=_input_side(payload, history, damaged), background=_background(payload, damaged))
 
 
 def legacy_input_side(history: list[dict]) -> int:
@@ -216,6 +223,13 @@ def _input_side(payload: dict, history: list[dict], damaged: str) -> int:
         raise CheckpointError(f"{damaged}: its 'input_side' must be a whole number of pixels in 1-{MAX_INPUT_SIDE}, "
                               f"found {str(side)[:40]}")
     return side
+
+
+def _background(payload: dict, damaged: str) -> bool:
+    value = payload.get("background", True)   # absent: a file from before the field, all of which had one
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{damaged}: its 'background' must be true or false, found {str(value)[:40]}")
+    return value
 
 
 def _described_classes(payload: dict, damaged: str) -> tuple[list[str], np.ndarray, list[dict]]:
@@ -278,10 +292,12 @@ def _rebuilt_model(payload: dict, num_names: int, damaged: str) -> Segmenter:
 
 
 def new_checkpoint(model: Segmenter, class_names: list[str], colours: np.ndarray | None = None, *,
-                   input_side: int = WORLD_INPUT_SIDE) -> Checkpoint:
+                   input_side: int = WORLD_INPUT_SIDE, background: bool = True) -> Checkpoint:
     """A checkpoint for a freshly built model; class 0 must be the background. ``input_side``: the longer side (px)
-    its training images had (the scale every later use resizes images to)."""
+    its training images had (the scale every later use resizes images to); ``background``: False when its data has
+    no background class (every pixel a named class: class 0 then stands for classes not yet added)."""
     if class_names[0] != BACKGROUND_NAME:
         raise CheckpointError(f"class 0 must be '{BACKGROUND_NAME}', got {class_names[0]!r}")
     colours = default_colours(len(class_names)) if colours is None else np.asarray(colours, dtype=np.uint8)
-    return Checkpoint(model=model, class_names=list(class_names), colours=colours, input_side=int(input_side))
+    return Checkpoint(model=model, class_names=list(class_names), colours=colours, input_side=int(input_side),
+                      background=bool(background))

@@ -104,6 +104,9 @@ def pretrain_data(args: argparse.Namespace, out: Path, start: float) -> int:
     cfg = replace(recipes.PIXEL_BASE if arch != "tiny" else recipes.PIXEL_BASE_TINY, **overrides)
     names = class_names(source)
     print(f"data: {source.description}; {len(names) - 1} classes; {arch}, encoder: {args.encoder or 'none'}")
+    if not source.background_ids:
+        print("no background class in this data (every pixel is a named class): the checkpoint records it, and "
+              "add-class on it defaults to --no-background")
     with ProgressBar(quiet=args.quiet) as bar:
         base = train_pixel_base(source, cfg, arch=arch, encoder=str(args.encoder or "none"), init=init,
                                 size=args.size, device=args.device, on_progress=lambda p: bar.update(p, "base"))

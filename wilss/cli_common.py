@@ -203,7 +203,11 @@ UPDATE_SWITCHES = (
      "old model calls background (beyond the paper)"),
     ("--no-background", "no_background", True,
      "the data has no background class (every pixel is a named class): the old model's background goes to an "
-     "image's tagged new classes, shared by the localizer (beyond the paper)"),
+     "image's tagged new classes, shared by the localizer (beyond the paper; add-class: on by itself for a base "
+     "whose checkpoint records data without one, e.g. from 'pretrain --data' on CamVid)"),
+    ("--background", "no_background", False,
+     "the data has a background class: the old model's background stays a real background, as in the paper "
+     "(add-class: the default, unless the base's checkpoint records data without one)"),
     ("--sharpen-old-targets", "sharpen_old_targets", True,
      "the old classes' targets mixed with the old model's one-hot argmax, so thin and small old classes stay won "
      "(beyond the paper)"),

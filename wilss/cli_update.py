@@ -130,7 +130,7 @@ def plan_from_folder(args: argparse.Namespace) -> AddClass:
                                         class_names=list(ckpt.class_names) + [name for name, _ in specs])
     request = UpdateRequest(ckpt, tagged, specs, cfg, base_name=str(args.checkpoint), source=str(args.images),
                             masks=None if masks is None else tuple(masks), input_side=args.input_side,
-                            method=args.method)
+                            method=args.method, no_background=args.no_background)
     return _finish_plan(request, out, args)
 
 
@@ -155,7 +155,8 @@ def plan_from_world(args: argparse.Namespace) -> AddClass:
     validate_images(tagged.paths)
     colours = voc_palette(256)[[WORLD_CLASSES.index(n) for n in names]]
     request = UpdateRequest(ckpt, tagged, list(zip(names, colours.tolist())), cfg, base_name=str(args.checkpoint),
-                            source=str(args.world), input_side=args.input_side, method=args.method)
+                            source=str(args.world), input_side=args.input_side, method=args.method,
+                            no_background=args.no_background)
     job = _finish_plan(request, out, args)
     if job.eval_set is None and (meta.get("splits") or {}).get("test"):
         job.eval_set = world_eval_set(args.world, "test", job.class_names)

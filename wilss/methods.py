@@ -2,9 +2,12 @@
 WILSON's weak step (the default), or the offline pseudo-label pipeline (``wilss.offline``) on the same tagged
 images. A step with pixel masks trains MiB on them (``wilss.masked_update``) whatever is chosen: offline with masks
 is refused. ``wilss.service.UpdateRun`` builds the step here; its history entry names the method (``method_name``).
+``settle_background`` picks the weak step's ``no_background`` option from what the base's checkpoint records.
 """
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from typing import Iterator, Optional
 
 from models.segmenter import Segmenter
@@ -18,6 +21,8 @@ from wilss.runtime import RuntimeConfig
 from wilss.training_data import TagDataset
 from wilss.transforms import train_transform
 
+log = logging.getLogger(__name__)
+
 WILSON, OFFLINE = "wilson", "offline"
 METHODS = (WILSON, OFFLINE)   # the choices; with masks the method is MiB ('mib' in the history)
 
@@ -25,6 +30,34 @@ METHODS = (WILSON, OFFLINE)   # the choices; with masks the method is MiB ('mib'
 def method_name(method: str, masks) -> str:
     """What the history records: 'mib' for a step with masks, else the method chosen."""
     return "mib" if masks is not None else method
+
+
+def settle_background(base_background: bool, cfg: UpdateConfig, chosen: Optional[bool], *,
+                      note: str = "") -> tuple[UpdateConfig, str]:
+    """The weak step's ``no_background`` option (docs/method.md, "Data without a background class"), and ``note``
+    with a sentence saying which and why: ``chosen`` (True / False) when the user set it, else on for a base whose
+    checkpoint records data without a background class (``Checkpoint.background`` False: ``pretrain --data`` on
+    CamVid), else ``cfg``'s. Nothing is added to the note for a base with a background class and the option off."""
+    if chosen is not None:
+        on, why = bool(chosen), "as set"
+    elif not base_background:
+        on, why = True, "the base's default"
+    else:
+        on, why = bool(cfg.no_background), "the settings'"
+    if base_background:
+        said = ("The no-background option is on, though the base's checkpoint records data with a background "
+                "class." if on else "")
+    elif on:
+        said = ("The base's checkpoint records data without a background class (every pixel a named class), so the "
+                "no-background option is on: the base's class 0, made of classes not yet added, goes to the images' "
+                "tagged new classes" + (" (switch the option off to treat it as a real background)." if chosen is None
+                                        else ", as set."))
+    else:
+        said = ("The base's checkpoint records data without a background class, but the no-background option is off, "
+                "as set: its class 0 is treated as a real background.")
+    log.info("no_background %s (%s; the base's data %s a background class)", "on" if on else "off", why,
+             "has" if base_background else "has no")
+    return replace(cfg, no_background=on), " ".join(filter(None, [note, said]))
 
 
 def check_method(method: str, *, masks, cfg: UpdateConfig) -> None:

@@ -92,8 +92,9 @@ def train_pixel_base(source: LabelledSource, cfg: PretrainConfig, *, arch: str, 
     (e.g. from ImageNet; None: from scratch; ``encoder`` names it in the history), and score it on the test split.
 
     The weights depend on ``cfg.seed`` alone (the initial weights too), so a run repeats exactly. The checkpoint's
-    input side is the images' (``LabelledSource.input_side``); its history one 'pretrain' step with the settings
-    and the test mIoU.
+    input side is the images' (``LabelledSource.input_side``); it records whether the dataset has a background
+    class (CamVid has none: the updates on it default to ``no_background``); its history one 'pretrain' step with the
+    settings and the test mIoU.
     """
     task = base_task(source)
     dataset = training_set(source, cfg, size)
@@ -108,7 +109,7 @@ def train_pixel_base(source: LabelledSource, cfg: PretrainConfig, *, arch: str, 
     iou = iou_on_test_split(model, source, size, device=device)
     miou = summarize(iou, *task.paper_columns(0), include_background=bool(source.background_ids))["new"]
     names = class_names(source)
-    ckpt = new_checkpoint(model, names, input_side=source.input_side(size))
+    ckpt = new_checkpoint(model, names, input_side=source.input_side(size), background=bool(source.background_ids))
     ckpt.history.append(history_entry(
         "pretrain", names[1:], num_images=len(dataset), step=0,
         settings={"data": source.description, "arch": arch, "encoder": encoder,

@@ -43,7 +43,7 @@ from wilss.scoring import EvalSet, Scores, mask_eval_set, score  # noqa: F401  (
 from wilss.tags import TaggedSet, check_new_classes, read_tagged_folder, settle_negatives  # noqa: F401
 from wilss.trainer import WeakUpdate
 from wilss.masked_update import MaskedUpdate
-from wilss.methods import OFFLINE, WILSON, OfflineStep, check_method, method_name
+from wilss.methods import OFFLINE, WILSON, OfflineStep, check_method, method_name, settle_background
 from wilss.tags_base import TagsBaseTraining, check_tags_only
 from wilss.training_data import fitted_image, masked_training_set, tagged_training_set
 
@@ -85,6 +85,7 @@ class UpdateRequest:
     masks: Optional[tuple] = None            # a mask file per image (wilss.step_masks): a MiB step, not WILSON's
     input_side: Optional[int] = None         # the input scale to train at (longer side, px); None: the base's
     method: str = WILSON                     # or 'offline' (wilss.methods); with masks the step is MiB's
+    no_background: Optional[bool] = None     # set by the user; None: on for a base without background, else cfg's
 
     def validate(self) -> UpdatePlan:
         """The checked plan. Raises ``DataError`` for an empty or existing class name, a bad colour, no images,
@@ -118,8 +119,9 @@ class UpdateRequest:
                 replay_class_ids(self.cfg.replay_classes, self.base.class_names, len(self.base.class_names))
             except ValueError as err:
                 raise DataError(f"{str(err)[0].upper()}{str(err)[1:]}.") from None
-        wilson = self.auto_negatives and self.masks is None   # l_CLS's negatives: WILSON's step only
-        cfg, note = settle_negatives(self.tagged, names, self.cfg) if wilson else (self.cfg, "")
+        weak = self.masks is None   # l_CLS's negatives and the pseudo-labels' background: not MiB's step on masks
+        cfg, note = settle_negatives(self.tagged, names, self.cfg) if weak and self.auto_negatives else (self.cfg, "")
+        cfg, note = settle_background(self.base.background, cfg, self.no_background, note=note) if weak else (cfg, note)
         if cfg.localizer_detail and self.base.model.detail_key is None:   # a recipe's default, for another network
             cfg = replace(cfg, localizer_detail=False)
             note = " ".join(filter(None, [note, f"The {self.base.model.config.get('arch')} network has no detail "
@@ -267,8 +269,8 @@ class UpdateRun(_Run):
             resumed_from_iteration=(self.resumer.resumed_from or None) if self.resumer is not None else None,
             input_side=plan.input_side, extra={"method": plan.method} if plan.method != WILSON else {})
         model = copy.deepcopy(self.update.model).cpu().eval()
-        return Checkpoint(model=model, class_names=plan.class_names, colours=plan.colours,
-                          history=[*plan.base.history, entry.to_dict()], input_side=plan.input_side)
+        return replace(plan.base, model=model, class_names=plan.class_names, colours=plan.colours,   # its background
+                       history=[*plan.base.history, entry.to_dict()], input_side=plan.input_side)
 
 
 def run_update(request: Union[UpdateRequest, UpdatePlan], *, device=None, runtime: Optional[RuntimeConfig] = None,
