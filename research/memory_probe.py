@@ -2,7 +2,7 @@
 handlers (``app.handlers``, ``app.update_handlers``) on a tiny untrained base and a few demo samples, as
 ``research.stress`` serves them, without a server or clients.
 
-    python -m research.memory_probe [--updates 3] [--sessions 2] [--predicts 10] [--epochs 2]
+    python -m research.memory_probe [--updates 4] [--sessions 2] [--askers 10] [--predicts 10] [--epochs 2]
 
 Prints the process's RSS (``VmRSS``) after each stage, whether ``torch._dynamo`` is imported, and what each session
 still holds after its update: tensors of the finished update (its model, the old model's copy, the localizer, their
@@ -50,7 +50,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m research.memory_probe")
     p.add_argument("--updates", type=int, default=4, help="updates, round robin over the sessions")
     p.add_argument("--sessions", type=int, default=2)
-    p.add_argument("--predicts", type=int, default=10, help="predicts after each update")
+    p.add_argument("--predicts", type=int, default=10, help="predicts after each update, round robin over --askers")
+    p.add_argument("--askers", type=int, default=10, help="sessions that only predict (research.stress: 10)")
     p.add_argument("--epochs", type=int, default=2)
     args = p.parse_args(argv)
 
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     u = UpdateHandlers(h)
     SHORT.update(epochs=args.epochs, warmup_epochs=1)
     requests = [SimpleNamespace(session_hash=f"probe-{i}") for i in range(args.sessions)]
+    askers = [SimpleNamespace(session_hash=f"asker-{i}") for i in range(args.askers)] or requests
     image = sorted(samples.glob("*.jpg"))[0]
 
     def line(stage: str) -> None:
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
               flush=True)
 
     line("handlers built")
-    for r in requests:
+    for r in requests + askers:
         h.session(r)
         h.predict(r, [str(image)], 0.5)
     line("sessions + first predicts")
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
         line(f"update {n + 1} ({time.perf_counter() - start:.0f} s)")
         print(f"    session {r.session_hash} holds (MB): {held(job)}")
         for _ in range(args.predicts):
-            h.predict(requests[_ % len(requests)], [str(image)], 0.5)
+            h.predict(askers[_ % len(askers)], [str(image)], 0.5)
         line(f"  + {args.predicts} predicts")
     gc.collect()
     alive = [j() for j in jobs if j() is not None]
