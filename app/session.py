@@ -110,7 +110,7 @@ class Session:
         self._job = None                              # app.update.UpdateJob while one runs or after it ran
         self.last_update = None                       # the finished UpdateJob, kept for the Review tab
         self.step_masks: list[Path] = []              # uploaded pixel masks of the tagged images (a MiB step)
-        self.review_view = None                       # (job, image indices, tiles per image) of the shown page
+        self.review_view = None                       # (image names, indices, tiles per image) of the shown page
         self.notice = ""                              # told in the page until the next version (a restart)
         self._counter = itertools.count()
         self._restore()
@@ -176,9 +176,12 @@ class Session:
             return self._ckpt
 
     def unload(self) -> None:
-        """Forget the loaded model (``ckpt`` reads it from its file again when next asked for)."""
+        """Forget the loaded model (``ckpt`` reads it from its file again when next asked for) and the training state
+        its last update kept for the Review tab (that update can still be re-run)."""
         with self.lock:
             self._ckpt = None
+            if self.last_update is not None:
+                self.last_update.release(review=False)
 
     def version(self, name: str) -> Version:
         for v in self.versions:
@@ -308,9 +311,9 @@ class SessionStore:
             return session
 
     def _unload_idle(self) -> None:
-        """Only the ``loaded`` most recently used sessions keep their current model in memory (a session reloads it
-        from its file when next used): 64 sessions each holding its own copy of the model grew the app's memory
-        with every client."""
+        """Only the ``loaded`` most recently used sessions keep their current model, and their last update's training
+        state for the Review tab, in memory (a session reloads its model from its file when next used): 64 sessions
+        each holding its own copies of the model grew the app's memory with every client."""
         for session in list(self._sessions.values())[:-self.loaded]:
             if not (session.job and session.job.running):
                 session.unload()

@@ -279,7 +279,9 @@ class UpdateJob:
             self._serve_calls()
             return future.result(timeout=0)
         if self.update is None:
-            raise RuntimeError("this update has not started, or was stopped")
+            raise RuntimeError("its training state was let go (to save memory) while this tab was idle; re-run it to "
+                               "review its pseudo-labels" if self.state == "done" and self.saved_as else
+                               "this update has not started, or was stopped")
         with self._lock:
             return fn(self.update)
 
@@ -295,6 +297,17 @@ class UpdateJob:
                 update.snapshot_items = saved
 
         return self.between(work)
+
+    def release(self, *, review: bool = True) -> None:
+        """Once its result is saved: keep only what the Review tab reads (the update's model, localizer and old
+        model, the training targets; the decoded images are read again from their files), and with ``review``
+        False, or an update without Review pages, nothing of the training (``plan`` and the figures stay)."""
+        if self.update is None or self.running:
+            return
+        if review and self.reviewable:
+            self.runner.dataset.forget()
+        else:
+            self.update = self.runner = None
 
     def result(self) -> Checkpoint:
         """The updated checkpoint (``UpdateRun.checkpoint``: the history entry ``add-class`` writes too, by the app);

@@ -169,6 +169,7 @@ class UpdateHandlers:
             version = s.add_checkpoint(job.result(), f"added {', '.join(plan.new_names)} from {len(plan.tagged)} "
                                        f"images{rejected}", parent=plan.request.base_name)
             s.last_update, job.saved_as = job, version.name
+            job.release()   # what Review does not read goes (an update without Review pages keeps nothing)
             return (render.message_html(f"Finished in {render.format_duration(job.train_seconds)}: saved as "
                                         f"{version.name}.", "done"),
                     ok(f"added {', '.join(plan.new_names)}; the model is now **{version.name}** "
@@ -212,7 +213,7 @@ class UpdateHandlers:
             version = s.add_checkpoint(job.result(), f"started from tags alone: {', '.join(plan.new_names)} from "
                                        f"{len(plan.tagged)} images", parent=None)
             job.saved_as = version.name
-            job.update = job.runner = None   # the model is saved and no Review page shows it: free the training
+            job.release()   # the model is saved and no Review page shows it: free the training
             return (render.message_html(f"Finished in {render.format_duration(job.train_seconds)}: saved as "
                                         f"{version.name}.", "done"),
                     ok(f"a model of {', '.join(plan.new_names)} learnt from the tags alone is now **{version.name}** "
@@ -320,7 +321,7 @@ class UpdateHandlers:
             title = f"{job.names[i]} [{tags}]" + (" REJECTED" if job.names[i] in (rejected or []) else "")
             tiles += render.snapshot_tiles(snap.image, snap.cams, snap.pseudo_label, snap.prediction, plan.colours,
                                            plan.new_names, title=title)
-        s.review_view = (job, indices, 3 + len(plan.new_names))
+        s.review_view = (list(job.names), indices, 3 + len(plan.new_names))   # names: the job itself may go
         state = ("running, from the model as it is now" if job.state == "running"
                  else f"{plan.request.base_name} + {', '.join(plan.new_names)}")
         info = (f"Page {page}/{pages} of the {total} training images of the update ({state}). Click any picture of an "
@@ -356,15 +357,15 @@ class UpdateHandlers:
         view = s.review_view
         if view is None or evt is None or evt.index is None:
             return gr.skip()
-        job, indices, per_image = view
+        names, indices, per_image = view
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         slot = index // per_image
         if slot >= len(indices):
             return gr.skip()
-        name = job.names[indices[slot]]
+        name = names[indices[slot]]
         rejected = list(rejected or [])
         rejected = [r for r in rejected if r != name] if name in rejected else rejected + [name]
-        return gr.Dropdown(choices=job.names, value=rejected)
+        return gr.Dropdown(choices=names, value=rejected)
 
     def rerun(self, request: gr.Request, rejected) -> Iterator[tuple]:
         """The reviewed update again, from the same base, without the rejected images. Outputs: tabs + the four

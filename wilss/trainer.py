@@ -298,6 +298,7 @@ class WeakUpdate:
                 resumer.save(progress.iteration, state, loader.sampler, batches_per_epoch=len(loader),
                              batch_size=loader.batch_size)
             yield progress
+        self.net.zero_grad(set_to_none=True)   # the last step's gradients (a model's worth) are read by nothing now
         self.model.eval().to(memory_format=torch.contiguous_format)  # the result is an ordinary model
 
     def _synthesise(self) -> Iterator[Progress]:

@@ -42,6 +42,10 @@ class _CachedDataset(Dataset):
             self._cached[index] = item
         return item
 
+    def forget(self) -> None:
+        """Drop the decoded items (after training: what reads the images later decodes them again)."""
+        self._cached.clear()
+
 
 class PixelDataset(_CachedDataset):
     """Images with pixel masks. Item: ``(3xHxW float32 normalised image, HxW int64 class ids)``.

@@ -1,0 +1,82 @@
+"""What the app keeps of a finished update (issue 20: the app's memory under load): what the Review tab reads, no
+optimiser, no gradients, no decoded training images; and nothing of the training once its session is idle."""
+import gc
+import weakref
+
+import pytest
+
+from app.session import AppConfig
+from research.app_testing import tiny_checkpoint
+from wilss import trainer
+
+from tests.test_app_logic import tagged_upload
+
+SMALL = dict(epochs=2, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8)
+
+
+def add_args(name: str):
+    from app.update import ADVANCED
+    from wilss.recipes import DEMO_UPDATE
+
+    return (name, "", "", "#ff8000", "#400000", "#c00000", [],
+            *[SMALL.get(field, getattr(DEMO_UPDATE, field)) for field, *_ in ADVANCED])
+
+
+@pytest.fixture
+def page(tmp_path, monkeypatch):
+    from app.handlers import Handlers
+    from app.update_handlers import UpdateHandlers
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    handlers = Handlers(AppConfig(workdir=tmp_path / "work", checkpoint=tiny_checkpoint(tmp_path / "base.pt"),
+                                  live_every_s=0.0))
+    return handlers, UpdateHandlers(handlers)
+
+
+def test_a_finished_update_keeps_what_review_reads_and_lets_the_rest_go(page, tmp_path, monkeypatch, one_thread):
+    handlers, u = page
+    optimizers = []
+    make_sgd = trainer.make_sgd
+
+    def recorded(*args, **kwargs):
+        optimizer = make_sgd(*args, **kwargs)
+        optimizers.append(weakref.ref(optimizer))
+        return optimizer
+
+    monkeypatch.setattr(trainer, "make_sgd", recorded)
+    files, tags = tagged_upload(tmp_path / "up", ["arrow", "arrow;disc", "", "disc"] * 2)
+    assert handlers.bring_data(None, files, tags)[0].startswith("**Done:**")
+    outs = list(u.add_classes(None, *add_args("arrow")))
+    s = handlers.session(None)
+    job = s.last_update
+    assert job is not None and job.saved_as == "v001" == s.current.name, outs[-1][1]
+
+    gc.collect()
+    assert optimizers and all(ref() is None for ref in optimizers)          # no optimiser state survives
+    update = job.update                                                     # Review reads the update's state
+    assert all(p.grad is None for p in [*update.model.parameters(), *update.localizer.parameters()])
+    assert job.runner.dataset._cached == {}                                 # decoded images are read again
+    gallery, info, *_ = u.review_page(None, 1, [])
+    assert info.startswith("Page 1/") and gallery.value
+    assert isinstance(s.review_view[0], list)                               # the page keeps names, not the job
+
+    held = [weakref.ref(m) for m in (update.model, update.old_model, update.localizer)]
+    del update, gallery
+    s.unload()                                                              # an idle session (SessionStore)
+    gc.collect()
+    assert job.update is None and job.runner is None
+    assert all(ref() is None for ref in held)                               # its models are freed
+    _, info, *_ = u.review_page(None, 1, [])
+    assert "re-run it" in info
+    assert s.ckpt.class_names[-1] == "arrow"                                # the result itself is kept, on disk
+
+
+def test_an_update_without_review_pages_keeps_no_training(page, tmp_path):
+    from app.update import UpdateJob
+
+    handlers, _ = page
+    job = UpdateJob.__new__(UpdateJob)   # a finished job whose method shows no pseudo-labels
+    job.state, job.update, job.runner = "done", object(), object()
+    job.plan = type("Plan", (), {"method": "mib"})()
+    job.release()
+    assert job.update is None and job.runner is None
