@@ -63,6 +63,8 @@ ADVANCED = (
      "beyond the paper: every pixel is a named class, so the old background goes to the image's tagged new classes"),
     ("sharpen_old_targets", "sharpened old-class targets",
      "beyond the paper: the old model's one-hot argmax mixed into the old classes' targets (thin classes stay)"),
+    ("old_at_head_resolution", "old model's targets at its head's resolution",
+     "beyond the paper: the old targets are not pooled to the encoder's last map, so thin old classes stay"),
     ("freeze_encoder_bn", "frozen encoder batch-norm statistics",
      "beyond the paper: the encoder's batch-norm layers keep the base model's statistics while its weights train"),
     ("region_prior", "region prior (superpixels)",

@@ -177,11 +177,12 @@ class Segmenter(nn.Module):
         """Everything but the encoder: heads and classifiers (the weak step's 'head' learning-rate group)."""
         return (p for name, p in self.named_parameters() if not name.startswith("encoder."))
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``Bx3xHxW`` -> (logits ``BxKxhxw`` at the features' resolution, localizer features ``BxCfxhxw``)."""
+    def forward_features(self, x: torch.Tensor, *, head_resolution: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Bx3xHxW`` -> (logits ``BxKxhxw`` at the features' resolution, or at the head's own with
+        ``head_resolution``, localizer features ``BxCfxhxw``)."""
         maps = self.encode(x)
         features = maps[self.feature_key]
-        return self.decode(maps, size=features.shape[-2:]), features
+        return self.decode(maps, size=None if head_resolution else features.shape[-2:]), features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``Bx3xHxW`` normalised images -> ``BxKxHxW`` logits at input resolution."""

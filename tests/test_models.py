@@ -20,6 +20,9 @@ def test_build_shapes_and_growth_keeps_old_predictions(arch):
     assert features.shape[:2] == (2, model.feature_channels)
     assert logits.shape[-2:] == features.shape[-2:]
     assert full.shape == (2, 4, 64, 64) and torch.isfinite(full).all()
+    with torch.no_grad():   # at the head's own resolution: what decode gives, unpooled
+        at_head, _ = model.forward_features(x, head_resolution=True)
+        torch.testing.assert_close(at_head, model.decode(model.encode(x)))
     if model.detail_key is not None:   # a higher-resolution map for the localizer, as its docstring says
         detail = model.encode(x)[model.detail_key]
         assert detail.shape[1] == model.detail_channels and detail.shape[-1] > features.shape[-1]

@@ -211,6 +211,9 @@ UPDATE_SWITCHES = (
     ("--sharpen-old-targets", "sharpen_old_targets", True,
      "the old classes' targets mixed with the old model's one-hot argmax, so thin and small old classes stay won "
      "(beyond the paper)"),
+    ("--old-at-head-resolution", "old_at_head_resolution", True,
+     "the old model's targets at its head's resolution, not pooled to the encoder's last map: thin old classes stay "
+     "(beyond the paper; on in the CamVid recipe)"),
     ("--freeze-encoder-bn", "freeze_encoder_bn", True,
      "the encoder's batch-norm layers keep the old model's statistics while its weights train (beyond the paper; "
      "on in the demo recipe)"),

@@ -88,6 +88,10 @@ class UpdateConfig(OptimConfig):
     # Beyond the paper: the old classes' targets are Eq. 6's mix of the old model's probabilities with their one-hot
     # argmax (losses.pseudo_label), so that thin and small old classes, predicted with low probabilities, stay won.
     sharpen_old_targets: bool = False
+    # Beyond the paper: the old model's logits (l_LOC, Eq. 7, output distillation) taken at its head's resolution
+    # rather than pooled to the encoder's last map (stride 16): a head that decodes at stride 8 (LR-ASPP) keeps its thin
+    # classes (poles, signs, pedestrians) in the targets. Off by default until the world's tables are measured with it.
+    old_at_head_resolution: bool = False
     drop_unlocalized: bool = False     # weight 0 for images whose pseudo-label misses a tagged class
     # Reference-code extras, off by default
     feature_distillation: float = 0.0  # weight of MSE(e_t(x), e_t-1(x)); the reference uses 1

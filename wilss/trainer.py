@@ -175,7 +175,7 @@ class WeakUpdate:
                 fake: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         tags_new = targets[:, -self.num_new:]
-        old_logits, old_features = self.precision.frozen(self.old_model.forward_features, images)
+        old_logits, old_features = self.precision.frozen(self._old_forward, images)
         if fake is None:
             features, z, seg_logits, aux_logits = self.net(images, decode=phase != "warmup")
         else:   # one forward over real + fake (one batch-norm batch, as HRHF's half-real half-fake batches)
@@ -216,6 +216,10 @@ class WeakUpdate:
         if fake is not None:
             out["replay"] = replay
         return out
+
+    def _old_forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen old model's (logits, features), the logits at ``cfg.old_at_head_resolution``'s choice."""
+        return self.old_model.forward_features(images, head_resolution=self.cfg.old_at_head_resolution)
 
     def _pseudo_label(self, z: torch.Tensor, old_probs: torch.Tensor, tags_new: torch.Tensor) -> torch.Tensor:
         """The Eq. 5-7 target with the config's options (``L.pseudo_label``)."""
@@ -350,7 +354,7 @@ class WeakUpdate:
         maps = self.model.encode(x)
         _, z = localize(self.model, self.localizer, maps)
         logits = self.model.decode(maps)
-        old_probs = self.old_model.probabilities(resized(self.old_model.forward_features(x)[0], z.shape[-2:]))
+        old_probs = self.old_model.probabilities(resized(self._old_forward(x)[0], z.shape[-2:]))
         tags_new = torch.as_tensor(np.asarray(targets), dtype=torch.float32, device=self.device)[None, -self.num_new:]
         target = self._refined(x, self._pseudo_label(z, old_probs, tags_new))
         cams = F.interpolate(z.softmax(1)[:, -self.num_new:], size=size, mode="bilinear", align_corners=False)
