@@ -61,8 +61,6 @@ ADVANCED = (
      "beyond the paper: a new class's pseudo-label is capped by the old model's background probability"),
     ("no_background", "no background class in the data",
      "beyond the paper: every pixel is a named class, so the old background goes to the image's tagged new classes"),
-    ("sharpen_old_targets", "sharpened old-class targets",
-     "beyond the paper: the old model's one-hot argmax mixed into the old classes' targets (thin classes stay)"),
     ("old_at_head_resolution", "old model's targets at its head's resolution",
      "beyond the paper: the old targets are not pooled to the encoder's last map, so thin old classes stay"),
     ("freeze_encoder_bn", "frozen encoder batch-norm statistics",

@@ -139,17 +139,6 @@ def test_no_background_hands_the_old_background_to_the_tagged_new_classes_by_han
                                L.pseudo_label(z, old_probs, none))
 
 
-def test_sharpened_old_targets_mix_the_old_models_argmax_by_hand():
-    # one pixel; background, two old classes, one new; the old model's thin class 2 wins with 0.4
-    z = torch.zeros(1, 4, 1, 1)
-    old_probs = torch.tensor([0.1, 0.3, 0.4]).view(1, 3, 1, 1)
-    tags = torch.zeros(1, 1)
-    plain = L.pseudo_label(z, old_probs, tags, alpha=0.5)
-    sharp = L.pseudo_label(z, old_probs, tags, alpha=0.5, sharpen_old=True)
-    torch.testing.assert_close(sharp[0, 1:3, 0, 0], torch.tensor([0.15, 0.7]))   # 0.5 x one-hot + 0.5 x p
-    torch.testing.assert_close(sharp[:, [0, 3]], plain[:, [0, 3]])               # background and new unchanged
-
-
 def test_unbiased_ce_background_is_background_or_old_by_hand():
     # channels: background, one old class, one new class (num_old = 2); four pixels in a row
     logits = torch.tensor([[[[0.0, math.log(2), 0.0, 5.0]],

@@ -208,12 +208,9 @@ UPDATE_SWITCHES = (
     ("--background", "no_background", False,
      "the data has a background class: the old model's background stays a real background, as in the paper "
      "(add-class: the default, unless the base's checkpoint records data without one)"),
-    ("--sharpen-old-targets", "sharpen_old_targets", True,
-     "the old classes' targets mixed with the old model's one-hot argmax, so thin and small old classes stay won "
-     "(beyond the paper)"),
     ("--old-at-head-resolution", "old_at_head_resolution", True,
      "the old model's targets at its head's resolution, not pooled to the encoder's last map: thin old classes stay "
-     "(beyond the paper; on in the CamVid recipe)"),
+     "(beyond the paper)"),
     ("--freeze-encoder-bn", "freeze_encoder_bn", True,
      "the encoder's batch-norm layers keep the old model's statistics while its weights train (beyond the paper; "
      "on in the demo recipe)"),

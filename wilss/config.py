@@ -85,9 +85,6 @@ class UpdateConfig(OptimConfig):
     # background is the classes not yet added; in an image tagged with new classes it goes to them alone, shared by
     # the localizer's scores (losses.unnamed_background_target).
     no_background: bool = False
-    # Beyond the paper: the old classes' targets are Eq. 6's mix of the old model's probabilities with their one-hot
-    # argmax (losses.pseudo_label), so that thin and small old classes, predicted with low probabilities, stay won.
-    sharpen_old_targets: bool = False
     # Beyond the paper: the old model's logits (l_LOC, Eq. 7, output distillation) taken at its head's resolution
     # rather than pooled to the encoder's last map (stride 16): a head that decodes at stride 8 (LR-ASPP) keeps its thin
     # classes (poles, signs, pedestrians) in the targets. Off by default until the world's tables are measured with it.

@@ -61,7 +61,7 @@ def hard_soft_mix(scores: torch.Tensor, alpha: float) -> torch.Tensor:
 @torch.no_grad()
 def pseudo_label(z: torch.Tensor, old_probs: torch.Tensor | None, tags: torch.Tensor,
                  *, alpha: float = 0.5, new_on_old_background: bool = False,
-                 no_background: bool = False, sharpen_old: bool = False) -> torch.Tensor:
+                 no_background: bool = False) -> torch.Tensor:
     """Soft pseudo-label targets ``BxKxhxw`` in [0, 1] for l_SEG (Eq. 5-7).
 
     Eq. 5: q_hard = one-hot argmax of m = softmax(z);  Eq. 6: q = alpha * q_hard + (1 - alpha) * m, with the
@@ -75,8 +75,6 @@ def pseudo_label(z: torch.Tensor, old_probs: torch.Tensor | None, tags: torch.Te
     ``no_background`` (beyond the paper, for data where every pixel is a named class, e.g. CamVid): the old model's
     background is then made of the classes not yet added, so in an image tagged with new classes it is shared among
     them alone (``unnamed_background_target``); images without a new tag keep Eq. 7.
-    ``sharpen_old`` (beyond the paper): target_old = Eq. 6's mix of the old model's probabilities with their one-hot
-    argmax, so a class the old model predicts with a low probability (thin, small) stays the student's argmax.
     """
     q = hard_soft_mix(z.float().softmax(dim=1), alpha)
     num_new = tags.shape[1]
@@ -87,7 +85,7 @@ def pseudo_label(z: torch.Tensor, old_probs: torch.Tensor | None, tags: torch.Te
     old_prob = old_probs.float()
     num_old = old_prob.shape[1]
     target[:, 0] = torch.minimum(old_prob[:, 0], q[:, 0])  # Eq. 7: background is the min of old model and q
-    target[:, 1:num_old] = (hard_soft_mix(old_prob, alpha) if sharpen_old else old_prob)[:, 1:]
+    target[:, 1:num_old] = old_prob[:, 1:]
     if new_on_old_background:
         target[:, num_old:] = torch.minimum(target[:, num_old:], old_prob[:, :1])
     if no_background:

@@ -58,7 +58,7 @@ UPDATE_OPTIONS = ("epochs", "warmup_epochs", "batch_size", "crop_size", "lr_back
                   "feature_distillation", "seed", "mib_init", "relaxed", "auto_old_tags", "drop_unlocalized",
                   "pamr_self_training", "pamr_refine_stride", "pamr_refine_iterations", "pamr_refine_fine_iterations",
                   "output_distillation", "freeze_encoder", "unbiased_kd", "new_on_old_background", "no_background",
-                  "sharpen_old_targets", "old_at_head_resolution", "freeze_encoder_bn",
+                  "old_at_head_resolution", "freeze_encoder_bn",
                   "region_prior", "region_segments", "region_scale", "region_weight", "replay_images", "replay_classes",
                   "replay_steps", "replay_weight")
 

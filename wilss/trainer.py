@@ -225,8 +225,7 @@ class WeakUpdate:
         """The Eq. 5-7 target with the config's options (``L.pseudo_label``)."""
         cfg = self.cfg
         return L.pseudo_label(z, old_probs if cfg.old_model_targets else None, tags_new, alpha=cfg.alpha,
-                              new_on_old_background=cfg.new_on_old_background, no_background=cfg.no_background,
-                              sharpen_old=cfg.sharpen_old_targets)
+                              new_on_old_background=cfg.new_on_old_background, no_background=cfg.no_background)
 
     def _refined(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The Eq. 5-7 target refined by PAMR on the (normalised) ``images`` at ``cfg.pamr_refine_stride`` (beyond
