@@ -164,8 +164,7 @@ def test_the_default_demo_teaches_arrow_in_the_browser(tmp_path_factory, page):
     root = tmp_path_factory.mktemp("demo_browser")
     with launched(DEFAULT_CHECKPOINT, ROOT / "samples", root / "work", log_path=root / "server.log") as url:
         page.goto(url)
-        # the first render after the app starts: 26 s on a quiet CPU-2, over 60 s when the machine is saturated
-    page.wait_for_selector("#model-classes table tr[data-class='hexagon']", timeout=180_000)
+        page.wait_for_selector("#model-classes table tr[data-class='hexagon']", timeout=180_000)
         open_tab(page, "Add classes")
         sync_api.expect(page.locator("#class-name-0 input, #class-name-0 textarea").first).to_have_value("arrow")
         start = time.perf_counter()
