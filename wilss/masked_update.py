@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from functools import partial
 from dataclasses import replace
 from typing import Iterator
 
@@ -73,7 +74,8 @@ class MaskedUpdate:
         resolution (the logits are upsampled to it, as in MiB), in the runtime's precision."""
         cfg = self.cfg
         with self.precision.autocast():
-            old_logits, old_features = self.precision.frozen(self.old_model.forward_features, images)
+            old_logits, old_features = self.precision.frozen(
+                partial(self.old_model.forward_features, head_resolution=cfg.old_at_head_resolution), images)
             maps = self.model.encode(images)
             size = labels.shape[-2:]
             logits = self.model.decode(maps, size=size)
