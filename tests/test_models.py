@@ -40,6 +40,23 @@ def test_build_shapes_and_growth_keeps_old_predictions(arch):
     torch.testing.assert_close(after[:, 4], after[:, 0])
 
 
+def test_old_targets_at_the_head_resolution_change_only_a_head_that_decodes_finer():
+    """``old_at_head_resolution`` (on by default) gives the very same tensor where the head decodes at the features'
+    stride (tiny: the world and the demo), and the stride-8 map instead of a stride-16 pooling for LR-ASPP."""
+    x = torch.randn(1, 3, 64, 64)
+    tiny = build_segmenter(arch="tiny", num_classes=3).eval()
+    with torch.no_grad():
+        pooled, _ = tiny.forward_features(x)
+        at_head, _ = tiny.forward_features(x, head_resolution=True)
+    assert torch.equal(pooled, at_head)
+    pytest.importorskip("timm", reason="the ImageNet networks need timm (requirements.txt)")
+    lite = build_segmenter(arch="efficientnet_lite0", num_classes=3).eval()
+    with torch.no_grad():
+        pooled, features = lite.forward_features(x)
+        at_head, _ = lite.forward_features(x, head_resolution=True)
+    assert pooled.shape[-2:] == features.shape[-2:] == (4, 4) and at_head.shape[-2:] == (8, 8)
+
+
 def test_growth_without_mib_keeps_old_logits():
     model = build_segmenter(arch="tiny", num_classes=3).eval()
     x = torch.randn(1, 3, 32, 32)

@@ -160,7 +160,7 @@ WANTED = dict(epochs=6, warmup_epochs=2, batch_size=4, crop_size=96, lr_backbone
               drop_unlocalized=True, pamr_self_training=True, pamr_refine_stride=4, pamr_refine_iterations=12,
               pamr_refine_fine_iterations=2, output_distillation=100.0, freeze_encoder=True, unbiased_kd=5.0,
               new_on_old_background=True, no_background=True, freeze_encoder_bn=False,
-              old_at_head_resolution=True,
+              old_at_head_resolution=False,
               region_prior="slic", region_segments=300, region_scale=20.0, region_weight=0.5, replay_images=8,
               replay_classes="disc,square", replay_steps=50, replay_weight=2.0)
 

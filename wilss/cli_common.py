@@ -210,7 +210,10 @@ UPDATE_SWITCHES = (
      "(add-class: the default, unless the base's checkpoint records data without one)"),
     ("--old-at-head-resolution", "old_at_head_resolution", True,
      "the old model's targets at its head's resolution, not pooled to the encoder's last map: thin old classes stay "
-     "(beyond the paper)"),
+     "(the default; it changes only networks whose head decodes finer than the encoder's last map, e.g. LR-ASPP)"),
+    ("--old-at-feature-resolution", "old_at_head_resolution", False,
+     "the old model's targets pooled to the encoder's last map, as before: an LR-ASPP base's thin old classes are "
+     "lost from them"),
     ("--freeze-encoder-bn", "freeze_encoder_bn", True,
      "the encoder's batch-norm layers keep the old model's statistics while its weights train (beyond the paper; "
      "on in the demo recipe)"),

@@ -85,10 +85,11 @@ class UpdateConfig(OptimConfig):
     # background is the classes not yet added; in an image tagged with new classes it goes to them alone, shared by
     # the localizer's scores (losses.unnamed_background_target).
     no_background: bool = False
-    # Beyond the paper: the old model's logits (l_LOC, Eq. 7, output distillation) taken at its head's resolution
-    # rather than pooled to the encoder's last map (stride 16): a head that decodes at stride 8 (LR-ASPP) keeps its thin
-    # classes (poles, signs, pedestrians) in the targets. Off by default until the world's tables are measured with it.
-    old_at_head_resolution: bool = False
+    # The old model's logits (l_LOC, Eq. 7, output distillation) taken at its head's resolution rather than pooled to
+    # the encoder's last map (stride 16): a head that decodes at stride 8 (LR-ASPP) keeps its thin classes (poles,
+    # signs, pedestrians) in the targets. The same tensor where the head decodes at the features' stride (tiny,
+    # DeepLabV3: the world, the demo, the paper's network); False = the pooled targets, as before 2026-12.
+    old_at_head_resolution: bool = True
     drop_unlocalized: bool = False     # weight 0 for images whose pseudo-label misses a tagged class
     # Reference-code extras, off by default
     feature_distillation: float = 0.0  # weight of MSE(e_t(x), e_t-1(x)); the reference uses 1
