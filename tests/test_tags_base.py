@@ -1,5 +1,7 @@
 """Step 0 from image tags alone (wilss.tags_base): the stochastic gate, the pseudo ground truth, `pretrain --tags`
 giving a checkpoint that add-class grows, and (slow) that the recipe learns to segment a small generated world."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -117,3 +119,15 @@ def test_the_benchmark_scores_the_tags_only_base_next_to_the_pixel_base():
     assert model.num_classes == pixel.num_classes and model.activation == "softmax"
     bench.rows[0].old, bench.rows[1].old = 40.0, 30.0
     assert "= 75 % of the pixel base's 40.0" in tags_summary(bench.rows)[-1]
+
+
+def test_tags_on_nearly_every_image_are_warned_about():
+    from wilss.tags import TaggedSet
+    from wilss.tags_base import check_tags_only
+    tags = [{"road", "car"}] * 9 + [{"car"}]
+    tagged = TaggedSet(paths=[Path(f"{i}.png") for i in range(10)], tags=tags)
+    classes, note = check_tags_only(tagged)
+    assert classes == ["car", "road"]
+    assert note.startswith("car, road tag every or nearly every image")
+    tagged = TaggedSet(paths=[Path(f"{i}.png") for i in range(10)], tags=[{"road"}] * 8 + [set()] * 2)
+    assert check_tags_only(tagged)[1].startswith("2 image(s) carry no tag")

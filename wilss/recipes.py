@@ -54,8 +54,8 @@ def world_task() -> Task:
 # Step 0 from tags alone (wilss.tags_base): the app's "start from tags alone", ``python -m research pretrain --tags``
 # and ``benchmark camvid --tags-base``. The CamVid recipe's network, learning rates, crops and augmentation, so that
 # only the supervision differs from the pixel base.
-# 30 epochs (6 of them l_CLS alone) = 1380 iterations on CamVid's 367 training images at batch 8: about 35 minutes on
-# two CPU cores (one iteration about 0.8 CPU s in the warm-up and 1.0 after it, forward and backward, one thread).
+# 30 epochs (6 of them l_CLS alone) = 1350 iterations on CamVid's 367 training images at batch 8: 13.4 minutes on two
+# quiet CPU cores (0.5 s an iteration in the warm-up, 0.6 after it; docs/results.md).
 TAGS_BASE = TagsBaseConfig(epochs=30, warmup_epochs=6, lr=0.05, encoder_lr=0.01, batch_size=8, crop_size=176,
                            scale_range=(0.75, 1.5))
 
