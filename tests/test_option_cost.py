@@ -9,23 +9,18 @@ from models import build_segmenter
 from research import option_cost
 from research.bench import BenchSetup, measure
 from research.cli import main
-from research.world import generate
 from wilss.config import UpdateConfig
 from wilss.masked_update import MaskedUpdate
 from wilss.runtime import PLAIN
-from wilss.training_data import TagDataset
 
 CFG = UpdateConfig(epochs=3, warmup_epochs=1, batch_size=4, crop_size=32, localizer_channels=8)
 
 
 @pytest.fixture(scope="module")
-def base():
-    scenes = generate(8, seed=0, size=32)
-    targets = np.zeros((len(scenes), 3), np.float32)
-    targets[:, 2] = [float(4 in np.unique(m)) for _, m in scenes]
+def base(tagged_world32):
     torch.manual_seed(0)
     model = build_segmenter(arch="tiny", num_classes=3, width=8, head_channels=16).eval()
-    return BenchSetup("test", "tiny, 32 px", model, TagDataset([img for img, _ in scenes], targets), 1, CFG)
+    return BenchSetup("test", "tiny, 32 px", model, tagged_world32, 1, CFG)
 
 
 @pytest.mark.parametrize("row", list(option_cost.ROWS))
