@@ -3,6 +3,7 @@
 Each path runs in a fresh subprocess (``--path``) so that peak memory (process RSS on CPU) and FLOPs are comparable.
 Timing: on CPU (a machine often shared) both paths' iterations alternate in the parent process, so a change of load
 hits both alike; on CUDA each subprocess times its own path. The parent prints one table and the ratio.
+``--options`` instead: the cost of each method and option of the update, one row per process (``research.option_cost``).
 """
 from __future__ import annotations
 
