@@ -13,6 +13,7 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,7 +34,9 @@ GPU_PEAK_TFLOPS = 800.0  # H100 / H200 dense bf16, the reference for MFU (set wi
 
 @dataclass
 class BenchSetup:
-    """What one update needs: the frozen old model, tagged training items and the update's settings."""
+    """What one update needs: the frozen old model, training items and the update's settings. ``step``: the class
+    that trains it, called as ``step(old_model, dataset, num_new=, cfg=, device=, runtime=)`` (``WeakUpdate`` on
+    tagged items; ``MaskedUpdate`` on items with masks)."""
 
     name: str
     description: str
@@ -41,6 +44,7 @@ class BenchSetup:
     dataset: Dataset
     num_new: int
     cfg: UpdateConfig
+    step: Callable = WeakUpdate
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Measurement:
     peak_bytes: int
     peak_kind: str
     flops: float | None = None  # of one iteration, forward and backward (FlopCounterMode)
+    replay_seconds: float = 0.0  # HRHF's one-off inversion before the first iteration (not in ``seconds``)
 
     @property
     def median_s(self) -> float:
@@ -137,19 +142,26 @@ def build_setup(name: str, **kwargs) -> BenchSetup:
     return cpu_default_setup(**kwargs) if name == "cpu-default" else gpu_r101_setup(**kwargs)
 
 
-def _update(setup: BenchSetup, runtime: RuntimeConfig, device: torch.device, iterations: int) -> WeakUpdate:
-    """A WeakUpdate of ``setup`` that lasts at least ``iterations``, all in the joint phase."""
+def _update(setup: BenchSetup, runtime: RuntimeConfig, device: torch.device, iterations: int):
+    """A ``setup.step`` (a WeakUpdate by default) of ``setup`` that lasts at least ``iterations``, all in the joint
+    phase."""
     per_epoch = batches_per_epoch(len(setup.dataset), setup.cfg.batch_size)
     cfg = replace(setup.cfg, epochs=math.ceil(iterations / per_epoch) + 1, warmup_epochs=0)
-    return WeakUpdate(setup.old_model, setup.dataset, num_new=setup.num_new, cfg=cfg, device=device,
+    return setup.step(setup.old_model, setup.dataset, num_new=setup.num_new, cfg=cfg, device=device,
                       runtime=runtime)
 
 
-def _timed_step(run, device: torch.device) -> float:
-    start = time.perf_counter()
-    next(run)
-    _sync(device)
-    return time.perf_counter() - start
+def _timed_iterations(run, device: torch.device, count: int) -> list[float]:
+    """The seconds of each of ``run``'s next ``count`` training iterations. HRHF's inversion steps (phase 'replay',
+    all before the first iteration) run but are not counted: ``WeakUpdate.replay_seconds`` times them."""
+    seconds: list[float] = []
+    while len(seconds) < count:
+        start = time.perf_counter()
+        progress = next(run)
+        _sync(device)
+        if progress.phase != "replay":
+            seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def measure(setup: BenchSetup, runtime: RuntimeConfig, *, path: str, iterations: int, warmup: int,
@@ -164,7 +176,7 @@ def measure(setup: BenchSetup, runtime: RuntimeConfig, *, path: str, iterations:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     run = update.run()
-    seconds = [_timed_step(run, device) for _ in range(warmup + iterations)][warmup:]
+    seconds = _timed_iterations(run, device, warmup + iterations)[warmup:]
     flops = None
     if count_flops:
         with FlopCounterMode(display=False) as counter:
@@ -174,7 +186,8 @@ def measure(setup: BenchSetup, runtime: RuntimeConfig, *, path: str, iterations:
     peak, kind = _peak_memory(device)
     return Measurement(path=path, runtime=asdict(runtime), dtype=str(update.precision.dtype).replace("torch.", ""),
                        device=str(device), batch_size=update.cfg.batch_size, seconds=tuple(seconds),
-                       peak_bytes=peak, peak_kind=kind, flops=flops)
+                       peak_bytes=peak, peak_kind=kind, flops=flops,
+                       replay_seconds=getattr(update, "replay_seconds", 0.0))
 
 
 def interleaved_seconds(setup: BenchSetup, runtimes: dict[str, RuntimeConfig], *, iterations: int, warmup: int,
@@ -186,7 +199,7 @@ def interleaved_seconds(setup: BenchSetup, runtimes: dict[str, RuntimeConfig], *
     seconds: dict[str, list[float]] = {path: [] for path in runs}
     for i in range(warmup + iterations):
         for path, run in runs.items():
-            elapsed = _timed_step(run, device)
+            elapsed = _timed_iterations(run, device, 1)[0]
             if i >= warmup:
                 seconds[path].append(elapsed)
     for run in runs.values():

@@ -3,6 +3,7 @@
 Each path runs in a fresh subprocess (``--path``) so that peak memory (process RSS on CPU) and FLOPs are comparable.
 Timing: on CPU (a machine often shared) both paths' iterations alternate in the parent process, so a change of load
 hits both alike; on CUDA each subprocess times its own path. The parent prints one table and the ratio.
+``--options`` instead: the cost of each method and option of the update, one row per process (``research.option_cost``).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+from research import option_cost
 from research.bench import CONFIGS, GPU_PEAK_TFLOPS, Measurement, build_setup, interleaved_seconds, measure
 from wilss.cli_common import (CliError, add_common_flags, device_arg, non_negative_int, positive_float,
                               positive_int)
@@ -42,10 +44,16 @@ def run_one(args: argparse.Namespace, path: str) -> Measurement:
 def run_in_subprocess(args: argparse.Namespace, path: str, *, short: bool) -> Measurement:
     """``python -m research bench ... --path PATH --json``, in a fresh process; its last stdout line is the result.
     ``short``: two iterations, enough for the peak memory and the FLOPs when the timing is taken elsewhere."""
-    argv = [sys.executable, "-m", "research", "bench", "--path", path, "--json", *_child_flags(args, short)]
+    return child_measurement(["--path", path, *_child_flags(args, short)], f"the {path} path")
+
+
+def child_measurement(flags: list[str], what: str) -> Measurement:
+    """``python -m research bench FLAGS --json`` in a fresh process (its own peak memory); its last stdout line is
+    the ``Measurement``. Raises ``RuntimeError`` naming ``what`` when the process fails."""
+    argv = [sys.executable, "-m", "research", "bench", *flags, "--json"]
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"the {path} path failed (exit {done.returncode}):\n{done.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"{what} failed (exit {done.returncode}):\n{done.stderr.strip()[-2000:]}")
     values = json.loads(done.stdout.strip().splitlines()[-1])
     return Measurement(**{**values, "seconds": tuple(values["seconds"])})
 
@@ -87,10 +95,45 @@ def format_report(args: argparse.Namespace, description: str, rows: list[Measure
     return "\n".join(lines)
 
 
+def cmd_options(args: argparse.Namespace) -> int:
+    """``bench --options``: the cost of each method and option (``research.option_cost``), a row a process."""
+    if args.path is not None or args.timing == "interleaved":
+        raise CliError("--options times each row in its own process: leave out --path and --timing interleaved")
+    rows = args.rows or tuple(option_cost.ROWS)
+    base = build_setup(args.config, batch_size=args.batch_size, crop_size=args.crop_size)
+    if args.json:   # one row, in this process: what the parent runs for each row
+        if len(rows) != 1:
+            raise CliError("--options --json prints one row's figures: give --rows with one row")
+        setup = option_cost.row_setup(rows[0], base, replay_steps=args.replay_steps)
+        result = measure(setup, runtime_of(args, "optimised"), path=rows[0], iterations=args.iterations,
+                         warmup=args.warmup, device=args.device)
+        print(json.dumps(result.to_dict()))
+        return 0
+    replay = ["--replay-steps", str(args.replay_steps)] if args.replay_steps else []
+    results, failed = [], {}
+    for row in rows:
+        try:
+            flags = ["--options", "--rows", row, *_child_flags(args, False), *replay]
+            results.append(child_measurement(flags, f"the {row} row"))
+        except RuntimeError as err:   # e.g. out of memory: report it, keep the other rows
+            failed[row] = str(err).splitlines()[-1]
+    for row, reason in failed.items():
+        print(f"{row} row failed: {reason}")
+    if results:
+        print(option_cost.format_table(results, description=base.description, iterations=args.iterations,
+                                       warmup=args.warmup,
+                                       inversion=option_cost.inversion_note(base.cfg, args.replay_steps)))
+    return 0 if results else 1
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     for key, value in DEFAULTS[args.config].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.options:
+        return cmd_options(args)
+    if args.rows or args.replay_steps:
+        raise CliError("--rows and --replay-steps choose the rows of --options: give --options with them")
     if args.json and args.path is None:
         raise CliError("--json prints one path's figures: give --path optimised or --path plain with it")
     if args.compile and resolve_device(args.device).type != "cuda":
@@ -150,6 +193,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
                "  python -m research bench --config cpu-default\n"
                "  python -m research bench --config gpu-r101 --compile\n"
+               "  python -m research bench --options --rows wilss,ilt,hrhf\n"
                "  python -m research bench --config gpu-r101 --batch-size 4 --crop-size 256 --device cpu "
                "--iterations 2")
     p.add_argument("--config", choices=CONFIGS, default="cpu-default",
@@ -181,6 +225,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--peak-tflops", type=positive_float, metavar="T",
                    help=f"peak dense TFLOP/s for MFU (default: {GPU_PEAK_TFLOPS:g} on CUDA, H100/H200 bf16; "
                         "none on CPU)")
+    costs = p.add_argument_group("the cost of each method and option (--options)")
+    costs.add_argument("--options", action="store_true",
+                       help="instead of the two paths, one row per method or option of the update on the "
+                            "configuration's images (WILSS, + ILT output distillation, + frozen encoder, + HRHF "
+                            "replay with its inversion's seconds, + region priors, MiB with masks, the offline "
+                            "pipeline), each in its own process, on the optimised path")
+    costs.add_argument("--rows", type=option_cost.rows_arg, metavar="LIST",
+                       help=f"with --options: a comma-separated subset of {','.join(option_cost.ROWS)} "
+                            "(default: all)")
+    costs.add_argument("--replay-steps", type=positive_int, metavar="N",
+                       help="with --options: the hrhf row's inversion steps (default: the recipe's, 200)")
     p.add_argument("--path", choices=PATHS, help="measure only this path, in this process")
     p.add_argument("--json", action="store_true", help="with --path: print the figures as one JSON line")
     p.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: cpu for cpu-default, "

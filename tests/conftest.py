@@ -23,3 +23,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tagged_world32():
+    """A ``TagDataset`` of 8 generated 32 px world scenes, 3 target columns: the last, the new class, tags the star
+    (world id 4)."""
+    import numpy as np
+    from research.world import generate
+    from wilss.training_data import TagDataset
+
+    scenes = generate(8, seed=0, size=32)
+    targets = np.zeros((len(scenes), 3), np.float32)
+    targets[:, 2] = [float(4 in np.unique(m)) for _, m in scenes]
+    return TagDataset([img for img, _ in scenes], targets)

@@ -10,7 +10,6 @@ from models import build_segmenter
 from research.bench import BenchSetup, Measurement, measure
 from research.cli import main
 from research.cli_perf import format_report, pooled
-from research.world import generate
 from wilss.config import UpdateConfig
 from wilss.runtime import PLAIN, Precision, RuntimeConfig, optimised, resolve_dtype
 from wilss.trainer import WeakUpdate
@@ -20,11 +19,8 @@ CFG = UpdateConfig(epochs=3, warmup_epochs=1, batch_size=4, crop_size=32, locali
 
 
 @pytest.fixture(scope="module")
-def dataset():
-    scenes = generate(8, seed=0, size=32)
-    targets = np.zeros((len(scenes), 3), np.float32)
-    targets[:, 2] = [float(4 in np.unique(m)) for _, m in scenes]
-    return TagDataset([img for img, _ in scenes], targets)
+def dataset(tagged_world32):
+    return tagged_world32
 
 
 def losses_of(dataset, runtime, cfg=CFG):
