@@ -4,9 +4,9 @@ handlers (``app.handlers``, ``app.update_handlers``) on a tiny untrained base an
 
     python -m research.memory_probe [--updates 4] [--sessions 2] [--askers 10] [--predicts 10] [--epochs 2]
 
-Prints the process's RSS (``VmRSS``) after each stage, whether ``torch._dynamo`` is imported, and what each session
-still holds after its update: tensors of the finished update (its model, the old model's copy, the localizer, their
-gradients, the dataset's decoded images) and whether the optimiser is still alive.
+Prints the process's RSS (``VmRSS``; its anonymous and file-backed parts) after each stage, whether ``torch._dynamo``
+is imported, and what each session still holds after its update: tensors of the finished update (its model, the old
+model's copy, the localizer, their gradients, the dataset's decoded images) and whether the optimiser is still alive.
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """``VmRSS``, or its parts: ``RssAnon`` (heap, Python objects) and ``RssFile`` (mapped files: libraries' code)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -79,8 +80,8 @@ def main(argv=None) -> int:
 
     def line(stage: str) -> None:
         gc.collect()
-        print(f"{stage:<28} RSS {rss_mb():7.1f} MB   torch._dynamo imported: {'torch._dynamo' in sys.modules}",
-              flush=True)
+        print(f"{stage:<28} RSS {rss_mb():7.1f} MB (anon {rss_mb('RssAnon'):6.1f}, files {rss_mb('RssFile'):6.1f})   "
+              f"torch._dynamo imported: {'torch._dynamo' in sys.modules}", flush=True)
 
     line("handlers built")
     for r in requests + askers:

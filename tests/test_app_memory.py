@@ -44,12 +44,16 @@ def test_a_finished_update_keeps_what_review_reads_and_lets_the_rest_go(page, tm
         return optimizer
 
     monkeypatch.setattr(trainer, "make_sgd", recorded)
+    from app import update_handlers
+    trims = []
+    monkeypatch.setattr(update_handlers, "release_memory", lambda: trims.append(1) or True)
     files, tags = tagged_upload(tmp_path / "up", ["arrow", "arrow;disc", "", "disc"] * 2)
     assert handlers.bring_data(None, files, tags)[0].startswith("**Done:**")
     outs = list(u.add_classes(None, *add_args("arrow")))
     s = handlers.session(None)
     job = s.last_update
     assert job is not None and job.saved_as == "v001" == s.current.name, outs[-1][1]
+    assert trims == [1]                                                     # freed memory handed back, once
 
     gc.collect()
     assert optimizers and all(ref() is None for ref in optimizers)          # no optimiser state survives

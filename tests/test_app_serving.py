@@ -6,6 +6,8 @@ import logging
 import pytest
 from starlette.requests import ClientDisconnect
 
+import app.session as session_module
+from app import serving
 from app.serving import QuietDisconnects, limit_arenas, release_memory
 from app.session import AppConfig, SessionStore
 from research.app_testing import tiny_checkpoint
@@ -51,3 +53,26 @@ def test_only_the_most_recently_used_sessions_keep_their_model_loaded(tmp_path):
 
 def test_memory_can_be_handed_back():
     assert isinstance(limit_arenas(), bool) and isinstance(release_memory(), bool)   # False off glibc
+
+
+def test_handing_memory_back_is_a_no_op_without_glibc(monkeypatch):
+    monkeypatch.setattr(serving.ctypes.util, "find_library", lambda name: None)   # no C library found (not Linux)
+    serving._libc.cache_clear()
+    try:
+        assert release_memory() is False and limit_arenas() is False
+    finally:
+        serving._libc.cache_clear()
+
+
+def test_sessions_that_let_their_model_go_hand_the_memory_back(tmp_path, monkeypatch):
+    base = tiny_checkpoint(tmp_path / "base.pt")
+    setup = lambda s: s.add_file(base, "loaded base.pt", setup=True)  # noqa: E731
+    store = SessionStore(AppConfig(workdir=tmp_path / "work", checkpoint=base), setup=setup, loaded=2)
+    trims = []
+    monkeypatch.setattr(session_module, "release_memory", lambda: trims.append(1) or True)
+    store.get("a"), store.get("b")
+    assert trims == []                              # both fit: nothing let go
+    store.get("c")
+    assert len(trims) == 1                          # a's model was let go: handed back once
+    store.get("c"), store.get("b")
+    assert len(trims) == 1                          # a holds nothing now: no trim on every request
