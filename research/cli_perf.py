@@ -22,6 +22,8 @@ from wilss.runtime import PLAIN, PRECISIONS, RuntimeConfig, optimised
 
 PATHS = ("optimised", "plain")
 DEFAULTS = {"cpu-default": dict(iterations=10, warmup=3, device="cpu"),
+            "cpu-camvid": dict(iterations=10, warmup=3, device="cpu"),
+            "cpu-camvid-tiny": dict(iterations=10, warmup=3, device="cpu"),
             "gpu-r101": dict(iterations=30, warmup=10, device="auto")}
 
 

@@ -71,3 +71,9 @@ def test_the_command_prints_one_table_with_a_row_a_process(capsys):
 def test_rows_without_options_are_refused(capsys):
     assert main(["bench", "--rows", "wilss"]) == 2
     assert "give --options with them" in capsys.readouterr().err
+
+
+def test_every_bench_configuration_has_its_defaults():
+    from research.bench import CONFIGS
+    from research.cli_perf import DEFAULTS
+    assert set(DEFAULTS) == set(CONFIGS)
