@@ -21,10 +21,9 @@ from wilss.engine import resolve_device
 from wilss.runtime import PLAIN, PRECISIONS, RuntimeConfig, optimised
 
 PATHS = ("optimised", "plain")
-DEFAULTS = {"cpu-default": dict(iterations=10, warmup=3, device="cpu"),
-            "cpu-camvid": dict(iterations=10, warmup=3, device="cpu"),
-            "cpu-camvid-tiny": dict(iterations=10, warmup=3, device="cpu"),
-            "gpu-r101": dict(iterations=30, warmup=10, device="auto")}
+# Per configuration: iterations, warm-up and device when not given (every CPU configuration alike).
+DEFAULTS = {name: dict(iterations=10, warmup=3, device="cpu") for name in CONFIGS if name.startswith("cpu-")}
+DEFAULTS["gpu-r101"] = dict(iterations=30, warmup=10, device="auto")
 
 
 def runtime_of(args: argparse.Namespace, path: str) -> RuntimeConfig:
