@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wilss.config import OptimConfig
 from wilss.distributed import ResumableDistributedSampler, ResumableRandomSampler, World, per_process_batch
+from wilss.optim import SGD, PolySchedule
 from wilss.runtime import PLAIN, Precision, resolve_device  # noqa: F401 (callers import it from here)
 
 
@@ -70,24 +71,22 @@ def make_loader(dataset: Dataset, cfg: OptimConfig, device: torch.device, world:
                       persistent_workers=cfg.num_workers > 0)
 
 
-def make_sgd(groups: list[dict], cfg: OptimConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.nesterov)
+def make_sgd(groups: list[dict], cfg: OptimConfig) -> SGD:
+    """SGD with momentum (``wilss.optim``: torch.optim.SGD's step, without importing ``torch._dynamo``)."""
+    return SGD(groups, lr=groups[0]["lr"], momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+               nesterov=cfg.nesterov)
 
 
-def poly_schedule(optimizer: torch.optim.Optimizer, *, total: int, power: float,
-                  start: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+def poly_schedule(optimizer: SGD, *, total: int, power: float, start: int = 0) -> PolySchedule:
     """Constant learning rate for ``start`` iterations, then ``(1 - progress) ** power`` decay to 0."""
-    span = max(total - start, 1)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: 1.0 if it < start else max(0.0, 1.0 - (it - start) / span) ** power)
+    return PolySchedule(optimizer, total=total, power=power, start=start)
 
 
 StepFn = Callable[[tuple, str], dict[str, torch.Tensor]]
 
 
 def run_loop(*, loader: DataLoader, epochs: int, step: StepFn, phase_of: Callable[[int], str],
-             optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+             optimizer: SGD, scheduler: PolySchedule,
              snapshot: Callable[[int], list[Snapshot]] | None = None, start: int = 0,
              precision: Precision | None = None) -> Iterator[Progress]:
     """Run ``epochs`` over ``loader``: ``step(batch, phase)`` returns named losses, whose sum is minimised.

@@ -105,7 +105,7 @@ class Precision:
         """``loss.backward()``, through the gradient scaler in fp16."""
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
+    def step(self, optimizer) -> None:
         """``optimizer.step()``; in fp16 the scaler unscales first and skips a step whose gradients overflowed."""
         if self.scaler is None:
             optimizer.step()
