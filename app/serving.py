@@ -23,18 +23,35 @@ ARENAS = 2           # enough for a server whose heavy work is one update at a t
 
 class QuietDisconnects:
     """ASGI middleware: a request whose client disconnected before it was read (starlette's ``ClientDisconnect``,
-    e.g. an upload cut by the client's timeout) is logged as one line; there is nobody left to answer."""
+    e.g. an upload cut by the client's timeout) is logged as one line; there is nobody left to answer. A file that
+    was deleted between gradio's check and its read (a live-gallery frame that a lagging client asks for after
+    ``FrameStore`` let it go) is a 404 and one line, not a traceback."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
+        started = False
+
+        async def tracked(message) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, tracked)
         except ClientDisconnect:
             client = scope.get("client") or ("?", 0)
             log.warning("client %s:%s went away during %s %s; request dropped", client[0], client[1],
                         scope.get("method", ""), scope.get("path", ""))
+        except FileNotFoundError:
+            if started or scope.get("type") != "http":
+                raise
+            log.warning("%s %s: the file is gone (a frame no longer shown); 404", scope.get("method", ""),
+                        scope.get("path", ""))
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await send({"type": "http.response.body", "body": b"This file is no longer available."})
 
 
 @functools.lru_cache(maxsize=1)   # find_library runs ldconfig: once, not after every update

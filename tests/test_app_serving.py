@@ -40,6 +40,34 @@ def test_a_client_gone_during_its_upload_is_one_log_line_not_a_traceback(caplog)
         asyncio.run(QuietDisconnects(broken)(scope, None, send))
 
 
+def test_a_frame_deleted_before_its_read_is_a_404_not_a_traceback(caplog, tmp_path):
+    """Under load a lagging client asked for a live-gallery frame that FrameStore had already deleted: starlette's
+    file response raised FileNotFoundError between gradio's check and the read (2 tracebacks in the stress log)."""
+    gone = tmp_path / "live" / "000006" / "005.png"
+
+    async def file_route(scope, receive, send):   # what starlette's FileResponse does when the file went away
+        open(gone, "rb")
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/gradio_api/file=" + str(gone), "client": ("127.0.0.1", 1)}
+    with caplog.at_level(logging.WARNING, logger="app.serving"):
+        asyncio.run(QuietDisconnects(file_route)(scope, None, send))
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [404]
+    assert len(caplog.records) == 1 and caplog.records[0].exc_info is None and "the file is gone" in caplog.text
+    assert str(tmp_path) not in sent[-1]["body"].decode()    # the message names no server path
+
+    async def half_sent(scope, receive, send):      # once the answer has started, the error is a real one
+        await send({"type": "http.response.start", "status": 200})
+        open(gone, "rb")
+
+    with pytest.raises(FileNotFoundError):
+        asyncio.run(QuietDisconnects(half_sent)(scope, None, send))
+
+
 def test_only_the_most_recently_used_sessions_keep_their_model_loaded(tmp_path):
     base = tiny_checkpoint(tmp_path / "base.pt")
     setup = lambda s: s.add_file(base, "loaded base.pt", setup=True)  # noqa: E731
