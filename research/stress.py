@@ -65,9 +65,10 @@ def stop(proc, sig=signal.SIGTERM) -> None:
         proc.wait(timeout=30)
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """The process's ``VmRSS``, or a part of it: ``RssAnon`` (heap, tensors) or ``RssFile`` (mapped libraries)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -317,6 +318,7 @@ def main(argv=None) -> int:
         first = client(url, root / "c0")
         first.predict(api_name="/model_info")
         rss_start = rss_mb(proc.pid)
+        parts = [(round(rss_mb(proc.pid, "RssAnon")), round(rss_mb(proc.pid, "RssFile")))]
         other_client = client(url, root / "c1")
         other_client.predict(api_name="/model_info")
         other = workdir / folder_name(workdir, other_client.session_hash) / "v000.pt"   # another session's file
@@ -331,6 +333,7 @@ def main(argv=None) -> int:
                                              predicts=args.predicts)
             finished, failures, makers = finished + done, failures + failed, makers or clients
             rss_after.append(round(rss_mb(proc.pid)))
+            parts.append((round(rss_mb(proc.pid, "RssAnon")), round(rss_mb(proc.pid, "RssFile"))))
         # kill -9 during an update of a session that has made v001, then restart on the same work folder
         victim = makers[0]
         victim.predict("v000", api_name="/rollback")     # to add the class again from v000: a v002 in the making
@@ -358,7 +361,8 @@ def main(argv=None) -> int:
                "predicts failed": f"{len(failures)}/{args.predicts * args.loads}",
                "versions listed after kill -9 + restart": f"{listed}/2",
                "restart told to the client": told,
-               "app RSS MB (start, after each load)": [round(rss_start), *rss_after]}
+               "app RSS MB (start, after each load)": [round(rss_start), *rss_after],
+               "of which anonymous / file-backed MB": [f"{anon} / {files}" for anon, files in parts]}
     print(json.dumps(figures, indent=1))
     for note in notes + [f"predict failed: {why}" for why in sorted(set(failures))]:
         print("note:", note)
