@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from wilss.optim import SGD, PolySchedule
+from wilss.optim import SGD, Adam, PolySchedule
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -107,7 +107,8 @@ def test_the_gradient_scaler_steps_it():
 
 
 def test_an_update_never_imports_torch_dynamo():
-    """The app's process keeps what an update imports: torch.optim would pull in torch._dynamo (144 MB)."""
+    """The app's process keeps what an update imports: torch.optim would pull in torch._dynamo (144 MB). SGD and
+    its schedule, and HRHF's inversion."""
     code = ("import sys\n"
             "from wilss.engine import make_sgd, poly_schedule\n"
             "from wilss.config import OptimConfig\n"
@@ -117,7 +118,27 @@ def test_an_update_never_imports_torch_dynamo():
             "sched = poly_schedule(opt, total=3, power=0.9)\n"
             "for _ in range(3):\n"
             "    opt.zero_grad(); net(torch.randn(4, 3)).sum().backward(); opt.step(); sched.step()\n"
+            "from models import build_segmenter\n"
+            "from wilss.hrhf import InversionConfig, synthesise\n"
+            "model = build_segmenter(arch='tiny', num_classes=3, width=8, head_channels=16).eval()\n"
+            "list(synthesise(model, num=2, size=32, classes=[1], steps=2, cfg=InversionConfig(batch_size=2)))\n"
             "print('torch._dynamo' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_adam_matches_torch_bit_for_bit():
+    """HRHF's inversion steps images with it."""
+    torch.manual_seed(0)
+    start = torch.randn(2, 3, 6, 6)
+    ours, theirs = start.clone().requires_grad_(True), start.clone().requires_grad_(True)
+    opt, ref = Adam([ours], lr=0.05), torch.optim.Adam([theirs], lr=0.05)
+    target = torch.randn(2, 3, 6, 6)
+    for optimizer, x in ((opt, ours), (ref, theirs)):
+        for _ in range(7):
+            loss = (x - target).pow(3).abs().mean() + x.sin().sum() * 1e-3
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    assert torch.equal(ours, theirs)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wilss.conventions import MEAN, STD
+from wilss.optim import Adam
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def synthesise(old_model, *, num: int, size: int, classes: Sequence[int], steps:
             target = labels[start:start + cfg.batch_size].to(device)
             region = regions[start:start + cfg.batch_size].to(device)
             x = torch.randn(len(target), 3, size, size, generator=generator).to(device).requires_grad_(True)
-            optimizer = torch.optim.Adam([x], lr=cfg.lr)
+            optimizer = Adam([x], lr=cfg.lr)   # wilss.optim: torch's step, without importing torch._dynamo
             for _ in range(steps):
                 loss = (scale_aware_loss(pixel_nll(old_model(x), target, activation), region)
                         + cfg.bn_weight * stats.prior() + cfg.tv_weight * tv_prior(x) + cfg.l2_weight * l2_prior(x))

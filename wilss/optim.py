@@ -5,8 +5,9 @@ by ``torch._disable_dynamo``, whose first call imports ``torch._dynamo``: about 
 library and some 870 modules) that a long-lived app process then keeps after its first update, although no update
 compiles anything on CPU. The step here is ``torch.optim.SGD``'s single-tensor step (the one it takes for CPU
 tensors), operation for operation, and ``PolySchedule`` is ``LambdaLR`` with the poly factor; both keep torch's
-state-dict layout, so resumable snapshots written with ``torch.optim`` load. ``tests/test_optim.py`` checks that
-parameters, state dicts and learning rates agree bit for bit with ``torch.optim``'s.
+state-dict layout, so resumable snapshots written with ``torch.optim`` load. ``Adam`` is torch's Adam step (no weight
+decay), for HRHF's inversion of the old model. ``tests/test_optim.py`` checks that parameters, state dicts and
+learning rates agree bit for bit with ``torch.optim``'s.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Iterable
 
 import torch
 
-__all__ = ["SGD", "PolySchedule"]
+__all__ = ["SGD", "PolySchedule", "Adam"]
 
 
 class SGD:
@@ -128,3 +129,34 @@ class PolySchedule:
     def load_state_dict(self, state_dict: dict) -> None:
         self.last_epoch, self.base_lrs = int(state_dict["last_epoch"]), list(state_dict["base_lrs"])
         self._apply()
+
+
+class Adam:
+    """``torch.optim.Adam(params, lr, betas, eps)`` without weight decay or AMSGrad: ``step`` and ``zero_grad``
+    (HRHF's inversion optimises a batch of images and keeps no state beyond it)."""
+
+    def __init__(self, params: Iterable[torch.Tensor], *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params, self.lr, self.betas, self.eps = list(params), lr, betas, eps
+        self.state: dict[torch.Tensor, dict] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        for p in self.params:
+            if p.grad is None:
+                continue
+            state = self.state.get(p)
+            if state is None:
+                state = self.state[p] = {"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            state["step"] += 1
+            step, grad = float(state["step"]), p.grad
+            state["exp_avg"].lerp_(grad, 1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step_size = self.lr / (1 - beta1 ** step)
+            denom = (state["exp_avg_sq"].sqrt() / (1 - beta2 ** step) ** 0.5).add_(self.eps)
+            p.addcdiv_(state["exp_avg"], denom, value=-step_size)
