@@ -102,7 +102,7 @@ def gpu_r101_setup(*, batch_size: int | None = None, crop_size: int | None = Non
 def camvid_setup(arch: str, *, batch_size: int | None = None, crop_size: int | None = None) -> BenchSetup:
     """The CamVid weak step (``recipes.camvid_recipe(arch)``: 9 old + 2 new classes, 240x180 images, crops 176,
     batch 8) on synthetic images: 'cpu-camvid' with the ImageNet encoder's network, 'cpu-camvid-tiny' with tiny."""
-    from wilss import recipes
+    from research import recipes
 
     recipe = recipes.camvid_recipe(arch)
     cfg = _resized(recipe.update, batch_size, crop_size)

@@ -90,6 +90,15 @@ def test_bench_one_path_as_json_on_the_demo(capsys):
     assert values["runtime"]["channels_last"] is False and values["flops"] > 1e8
 
 
+@pytest.mark.parametrize("config", ["cpu-camvid", "cpu-camvid-tiny"])
+def test_bench_camvid_configurations_run(capsys, config):
+    """Both CamVid configurations build their network and step it (they once failed on a missing recipe)."""
+    assert main(["bench", "--config", config, "--path", "plain", "--json", "--iterations", "1", "--warmup", "0",
+                 "--batch-size", "2", "--crop-size", "32"]) == 0
+    values = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert values["path"] == "plain" and len(values["seconds"]) == 1 and values["flops"] > 0
+
+
 def test_report_pools_rounds_and_prints_the_ratio():
     def m(path, seconds, flops=None):
         return Measurement(path=path, runtime={"precision": "auto", "channels_last": path == "optimised",
