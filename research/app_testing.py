@@ -71,3 +71,14 @@ def launched(checkpoint: Path, samples: Path, workdir: Path, *, log_path: Path, 
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+
+
+def resident_mb(pid: int | str = "self") -> dict[str, float]:
+    """A process's resident memory in MB, from one read of its ``/proc/PID/status``: ``VmRSS`` and its parts,
+    ``RssAnon`` (heap, Python objects, tensors) and ``RssFile`` (mapped files: libraries' code); NaN if absent."""
+    found = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile"):
+            found[name] = int(value.split()[0]) / 1024
+    return {name: found.get(name, float("nan")) for name in ("VmRSS", "RssAnon", "RssFile")}

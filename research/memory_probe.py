@@ -19,13 +19,7 @@ import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
-
-def rss_mb(field: str = "VmRSS") -> float:
-    """``VmRSS``, or its parts: ``RssAnon`` (heap, Python objects) and ``RssFile`` (mapped files: libraries' code)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from research.app_testing import resident_mb
 
 
 def tensor_mb(tensors) -> float:
@@ -80,7 +74,8 @@ def main(argv=None) -> int:
 
     def line(stage: str) -> None:
         gc.collect()
-        print(f"{stage:<28} RSS {rss_mb():7.1f} MB (anon {rss_mb('RssAnon'):6.1f}, files {rss_mb('RssFile'):6.1f})   "
+        mem = resident_mb()
+        print(f"{stage:<28} RSS {mem['VmRSS']:7.1f} MB (anon {mem['RssAnon']:6.1f}, files {mem['RssFile']:6.1f})   "
               f"torch._dynamo imported: {'torch._dynamo' in sys.modules}", flush=True)
 
     line("handlers built")

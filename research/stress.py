@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from app.session_files import folder_name
-from research.app_testing import ROOT, free_port, tiny_checkpoint
+from research.app_testing import ROOT, free_port, resident_mb, tiny_checkpoint
 from wilss.data import list_images
 
 SHORT = dict(epochs=2, warmup_epochs=1, batch_size=8, localizer_channels=16)
@@ -63,14 +63,6 @@ def stop(proc, sig=signal.SIGTERM) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, sig)   # its own process group: only what this script started
         proc.wait(timeout=30)
-
-
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """The process's ``VmRSS``, or a part of it: ``RssAnon`` (heap, tensors) or ``RssFile`` (mapped libraries)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def client(url: str, folder: Path):
@@ -317,8 +309,7 @@ def main(argv=None) -> int:
     try:
         first = client(url, root / "c0")
         first.predict(api_name="/model_info")
-        rss_start = rss_mb(proc.pid)
-        parts = [(round(rss_mb(proc.pid, "RssAnon")), round(rss_mb(proc.pid, "RssFile")))]
+        memory = [resident_mb(proc.pid)]   # at the start, then after each load
         other_client = client(url, root / "c1")
         other_client.predict(api_name="/model_info")
         other = workdir / folder_name(workdir, other_client.session_hash) / "v000.pt"   # another session's file
@@ -327,13 +318,12 @@ def main(argv=None) -> int:
         reads, refused = run_reads(url, workdir, other_client.session_hash)
         across = [label for label, *_ in items if "session" in label]   # tag rows reaching another session
         reads, refused = reads + len(across), refused + sum(not any(n.startswith(a) for n in notes) for a in across)
-        finished, failures, makers, rss_after = 0, [], None, []
+        finished, failures, makers = 0, [], None
         for n in range(args.loads):   # the first load also pays one-time costs; later ones show a leak if any
             done, failed, clients = run_load(url, root / f"load{n}", samples / "000.jpg", updates=args.updates,
                                              predicts=args.predicts)
             finished, failures, makers = finished + done, failures + failed, makers or clients
-            rss_after.append(round(rss_mb(proc.pid)))
-            parts.append((round(rss_mb(proc.pid, "RssAnon")), round(rss_mb(proc.pid, "RssFile"))))
+            memory.append(resident_mb(proc.pid))
         # kill -9 during an update of a session that has made v001, then restart on the same work folder
         victim = makers[0]
         victim.predict("v000", api_name="/rollback")     # to add the class again from v000: a v002 in the making
@@ -361,8 +351,8 @@ def main(argv=None) -> int:
                "predicts failed": f"{len(failures)}/{args.predicts * args.loads}",
                "versions listed after kill -9 + restart": f"{listed}/2",
                "restart told to the client": told,
-               "app RSS MB (start, after each load)": [round(rss_start), *rss_after],
-               "of which anonymous / file-backed MB": [f"{anon} / {files}" for anon, files in parts]}
+               "app RSS MB (start, after each load)": [round(m["VmRSS"]) for m in memory],
+               "of which anonymous / file-backed MB": [f"{m['RssAnon']:.0f} / {m['RssFile']:.0f}" for m in memory]}
     print(json.dumps(figures, indent=1))
     for note in notes + [f"predict failed: {why}" for why in sorted(set(failures))]:
         print("note:", note)

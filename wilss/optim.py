@@ -19,6 +19,17 @@ import torch
 __all__ = ["SGD", "PolySchedule", "Adam"]
 
 
+def _zero_grad(params: Iterable[torch.Tensor], set_to_none: bool) -> None:
+    """``Optimizer.zero_grad``: drop the gradients (the default), or zero them in place."""
+    for p in params:
+        if p.grad is None:
+            continue
+        if set_to_none:
+            p.grad = None
+        else:
+            p.grad.detach_().zero_()
+
+
 class SGD:
     """``torch.optim.SGD(groups, lr, momentum, weight_decay, nesterov)`` (dampening 0): ``param_groups``,
     ``state``, ``step``, ``zero_grad``, ``state_dict`` / ``load_state_dict`` as torch names them, so the gradient
@@ -42,14 +53,7 @@ class SGD:
             raise ValueError("some parameters appear in more than one parameter group")
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                else:
-                    p.grad.detach_().zero_()
+        _zero_grad((p for group in self.param_groups for p in group["params"]), set_to_none)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -141,8 +145,7 @@ class Adam:
         self.state: dict[torch.Tensor, dict] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
+        _zero_grad(self.params, set_to_none)
 
     @torch.no_grad()
     def step(self) -> None:
