@@ -12,8 +12,9 @@ from models.imagenet import IMAGENET_NETS
 from research import demo, recipes
 from research.cli_tags import tags_base, tags_summary
 from research.experiment_setup import (DEFAULT_CAMVID, ENCODER_DEFAULT, add_encoder_flag,  # noqa: F401 (quick)
-                                       benchmark_setup, camvid_goal_checks, encoder_network, encoder_path,
-                                       goal_checks, quick, shortened_schedules, world_encoder)
+                                       benchmark_setup, camvid_goal_checks, check_step_images, encoder_network,
+                                       encoder_path, goal_checks, quick, share_arg, shortened_schedules,
+                                       step_images, world_encoder)
 from research.experiments import METHODS, Benchmark, format_per_class, format_table
 from research.world import write_voc_tree, write_world
 from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
@@ -183,7 +184,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with ProgressBar(quiet=args.quiet) as bar:
         bench = Benchmark(protocol, train, test, pretrain_cfg=pretrain_cfg, update_cfg=update_cfg, arch=arch,
-                          device=args.device, on_progress=lambda name, p: bar.update(p, name), init_model=init)
+                          device=args.device, on_progress=lambda name, p: bar.update(p, name), init_model=init,
+                          **step_images(args))
+        check_step_images(bench)
         if base is None:
             base = bench.train_base()
             bench.score("base", base, time.perf_counter() - start)
@@ -316,6 +319,12 @@ def register_benchmark(commands: argparse._SubParsersAction) -> None:
                    help="world only: run every weak step of this task in turn (e.g. 7-1-1 or 5-1-1-1-1, the "
                         "recipe's setting) for --methods among wilss, ft, ilt, hrhf, joint, and print old mIoU after "
                         "each step (forgetting); with --base, a checkpoint of step 0's classes")
+    p.add_argument("--images-per-step", type=positive_int, metavar="N",
+                   help="at most N of the protocol's tagged images per weak step, a seeded choice (default: all)")
+    p.add_argument("--negatives", type=share_arg, default=0.0, metavar="SHARE",
+                   help="add to each weak step this share of its images in negatives: images of old classes only, "
+                        "tagged as without the step's classes, as a user adds them (e.g. 0.5: half as many; "
+                        "default 0: the protocol's images alone, so a one-class step has none)")
     p.add_argument("--epochs-step", type=positive_int, metavar="N",
                    help="epochs of every step-1 run (wilss, ft, ilt, offline, mib), the warm-up scaled in proportion "
                         "(default: the recipe's)")

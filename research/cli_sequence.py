@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 
 from research import recipes
-from research.experiment_setup import shortened_schedules, world_encoder
+from research.experiment_setup import check_step_images, shortened_schedules, step_images, world_encoder
 from research.experiments import Benchmark, Row
 from research.sequence import METHODS, format_forgetting, format_steps, run_sequence
 from wilss.cli_common import CliError, ProgressBar, check_new_file, open_checkpoint, update_config, write_report
@@ -62,7 +62,9 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with ProgressBar(quiet=args.quiet) as bar:
         bench = Benchmark(protocol, train, test, pretrain_cfg=pretrain_cfg, update_cfg=update_cfg, arch="tiny",
-                          device=args.device, on_progress=lambda name, p: bar.update(p, name), init_model=init)
+                          device=args.device, on_progress=lambda name, p: bar.update(p, name), init_model=init,
+                          **step_images(args))
+        check_step_images(bench)
         rows, results = run_sequence(bench, base=base, methods=args.methods, score_each_step=True)
     report = [format_forgetting(rows, results, title), "", "Per step:", "", format_steps(results)]
     checks = replay_goal_checks(rows)

@@ -10,7 +10,7 @@ from typing import Sequence
 from models import DEFAULT_ENCODER
 from models.imagenet import IMAGENET_NETS
 from research import recipes
-from research.experiments import Protocol, Row, camvid_splits
+from research.experiments import Benchmark, Protocol, Row, camvid_splits
 from research.protocol import parse_task
 from wilss.cli_bases import ENCODER_DEFAULT, IMAGENET, encoder_arg, imagenet_init
 from wilss.cli_common import REPO_ROOT, CliError, open_checkpoint
@@ -140,3 +140,24 @@ def camvid_goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:
     by = {r.method: r for r in rows}
     joint = [(f"joint all {percent(by['joint'].all)} >= 55", by["joint"].all >= 55)] if "joint" in by else []
     return joint + _weak_step_checks(by, 0.6, 0.95)
+
+
+def share_arg(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 4:
+        raise argparse.ArgumentTypeError(f"give a share between 0 and 4, not {text}")
+    return value
+
+
+def step_images(args: argparse.Namespace) -> dict:
+    """``Benchmark`` keywords for the weak steps' images (``--images-per-step``, ``--negatives``)."""
+    return {"images_per_step": args.images_per_step, "negatives": args.negatives}
+
+
+def check_step_images(bench: Benchmark) -> None:
+    """Every weak step's images can be drawn (enough old-only images for ``--negatives``), before any training."""
+    for step in range(1, bench.protocol.task.num_steps):
+        try:
+            bench.step_indices(step)
+        except ValueError as err:
+            raise CliError(f"--negatives: {err}") from None

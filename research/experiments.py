@@ -98,20 +98,25 @@ class Benchmark:
     ``arch_options``: extra ``build_segmenter`` keywords (e.g. ``width`` of 'tiny'); ``init_model``: called on
     every freshly built step-0 / joint network (e.g. to load ImageNet backbone weights). ``images_per_step``:
     at most this many tagged images per weak step, a seeded choice (``selection_seed``) among the protocol's.
+    ``negatives``: each weak step also gets this share (of its images) of negatives, images of old classes only
+    (none of this step's or a later one's), tagged as without the new classes, as a user adds them (the demo's
+    samples: 24 for 40); 0, the protocol's own images alone.
     """
 
     def __init__(self, protocol: Protocol, train: LabelledSplit, test: LabelledSplit, *,
                  pretrain_cfg: PretrainConfig, update_cfg: UpdateConfig, arch: str = "tiny",
                  device: str | None = None, on_progress: Callable[[str, Progress], None] | None = None,
                  arch_options: dict | None = None, init_model: Callable[[Segmenter], None] | None = None,
-                 images_per_step: int | None = None, selection_seed: int = 0) -> None:
+                 images_per_step: int | None = None, selection_seed: int = 0, negatives: float = 0.0) -> None:
         self.protocol, self.train, self.test = protocol, train, test
         self.pretrain_cfg, self.update_cfg, self.arch, self.device = pretrain_cfg, update_cfg, arch, device
         self.on_progress = on_progress or (lambda name, p: None)
         self.arch_options, self.init_model = dict(arch_options or {}), init_model
         if images_per_step is not None and images_per_step < 1:
             raise ValueError(f"images_per_step must be >= 1, got {images_per_step}")
-        self.images_per_step, self.selection_seed = images_per_step, selection_seed
+        if not 0 <= negatives <= 4:
+            raise ValueError(f"negatives must be a share between 0 and 4 of a step's images, got {negatives}")
+        self.images_per_step, self.selection_seed, self.negatives = images_per_step, selection_seed, negatives
         self.rows: list[Row] = []
 
     # -- datasets --------------------------------------------------------------------------------------
@@ -144,12 +149,23 @@ class Benchmark:
 
     def step_indices(self, step: int = 1) -> list[int]:
         """The tagged images of weak step ``step``: the protocol's choice, then at most ``images_per_step`` of
-        them drawn without replacement by a generator seeded with (``selection_seed``, ``step``)."""
+        them drawn without replacement by a generator seeded with (``selection_seed``, ``step``), then
+        ``negatives`` of them as many old-only images more, drawn by one seeded with (``selection_seed``, ``step``,
+        1)."""
         indices = select_images(self.train.present, self.protocol.task, step, self.protocol.setting)
-        if self.images_per_step is None or len(indices) <= self.images_per_step:
+        if self.images_per_step is not None and len(indices) > self.images_per_step:
+            rng = np.random.default_rng([self.selection_seed, step])
+            indices = sorted(int(i) for i in rng.choice(indices, self.images_per_step, replace=False))
+        wanted = round(self.negatives * len(indices)) if step > 0 else 0
+        if not wanted:
             return indices
-        rng = np.random.default_rng([self.selection_seed, step])
-        return sorted(int(i) for i in rng.choice(indices, self.images_per_step, replace=False))
+        task = self.protocol.task
+        later = set().union(*(task.step(t).new_classes for t in range(step, task.num_steps)))
+        pool = [i for i, ids in enumerate(self.train.present) if ids and not ids & later]
+        if len(pool) < wanted:
+            raise ValueError(f"step {step}: {wanted} negatives asked for, only {len(pool)} old-only images")
+        rng = np.random.default_rng([self.selection_seed, step, 1])
+        return sorted(indices + [int(i) for i in rng.choice(pool, wanted, replace=False)])
 
     def joint_indices(self, last_step: int) -> list[int]:
         """Every image of steps 0..``last_step`` (all of them, whatever ``images_per_step``)."""

@@ -20,13 +20,13 @@ UPDATE = UpdateConfig(epochs=2, warmup_epochs=1, batch_size=8, crop_size=32, sca
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def bench(images_per_step=None, seed=0, setting="overlap"):
+def bench(images_per_step=None, seed=0, setting="overlap", negatives=0.0):
     train = LabelledSplit.from_pairs(world.generate(48, seed=7, size=32, min_objects=1, max_objects=3))
     test = LabelledSplit.from_pairs(world.generate(6, seed=8, size=32))
     protocol = Protocol("world", WORLD_CLASSES, parse_task("5-2", len(WORLD_CLASSES)), setting)
     return Benchmark(protocol, train, test, pretrain_cfg=PRETRAIN, update_cfg=UPDATE, device="cpu",
                      arch_options={"width": 8, "head_channels": 16}, images_per_step=images_per_step,
-                     selection_seed=seed)
+                     selection_seed=seed, negatives=negatives)
 
 
 def test_images_per_step_is_a_seeded_subset():
@@ -41,6 +41,26 @@ def test_images_per_step_is_a_seeded_subset():
                                         set(select_images(b.train.present, b.protocol.task, 1, "overlap")))
     with pytest.raises(ValueError, match="images_per_step"):
         bench(images_per_step=0)
+
+
+def test_negatives_are_old_only_images_tagged_without_the_new_classes():
+    b = bench(images_per_step=6, setting="disjoint", negatives=0.5)
+    task = b.protocol.task
+    positives = bench(images_per_step=6, setting="disjoint").step_indices(1)
+    chosen = b.step_indices(1)
+    extra = sorted(set(chosen) - set(positives))
+    assert set(positives) <= set(chosen) and len(extra) == 3 == len(chosen) - len(positives)
+    later = set(task.step(1).new_classes) | set(task.step(2).new_classes)
+    assert all(b.train.present[i] and not b.train.present[i] & later for i in extra)   # old classes only
+    tags = b.tag_dataset(chosen, 1).targets
+    new_columns = tags[:, len(task.old_classes(1)):]
+    assert [bool(row.any()) for row in new_columns] == [i in positives for i in chosen]
+    plain = bench(images_per_step=6, setting="disjoint")
+    assert b.step_indices(1) == chosen and b.step_indices(0) == plain.step_indices(0)   # seeded; none at step 0
+    with pytest.raises(ValueError, match="old-only images"):
+        bench(setting="disjoint", negatives=4.0).step_indices(1)
+    with pytest.raises(ValueError, match="negatives"):
+        bench(negatives=-1)
 
 
 @pytest.fixture(scope="module")
