@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app.session_files import folder_name
+from app.session_files import RUNNING, folder_name
 from research.app_testing import ROOT, free_port, resident_mb, tiny_checkpoint
 from wilss.data import list_images
 
@@ -59,6 +59,14 @@ def start(checkpoint: Path, samples: Path, workdir: Path, log: Path, timeout_s: 
     raise TimeoutError(f"the app did not answer within {timeout_s} s; see {log}")
 
 
+def wait_for(path: Path, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path.name} did not appear within {timeout_s} s")
+        time.sleep(0.2)
+
+
 def stop(proc, sig=signal.SIGTERM) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, sig)   # its own process group: only what this script started
@@ -74,11 +82,13 @@ def client(url: str, folder: Path):
     return Client(url, verbose=False, download_files=str(folder), httpx_kwargs={"timeout": CLIENT_TIMEOUT_S})
 
 
-def add_args(name: str):
+def add_args(name: str, **changes):
+    """The add-class request's inputs: ``SHORT``'s settings (with ``changes``) over the demo's."""
     from app.update import ADVANCED
     from wilss.recipes import DEMO_UPDATE
 
-    advanced = [SHORT.get(field, getattr(DEMO_UPDATE, field)) for field, *_ in ADVANCED]
+    settings = {**SHORT, **changes}
+    advanced = [settings.get(field, getattr(DEMO_UPDATE, field)) for field, *_ in ADVANCED]
     return (name, "", "", "#ff8000", "#400000", "#c00000", [], *advanced)
 
 
@@ -327,8 +337,9 @@ def main(argv=None) -> int:
         # kill -9 during an update of a session that has made v001, then restart on the same work folder
         victim = makers[0]
         victim.predict("v000", api_name="/rollback")     # to add the class again from v000: a v002 in the making
-        job = victim.submit(*add_args("arrow"), api_name="/add_classes")
-        time.sleep(4)
+        job = victim.submit(*add_args("arrow", epochs=40), api_name="/add_classes")   # still running when killed
+        wait_for(workdir / folder_name(workdir, victim.session_hash) / RUNNING)
+        time.sleep(1)
         stop(proc, signal.SIGKILL)
         try:
             job.result()
