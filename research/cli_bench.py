@@ -14,7 +14,7 @@ from research.cli_tags import tags_base, tags_summary
 from research.experiment_setup import (DEFAULT_CAMVID, ENCODER_DEFAULT, add_encoder_flag,  # noqa: F401 (quick)
                                        benchmark_setup, camvid_goal_checks, check_step_images, encoder_network,
                                        encoder_path, goal_checks, quick, share_arg, shortened_schedules,
-                                       step_images, world_encoder)
+                                       step_images, step_images_title, world_encoder)
 from research.experiments import METHODS, Benchmark, format_per_class, format_table
 from research.world import write_voc_tree, write_world
 from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
@@ -167,6 +167,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     update_cfg = update_config(args, update_cfg)   # the recipe, with the weak-step flags given
     title += f", PAMR stride {update_cfg.pamr_refine_stride}" if update_cfg.pamr_refine_stride else ""
     title += f", region prior {update_cfg.region_prior}" if update_cfg.region_prior != "none" else ""
+    title += step_images_title(args)
     init = world_encoder(args)  # the base (when trained) and joint start from it
     for path in (args.out, args.save_base):
         if path is not None:

@@ -9,7 +9,8 @@ import time
 from dataclasses import replace
 
 from research import recipes
-from research.experiment_setup import check_step_images, shortened_schedules, step_images, world_encoder
+from research.experiment_setup import (check_step_images, shortened_schedules, step_images, step_images_title,
+                                       world_encoder)
 from research.experiments import Benchmark, Row
 from research.sequence import METHODS, format_forgetting, format_steps, run_sequence
 from wilss.cli_common import CliError, ProgressBar, check_new_file, open_checkpoint, update_config, write_report
@@ -46,7 +47,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     if task.num_steps < 3:
         raise CliError(f"--sequence {args.sequence}: give at least two weak steps (e.g. 7-1-1 or 5-1-1-1-1)")
     protocol = replace(recipes.world_protocol(), task=task)
-    title = f"world {args.sequence} {protocol.setting}: old mIoU after each step"
+    title = f"world {args.sequence} {protocol.setting}{step_images_title(args)}: old mIoU after each step"
     pretrain_cfg, update_cfg, title = shortened_schedules(
         args, recipes.WORLD_PRETRAIN, update_config(args, recipes.WORLD_UPDATE), title)
     base = None

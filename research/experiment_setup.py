@@ -154,6 +154,13 @@ def step_images(args: argparse.Namespace) -> dict:
     return {"images_per_step": args.images_per_step, "negatives": args.negatives}
 
 
+def step_images_title(args: argparse.Namespace) -> str:
+    """What a table's title says of ``--images-per-step`` and ``--negatives`` ('' at their defaults)."""
+    parts = [f"at most {args.images_per_step} images a step"] if args.images_per_step else []
+    parts += [f"negatives {args.negatives:g} of a step's images"] if args.negatives else []
+    return "".join(f", {p}" for p in parts)
+
+
 def check_step_images(bench: Benchmark) -> None:
     """Every weak step's images can be drawn (enough old-only images for ``--negatives``), before any training."""
     for step in range(1, bench.protocol.task.num_steps):
