@@ -21,7 +21,7 @@ from app import render
 from app.evaluation import bring_eval_set
 from app.intake import apply_table, bring_tagged, table_rows, tag_summary
 from app.session import AppConfig, DeviceQueue, Session, SessionStore, base_file
-from app.serving import release_memory
+from app.serving import release_memory, release_when_quiet
 from app.session_files import new_token, token_session
 from app.views import (HISTORY_HEADERS, added_in, architecture_markdown, before_after_rows, data_summary,
                        history_rows, spare_colours, thumbnails)
@@ -337,6 +337,8 @@ class Handlers:
         found = ", ".join(f"{ckpt.class_names[c]} {100 * shares[c]:.1f}%" for c in np.argsort(-shares) if shares[c] > 0)
         if large:   # its decoded pixels and maps are freed: hand the memory back (app.serving)
             release_memory()
+        else:   # many small ones: once they pause
+            release_when_quiet()
         return (overlay, legend, maps,
                 f"{files[0].name}: {found} (model {s.current.name}, {1000 * took:.0f} ms on {self.device})")
 

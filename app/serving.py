@@ -12,6 +12,9 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import threading
+import time
+from typing import Callable, Optional
 
 from starlette.requests import ClientDisconnect
 
@@ -76,3 +79,39 @@ def release_memory() -> bool:
     Returns whether any was released (False off glibc)."""
     libc = _libc()
     return bool(libc is not None and libc.malloc_trim(0))
+
+
+class ReleaseWhenQuiet:
+    """``release_memory`` once requests pause: for frequent small requests (predicts), where trimming after each
+    would cost more than it frees, yet whose freed batches otherwise stay in the heap (``research.stress``: 33 MB
+    after 100 predicts). Each call (re)starts a ``quiet_s`` timer and the trim runs when it ends; under a steady
+    stream of calls it runs at once whenever ``every_s`` have passed since the last trim."""
+
+    def __init__(self, quiet_s: float = 1.0, every_s: float = 30.0,
+                 release: Optional[Callable[[], object]] = None) -> None:
+        self.quiet_s, self.every_s = quiet_s, every_s
+        self.release = release or release_memory
+        self._timer: Optional[threading.Timer] = None
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            now_due = time.monotonic() - self._last >= self.every_s
+            if not now_due:
+                self._timer = threading.Timer(self.quiet_s, self._run)
+                self._timer.daemon = True
+                self._timer.start()
+        if now_due:
+            self._run()
+
+    def _run(self) -> None:
+        with self._lock:
+            self._last = time.monotonic()
+        self.release()
+
+
+release_when_quiet = ReleaseWhenQuiet()   # the app's one

@@ -34,6 +34,7 @@ from research.app_testing import ROOT, free_port, resident_mb, tiny_checkpoint
 from wilss.data import list_images
 
 SHORT = dict(epochs=2, warmup_epochs=1, batch_size=8, localizer_channels=16)
+SETTLE_S = 3.0   # after a load, before its RSS: the app trims its heap once requests pause (app.serving, 1 s)
 CLIENT_TIMEOUT_S = 120.0   # a request's HTTP exchanges (an upload, a download); the answer itself may take longer
 
 
@@ -333,6 +334,7 @@ def main(argv=None) -> int:
             done, failed, clients = run_load(url, root / f"load{n}", samples / "000.jpg", updates=args.updates,
                                              predicts=args.predicts)
             finished, failures, makers = finished + done, failures + failed, makers or clients
+            time.sleep(SETTLE_S)
             memory.append(resident_mb(proc.pid))
         # kill -9 during an update of a session that has made v001, then restart on the same work folder
         victim = makers[0]

@@ -2,13 +2,14 @@
 sessions do not each keep a model in memory, and freed memory can be handed back."""
 import asyncio
 import logging
+import time
 
 import pytest
 from starlette.requests import ClientDisconnect
 
 import app.session as session_module
 from app import serving
-from app.serving import QuietDisconnects, limit_arenas, release_memory
+from app.serving import QuietDisconnects, ReleaseWhenQuiet, limit_arenas, release_memory
 from app.session import AppConfig, SessionStore
 from research.app_testing import tiny_checkpoint
 
@@ -104,3 +105,20 @@ def test_sessions_that_let_their_model_go_hand_the_memory_back(tmp_path, monkeyp
     assert len(trims) == 1                          # a's model was let go: handed back once
     store.get("c"), store.get("b")
     assert len(trims) == 1                          # a holds nothing now: no trim on every request
+
+
+def test_release_when_quiet_trims_once_after_a_burst_and_regularly_under_a_steady_stream():
+    calls = []
+    later = ReleaseWhenQuiet(quiet_s=0.05, every_s=60.0, release=lambda: calls.append(time.monotonic()))
+    for _ in range(20):   # a burst of predicts: nothing yet, one trim once they pause
+        later()
+    assert calls == []
+    time.sleep(0.4)
+    assert len(calls) == 1
+    steady = ReleaseWhenQuiet(quiet_s=30.0, every_s=0.1, release=lambda: calls.append(time.monotonic()))
+    end = time.monotonic() + 0.45
+    while time.monotonic() < end:   # never a pause of quiet_s: trimmed at once every every_s all the same
+        steady()
+        time.sleep(0.01)
+    assert 3 <= len(calls) - 1 <= 6
+    steady._timer.cancel()

@@ -102,6 +102,12 @@ def test_run_update_yields_progress_and_a_checkpoint_that_says_how_to_repeat_it(
     ckpt = run.checkpoint({"eval_images": 0})
     assert ckpt.class_names == NAMES + ["triangle"] and ckpt.colours[-1].tolist() == [255, 128, 0]
     assert ckpt.model.num_classes == 4 and base.model.num_classes == 3   # the base is untouched
+    # on the CPU the result is the run's own network (no second copy in memory), in eval mode, and stays so when
+    # the Review tab reads the run's CAMs after it finished
+    assert ckpt.model is run.update.model and not ckpt.model.training
+    before = {k: v.clone() for k, v in ckpt.model.state_dict().items()}
+    run.update.snapshots()
+    assert not ckpt.model.training and all(torch.equal(before[k], v) for k, v in ckpt.model.state_dict().items())
     path = save_checkpoint(ckpt, tmp_path / "grown.pt")
     entry = load_checkpoint(path).steps[-1]
     assert (entry.kind, entry.classes, entry.num_images, entry.negatives) == ("add-class", ["triangle"], 8, 4)

@@ -5,6 +5,7 @@ between iterations by simply not asking for the next one.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -134,6 +135,14 @@ def set_training(model: torch.nn.Module, training: bool, *, frozen_encoder: bool
         for module in model.encoder.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
+
+
+def finished_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A finished run's network for its checkpoint, in eval mode on the CPU: on the CPU the run's own (nothing trains
+    it any more, and what reads it after, the app's Review tab, reads it in eval mode too), elsewhere a CPU copy.
+    One model less in memory for each session whose update the app keeps for review."""
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    return model.eval() if on_cpu else copy.deepcopy(model).cpu().eval()
 
 
 def freeze_encoder(model: torch.nn.Module) -> None:

@@ -15,7 +15,6 @@ method logic.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass, fields, replace
@@ -32,7 +31,7 @@ from wilss.config import TagsBaseConfig, UpdateConfig, to_dict
 from wilss.conventions import BACKGROUND_NAME, extend_colours, hex_to_rgb
 from wilss.data import DataError
 from wilss.distributed import current_world
-from wilss.engine import Progress, Snapshot, seed_everything  # noqa: F401  (part of the API)
+from wilss.engine import Progress, Snapshot, finished_model, seed_everything  # noqa: F401  (part of the API)
 from wilss.hrhf import replay_class_ids
 from wilss.export import ExportError, export_onnx  # noqa: F401  (part of the API)
 from wilss.inference import Prediction, Predictor  # noqa: F401  (part of the API)
@@ -250,8 +249,9 @@ class UpdateRun(_Run):
         return self.resumer.elapsed_s if self.resumer is not None else self.seconds
 
     def checkpoint(self, metrics: Optional[dict] = None) -> Checkpoint:
-        """The updated checkpoint (a CPU copy: the run keeps its model), its history extended by this step's
-        ``HistoryEntry``; ``metrics`` (e.g. ``Scores.history_metrics``) join the time and the final losses."""
+        """The updated checkpoint (its model ``engine.finished_model``: on the CPU the run's own), its history
+        extended by this step's ``HistoryEntry``; ``metrics`` (e.g. ``Scores.history_metrics``) join the time and the
+        final losses."""
         if not self.finished:
             raise RuntimeError("the update has not finished, there is no result")
         plan, request = self.plan, self.plan.request
@@ -268,7 +268,7 @@ class UpdateRun(_Run):
             processes=world.world_size if world.world_size > 1 else None,
             resumed_from_iteration=(self.resumer.resumed_from or None) if self.resumer is not None else None,
             input_side=plan.input_side, extra={"method": plan.method} if plan.method != WILSON else {})
-        model = copy.deepcopy(self.update.model).cpu().eval()
+        model = finished_model(self.update.model)
         return replace(plan.base, model=model, class_names=plan.class_names, colours=plan.colours,   # its background
                        history=[*plan.base.history, entry.to_dict()], input_side=plan.input_side)
 
@@ -362,7 +362,7 @@ class TagsBaseRun(_Run):
         return self.update.run()
 
     def checkpoint(self) -> Checkpoint:
-        """The new model (a CPU copy) with its step-0 history entry."""
+        """The new model (``engine.finished_model``) with its step-0 history entry."""
         if not self.finished:
             raise RuntimeError("the base has not finished training, there is no result")
         plan, request = self.plan, self.plan.request
@@ -372,7 +372,7 @@ class TagsBaseRun(_Run):
         entry = HistoryEntry("pretrain", list(plan.new_names), len(plan.tagged), settings, figures, step=0,
                              source=request.source, negatives=plan.tagged.num_negatives,
                              tag_counts=plan.tagged.counts(), tool=request.tool)
-        model = copy.deepcopy(self.update.model).cpu().eval()
+        model = finished_model(self.update.model)
         return Checkpoint(model=model, class_names=list(plan.class_names), colours=plan.colours,
                           history=[entry.to_dict()], input_side=plan.cfg.crop_size)   # its images' scale
 
