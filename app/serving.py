@@ -83,8 +83,8 @@ def release_memory() -> bool:
 
 class ReleaseWhenQuiet:
     """``release_memory`` once requests pause: for frequent small requests (predicts), where trimming after each
-    would cost more than it frees, yet whose freed batches otherwise stay in the heap (``research.stress``: 33 MB
-    after 100 predicts). Each call (re)starts a ``quiet_s`` timer and the trim runs when it ends; under a steady
+    would cost more than it frees, yet whose freed batches otherwise stay in the heap (the predict handler in
+    process, on the stress's pattern: 33 MB after 100 predicts). Each call (re)starts a ``quiet_s`` timer and the trim runs when it ends; under a steady
     stream of calls it runs at once whenever ``every_s`` have passed since the last trim."""
 
     def __init__(self, quiet_s: float = 1.0, every_s: float = 30.0,

@@ -10,7 +10,7 @@ from typing import Sequence
 from models import DEFAULT_ENCODER
 from models.imagenet import IMAGENET_NETS
 from research import recipes
-from research.experiments import Benchmark, Protocol, Row, camvid_splits
+from research.experiments import MAX_NEGATIVES, Benchmark, Protocol, Row, camvid_splits
 from research.protocol import parse_task
 from wilss.cli_bases import ENCODER_DEFAULT, IMAGENET, encoder_arg, imagenet_init
 from wilss.cli_common import REPO_ROOT, CliError, open_checkpoint
@@ -144,8 +144,8 @@ def camvid_goal_checks(rows: Sequence[Row]) -> list[tuple[str, bool]]:
 
 def share_arg(text: str) -> float:
     value = float(text)
-    if not 0 <= value <= 4:
-        raise argparse.ArgumentTypeError(f"give a share between 0 and 4, not {text}")
+    if not 0 <= value <= MAX_NEGATIVES:
+        raise argparse.ArgumentTypeError(f"give a share between 0 and {MAX_NEGATIVES}, not {text}")
     return value
 
 

@@ -34,6 +34,7 @@ from wilss.training_data import PixelDataset, TagDataset
 from wilss.transforms import Compose, Resize, train_transform
 
 METHODS = ("wilss", "ft", "ilt", "offline", "mib", "joint", "hrhf")   # the rows ``Benchmark.run`` can add to the base
+MAX_NEGATIVES = 4   # ``Benchmark``'s negatives: at most 4 for each of a step's images
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,9 @@ class Benchmark:
         self.arch_options, self.init_model = dict(arch_options or {}), init_model
         if images_per_step is not None and images_per_step < 1:
             raise ValueError(f"images_per_step must be >= 1, got {images_per_step}")
-        if not 0 <= negatives <= 4:
-            raise ValueError(f"negatives must be a share between 0 and 4 of a step's images, got {negatives}")
+        if not 0 <= negatives <= MAX_NEGATIVES:
+            raise ValueError(f"negatives must be a share between 0 and {MAX_NEGATIVES} of a step's images, got "
+                             f"{negatives}")
         self.images_per_step, self.selection_seed, self.negatives = images_per_step, selection_seed, negatives
         self.rows: list[Row] = []
 
