@@ -306,8 +306,18 @@ class UpdateJob:
             return
         if review and self.reviewable:
             self.runner.dataset.forget()
+            self._share_base()
         else:
             self.update = self.runner = None
+
+    def _share_base(self) -> None:
+        """Review's frozen old model is a copy of the plan's base, kept for a re-run: on the CPU, with the base in
+        eval mode, Review reads the base itself (under ``no_grad``), so a finished update holds one copy, not two."""
+        base, frozen = self.plan.base.model, self.update.old_model
+        if base is frozen or base.training or {p.device.type for p in (*base.parameters(), *frozen.parameters())} \
+                != {"cpu"}:
+            return
+        self.update.old_model = base
 
     def result(self) -> Checkpoint:
         """The updated checkpoint (``UpdateRun.checkpoint``: the history entry ``add-class`` writes too, by the app);

@@ -63,8 +63,10 @@ def test_a_finished_update_keeps_what_review_reads_and_lets_the_rest_go(page, tm
     gallery, info, *_ = u.review_page(None, 1, [])
     assert info.startswith("Page 1/") and gallery.value
     assert isinstance(s.review_view[0], list)                               # the page keeps names, not the job
+    assert update.old_model is job.plan.base.model                          # one copy of the base, not two
+    assert not update.old_model.training
 
-    held = [weakref.ref(m) for m in (update.model, update.old_model, update.localizer)]
+    held = [weakref.ref(m) for m in (update.model, update.localizer)]
     del update, gallery
     s.unload()                                                              # an idle session (SessionStore)
     gc.collect()
