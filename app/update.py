@@ -314,10 +314,8 @@ class UpdateJob:
         """Review's frozen old model is a copy of the plan's base, kept for a re-run: on the CPU, with the base in
         eval mode, Review reads the base itself (under ``no_grad``), so a finished update holds one copy, not two."""
         base, frozen = self.plan.base.model, self.update.old_model
-        if base is frozen or base.training or {p.device.type for p in (*base.parameters(), *frozen.parameters())} \
-                != {"cpu"}:
-            return
-        self.update.old_model = base
+        if not base.training and all(p.device.type == "cpu" for p in (*base.parameters(), *frozen.parameters())):
+            self.update.old_model = base
 
     def result(self) -> Checkpoint:
         """The updated checkpoint (``UpdateRun.checkpoint``: the history entry ``add-class`` writes too, by the app);
