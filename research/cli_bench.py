@@ -18,7 +18,7 @@ from research.experiment_setup import (DEFAULT_CAMVID, ENCODER_DEFAULT, add_enco
 from research.experiments import METHODS, Benchmark, format_per_class, format_table
 from research.world import write_voc_tree, write_world
 from wilss.checkpoint import history_entry, new_checkpoint, save_checkpoint
-from wilss.cli_bases import add_network_flags, pretrain_data, pretrain_tags
+from wilss.cli_bases import add_network_flags, pretrain_data, pretrain_tags, size_arg
 from wilss.cli_common import (CliError, ProgressBar, add_common_flags, add_device_flag, add_update_flags,
                               check_new_file, check_new_folder, non_negative_int, open_checkpoint, percent,
                               positive_int, update_config, write_report)
@@ -120,6 +120,11 @@ def _pretrain_pretext(args: argparse.Namespace, out: Path, start: float) -> int:
 
 
 # --------------------------------------------------------------------------------------------- benchmark
+def camvid_size_arg(text: str) -> tuple[int, int] | str:
+    """``--size``: H,W (``wilss.cli_bases.size_arg``) or 'native' (the images as they are)."""
+    return "native" if text.strip() == "native" else size_arg(text)
+
+
 def methods_arg(text: str) -> tuple[str, ...]:
     """``--methods``: a comma-separated subset of ``experiments.METHODS``, run in the order given; 'none': the
     base(s) alone."""
@@ -158,8 +163,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         return cmd_benchmark_demo(args)
     if args.samples is not None:
         raise CliError("--samples is for the demo benchmark only")
-    if (args.arch is not None or args.task is not None) and args.dataset != "camvid":
-        raise CliError("--arch and --task are for the CamVid benchmark (the world's are its recipe's)")
+    if (args.arch is not None or args.task is not None or args.size is not None) and args.dataset != "camvid":
+        raise CliError("--arch, --task and --size are for the CamVid benchmark (the world's are its recipe's)")
     if args.base is not None and args.save_base is not None:
         raise CliError("--save-base writes the base this run trains; with --base none is trained")
     short = args.quick or args.epochs_step is not None or args.epochs_base is not None
@@ -307,6 +312,9 @@ def register_benchmark(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--task", metavar="SPEC",
                    help=f"CamVid only: base ids | step ids (default: {recipes.CAMVID.task_spec}, Fence and Bicyclist "
                         "from tags; e.g. 0,1,2,3,4,5,6,7,10|8,9 learns Car and Pedestrian from tags)")
+    p.add_argument("--size", type=camvid_size_arg, metavar="H,W|native",
+                   help=f"CamVid only: resize every image to H,W, or 'native' to keep CamVid's 360x480 (default: "
+                        f"{','.join(map(str, recipes.CAMVID.resize))}, half resolution)")
     p.add_argument("--methods", type=methods_arg, default=("wilss", "ft", "joint"), metavar="LIST",
                    help="which rows to run besides the base, in this order (default: wilss,ft,joint; none: the "
                         "base alone). Also: ilt (WILSS + ILT's output distillation), offline (localizer from the "

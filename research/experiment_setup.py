@@ -72,6 +72,8 @@ def benchmark_setup(args: argparse.Namespace):
     cam = recipes.camvid_recipe(getattr(args, "arch", None))
     if getattr(args, "task", None):
         cam = replace(cam, task_spec=args.task)
+    if getattr(args, "size", None) is not None:   # 'native': CamVid's own 360x480
+        cam = replace(cam, resize=None if args.size == "native" else args.size)
     try:
         task = parse_task(cam.task_spec, 11, background_ids=())
     except ValueError as err:
@@ -79,7 +81,8 @@ def benchmark_setup(args: argparse.Namespace):
     protocol = Protocol(name="camvid", dataset_classes=camvid_classes(root), task=task, setting=cam.setting,
                         ignore_ids=(11,), resize=cam.resize, background_in_all=False)
     return (protocol, lambda: camvid_splits(root), cam.pretrain, cam.update,
-            f"camvid {cam.task_spec} {cam.setting} ({cam.arch}, encoder: {encoder_path(args) or 'none'})")
+            f"camvid {cam.task_spec} {cam.setting} ({cam.arch}, encoder: {encoder_path(args) or 'none'}, images "
+            f"{'x'.join(map(str, cam.resize)) if cam.resize else 'native'})")
 
 
 def quick(cfg: OptimConfig) -> OptimConfig:
