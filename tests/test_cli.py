@@ -1,5 +1,6 @@
 """``python -m wilss`` (and ``python -m research``'s generate, pretrain, benchmark): bad input ends in one 'error:' line with exit status 2 and nothing written; a tiny
 add-class -> predict -> evaluate chain works end to end (CPU, 64 px images, a width-8 network)."""
+import argparse
 import csv
 import json
 from pathlib import Path
@@ -288,6 +289,21 @@ def test_benchmark_input_errors(tmp_path, capsys):
     assert code == 2 and "leave out --epochs-step" in err
     code, _, err = run([*camvid, "--base", tmp_path / "b.pt", "--save-base", tmp_path / "c.pt"], capsys)
     assert code == 2 and "with --base none is trained" in err
+    code, _, err = run(["benchmark", "world", "--size", "native"], capsys)
+    assert code == 2 and "for the CamVid benchmark" in err
+    code, _, err = run([*camvid, "--size", "180"], capsys)
+    assert code == 2 and "--size takes H,W" in err
+
+
+@pytest.mark.parametrize("size, resize", [(None, (180, 240)), ("native", None), ((90, 120), (90, 120))])
+def test_benchmark_camvid_size_sets_the_protocols_image_size(tmp_path, size, resize):
+    from research.experiment_setup import benchmark_setup
+
+    (tmp_path / "train.txt").write_text("")
+    args = argparse.Namespace(dataset="camvid", data=tmp_path, arch=None, task=None, size=size, encoder=None)
+    protocol, *_, title = benchmark_setup(args)
+    assert protocol.resize == resize
+    assert title.endswith("images native)" if size == "native" else f"images {resize[0]}x{resize[1]})")
 
 
 def test_pretrain_from_own_pixel_labels_writes_a_base_of_the_datasets_classes(tmp_path, capsys):
