@@ -110,10 +110,10 @@ def shortened_schedules(args: argparse.Namespace, pretrain_cfg, update_cfg, titl
         raise CliError("--quick sets every epoch count; leave out --epochs-step and --epochs-base")
     if args.quick:
         return quick(pretrain_cfg), quick(update_cfg), title + " (quick smoke run)"
-    shortened = [f"{what} {n} epochs" for what, n in (("steps", step), ("base and joint", base)) if n is not None]
+    changed = [f"{what} {n} epochs" for what, n in (("steps", step), ("base and joint", base)) if n is not None]
     update_cfg = update_cfg if step is None else with_epochs(update_cfg, step)
     pretrain_cfg = pretrain_cfg if base is None else with_epochs(pretrain_cfg, base)
-    return pretrain_cfg, update_cfg, title + (f" (shortened: {', '.join(shortened)})" if shortened else "")
+    return pretrain_cfg, update_cfg, title + (f" (schedule: {', '.join(changed)})" if changed else "")
 
 
 def _weak_step_checks(by: dict, new_share: float, old_share: float) -> list[tuple[str, bool]]:

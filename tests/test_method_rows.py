@@ -45,7 +45,7 @@ def test_shortened_schedules_scale_the_warmup():
     assert with_epochs(PretrainConfig(epochs=30), 5).epochs == 5
     args = argparse.Namespace(quick=False, epochs_step=4, epochs_base=None)
     pre, upd, title = shortened_schedules(args, PretrainConfig(epochs=30), cfg, "world")
-    assert (pre.epochs, upd.epochs, upd.warmup_epochs) == (30, 4, 1) and title == "world (shortened: steps 4 epochs)"
+    assert (pre.epochs, upd.epochs, upd.warmup_epochs) == (30, 4, 1) and title == "world (schedule: steps 4 epochs)"
     np.testing.assert_equal(shortened_schedules(argparse.Namespace(quick=False, epochs_step=None, epochs_base=None),
                                                 PretrainConfig(), cfg, "t")[2], "t")
 
@@ -63,6 +63,6 @@ def test_benchmark_command_runs_the_new_rows_on_a_small_world(monkeypatch, tmp_p
                  "--device", "cpu", "--quiet", "--out", str(out)])
     text = capsys.readouterr().out
     assert code == 0, text
-    assert "(shortened: steps 1 epochs, base and joint 1 epochs)" in text
+    assert "(schedule: steps 1 epochs, base and joint 1 epochs)" in text
     assert [line.split("|")[1].strip() for line in out.read_text().splitlines()[4:8]] == ["base", "ilt", "offline",
                                                                                           "mib"]
