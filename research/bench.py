@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CONFIGS = ("cpu-default", "gpu-r101", "cpu-camvid", "cpu-camvid-tiny")
 GPU_PEAK_TFLOPS = 800.0  # H100 / H200 dense bf16, the reference for MFU (set with --peak-tflops)
+CAMVID_NATIVE = (360, 480)   # CamVid's own image size (h, w): the cpu-camvid configuration's synthetic images
 
 
 @dataclass
@@ -100,14 +101,14 @@ def gpu_r101_setup(*, batch_size: int | None = None, crop_size: int | None = Non
 
 
 def camvid_setup(arch: str, *, batch_size: int | None = None, crop_size: int | None = None) -> BenchSetup:
-    """The CamVid weak step (``recipes.camvid_recipe(arch)``: 9 old + 2 new classes, 240x180 images, crops 176,
+    """The CamVid weak step (``recipes.camvid_recipe(arch)``: 9 old + 2 new classes, 480x360 images, crops 176,
     batch 8) on synthetic images: 'cpu-camvid' with the ImageNet encoder's network, 'cpu-camvid-tiny' with tiny."""
     from research import recipes
 
     recipe = recipes.camvid_recipe(arch)
     cfg = _resized(recipe.update, batch_size, crop_size)
     name = "cpu-camvid" if arch != "tiny" else "cpu-camvid-tiny"
-    return synthetic_setup(name, arch, arch, cfg, recipe.resize, 10, 2)
+    return synthetic_setup(name, arch, arch, cfg, recipe.resize or CAMVID_NATIVE, 10, 2)
 
 
 def synthetic_setup(name: str, what: str, arch: str, cfg: UpdateConfig, size: tuple[int, int], num_old: int,

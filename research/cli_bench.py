@@ -313,8 +313,8 @@ def register_benchmark(commands: argparse._SubParsersAction) -> None:
                    help=f"CamVid only: base ids | step ids (default: {recipes.CAMVID.task_spec}, Fence and Bicyclist "
                         "from tags; e.g. 0,1,2,3,4,5,6,7,10|8,9 learns Car and Pedestrian from tags)")
     p.add_argument("--size", type=camvid_size_arg, metavar="H,W|native",
-                   help=f"CamVid only: resize every image to H,W, or 'native' to keep CamVid's 360x480 (default: "
-                        f"{','.join(map(str, recipes.CAMVID.resize))}, half resolution)")
+                   help="CamVid only: resize every image to H,W (e.g. 180,240, half resolution, the recipe before "
+                        "2026-12-02), or 'native' to keep CamVid's 360x480 (the default)")
     p.add_argument("--methods", type=methods_arg, default=("wilss", "ft", "joint"), metavar="LIST",
                    help="which rows to run besides the base, in this order (default: wilss,ft,joint; none: the "
                         "base alone). Also: ilt (WILSS + ILT's output distillation), offline (localizer from the "

@@ -295,15 +295,28 @@ def test_benchmark_input_errors(tmp_path, capsys):
     assert code == 2 and "--size takes H,W" in err
 
 
-@pytest.mark.parametrize("size, resize", [(None, (180, 240)), ("native", None), ((90, 120), (90, 120))])
-def test_benchmark_camvid_size_sets_the_protocols_image_size(tmp_path, size, resize):
+@pytest.mark.parametrize("arch, size, resize", [(None, None, None), (None, "native", None), (None, (90, 120), (90, 120)),
+                                                ("tiny", None, (180, 240)), ("tiny", "native", None)])
+def test_benchmark_camvid_size_sets_the_protocols_image_size(tmp_path, arch, size, resize):
     from research.experiment_setup import benchmark_setup
 
     (tmp_path / "train.txt").write_text("")
-    args = argparse.Namespace(dataset="camvid", data=tmp_path, arch=None, task=None, size=size, encoder=None)
+    args = argparse.Namespace(dataset="camvid", data=tmp_path, arch=arch, task=None, size=size, encoder=None)
     protocol, *_, title = benchmark_setup(args)
     assert protocol.resize == resize
-    assert title.endswith("images native)" if size == "native" else f"images {resize[0]}x{resize[1]})")
+    assert title.endswith("images native)" if resize is None else f"images {resize[0]}x{resize[1]})")
+
+
+@pytest.mark.parametrize("flags, no_background", [([], True), (["--background"], False)])
+def test_benchmark_camvid_weak_step_defaults_to_no_background_like_add_class(tmp_path, flags, no_background):
+    from research.cli import build_parser as research_parser
+    from research.experiment_setup import benchmark_setup
+
+    (tmp_path / "train.txt").write_text("")
+    args = research_parser().parse_args(["benchmark", "camvid", "--data", str(tmp_path), *flags])
+    protocol, _, pretrain_cfg, update_cfg, _ = benchmark_setup(args)
+    assert update_config(args, update_cfg).no_background is no_background
+    assert protocol.resize is None and pretrain_cfg.epochs == 60   # CamVid's own size, the native table's schedule
 
 
 def test_pretrain_from_own_pixel_labels_writes_a_base_of_the_datasets_classes(tmp_path, capsys):
