@@ -37,13 +37,17 @@ def camvid(tmp_path_factory):
 
 def test_a_task_maps_dataset_ids_as_the_protocols_score_a_step(camvid):
     source = read_labelled(camvid)
-    lut = task_label_map(source, "0,3|8", None, STEP1)
-    assert [lut[c] for c in (0, 3, 8)] == [1, 2, 3] and lut[11] == 255
+    lut, new = task_label_map(source, "0,3|8", None, STEP1)
+    assert [lut[c] for c in (0, 3, 8)] == [1, 2, 3] and lut[11] == 255 and new == ["Car"]
     assert all(lut[c] == 0 for c in (1, 2, 4, 5, 6, 7, 9, 10))      # classes of no step count as background
-    step0 = task_label_map(source, "0,3|8", None, STEP1[:3])          # the base: Car is a future class
-    assert [step0[c] for c in (0, 3, 8)] == [1, 2, 0]
+    step0, new0 = task_label_map(source, "0,3|8", None, STEP1[:3])    # the base: Car is a future class
+    assert [step0[c] for c in (0, 3, 8)] == [1, 2, 0] and new0 == ["Sky", "Road"]
+    joint, new = task_label_map(source, "0,3|8", 1, ["background", "Car", "Sky", "Road"])   # another order: by name
+    assert [joint[c] for c in (0, 3, 8)] == [2, 3, 1] and joint[11] == 255 and joint[5] == 0 and new == ["Car"]
     with pytest.raises(DataError, match="not the task's after step 1"):
-        task_label_map(source, "0,3|8", 1, ["background", "Road", "Sky", "Car"])
+        task_label_map(source, "0,3|8", 1, ["background", "Road", "Sky", "Tree"])
+    with pytest.raises(DataError, match="not the task's after step 1"):
+        task_label_map(source, "0,3|8", 1, ["Road", "background", "Sky", "Car"])   # background stays id 0
     with pytest.raises(DataError, match="does not fit 11 dataset classes"):
         task_label_map(source, "0,3|12", None, STEP1)
     by_name = dataset_eval_set(camvid, STEP1)
@@ -59,6 +63,11 @@ def test_evaluate_scores_a_checkpoint_on_a_dataset_with_a_task(camvid, tmp_path,
     out = capsys.readouterr().out
     assert "input scale (32 px" in out and "(test split)" in out and "background left out" in out
     assert all(name in out for name in STEP1)
+    joint = new_checkpoint(build_segmenter(arch="tiny", num_classes=4, width=8), STEP1, input_side=32)
+    assert main(["evaluate", "--checkpoint", str(save_checkpoint(joint, tmp_path / "joint.pt")), "--data", str(camvid),
+                 "--task", "0|3,8", "--device", "cpu"]) == 0   # a base by its history: no class added
+    out = capsys.readouterr().out
+    assert "scored as new (the task's step): Road, Car" in out
     assert main(["evaluate", "--checkpoint", str(path), "--task", "0,3|8"]) == 2
     assert "--data DIR" in capsys.readouterr().err
     assert len(CAMVID_CLASSES) == 11

@@ -43,10 +43,11 @@ def _eval_set(args: argparse.Namespace, ckpt):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     ckpt = open_checkpoint(args.checkpoint)
     eval_set = _eval_set(args, ckpt)
-    new_names = ckpt.last_added
-    scores = score(ckpt, eval_set, device=args.device, max_side=args.max_side)
+    new_names = ckpt.last_added if eval_set.new_names is None else eval_set.new_names
+    scores = score(ckpt, eval_set, new_names=new_names, device=args.device, max_side=args.max_side)
     print(f"checkpoint {args.checkpoint}: {ckpt.num_classes} classes; "
-          f"last added: {', '.join(new_names) if new_names else 'none (a base model)'}")
+          f"last added: {', '.join(ckpt.last_added) if ckpt.last_added else 'none (a base model)'}"
+          + ("" if eval_set.new_names is None else f"; scored as new (the task's step): {', '.join(new_names)}"))
     print(f"evaluated on {len(eval_set.pairs)} images from {eval_set.source}, resized to the checkpoint's input "
           f"scale ({ckpt.input_side} px, longer side); scored at the masks' size\n")
     print(scores.table())
@@ -154,7 +155,9 @@ def register_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", choices=LAYOUTS, help="the layout of --data (default: detected)")
     p.add_argument("--task", metavar="SPEC", help="with --data: the task over the dataset's ids the checkpoint was "
                                                    "trained on, e.g. 15-5 or 0,1,2|3,4 (future classes count as "
-                                                   "background; default: map the classes by name)")
+                                                   "background, the step's classes as new; a checkpoint with the "
+                                                   "same classes in another order, e.g. a joint model, is mapped by "
+                                                   "name; default: map the classes by name)")
     p.add_argument("--step", type=int, metavar="T", help="with --task: the step the checkpoint ended (default: the "
                                                           "step whose classes it has)")
     p.add_argument("--split", help="split of --world or --data (default: test; VOC: val)")

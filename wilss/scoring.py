@@ -35,6 +35,7 @@ class EvalSet:
     same_size: bool                      # every image has one size: evaluate in batches
     largest_side: int = 0                # of the images (0: small, e.g. a generated world's)
     include_background: bool = True      # background in 'all' (False: a dataset that labels no pixel background)
+    new_names: Optional[list[str]] = None   # scored as new (a task's step), else the checkpoint's last added
 
     def dataset(self, input_side: Optional[int] = None, max_side: Optional[int] = None) -> PixelDataset:
         """Items ``(3xhxw image at the input scale, HxW mask at its own size)`` (``conventions.prepare_image``;
@@ -122,11 +123,13 @@ def dataset_label_map(dataset_classes: Sequence[str], class_names: Sequence[str]
     return lut
 
 
-def task_label_map(source, task_spec: str, step: Optional[int], class_names: Sequence[str]) -> np.ndarray:
+def task_label_map(source, task_spec: str, step: Optional[int],
+                   class_names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """Dataset ids -> model ids after ``step`` of the task ``task_spec`` (``protocol.parse_task`` over the dataset's
-    ids; MiB's test convention ``protocol.eval_label_map``: future classes -> 0, void -> 255). ``step`` None: the step
-    whose classes the checkpoint has. Raises ``DataError`` when the task's class names after that step are not the
-    checkpoint's."""
+    ids; MiB's test convention ``protocol.eval_label_map``: future classes -> 0, void -> 255), and the names of the
+    classes that step added (what ``evaluate`` scores as new). ``step`` None: the step whose classes the checkpoint
+    has. A checkpoint with those classes in another order (a joint model trained on the dataset's order) is mapped by
+    name. Raises ``DataError`` when the task's class names after that step are not the checkpoint's."""
     try:
         task = parse_task(task_spec, len(source.classes), background_ids=source.background_ids)
     except ValueError as err:
@@ -135,13 +138,18 @@ def task_label_map(source, task_spec: str, step: Optional[int], class_names: Seq
     if step is not None and not 0 <= step < task.num_steps:
         raise DataError(f"The task '{task_spec}' has steps 0-{task.num_steps - 1}, not {step}.")
     named = {t: [BACKGROUND_NAME] + [source.classes[c] for c in task.seen_classes(t)] for t in steps}
-    fits = [t for t in steps if named[t] == list(class_names)]
+    fits = [t for t in steps if named[t][0] == class_names[0] and sorted(named[t]) == sorted(class_names)]
     if not fits:
         expected = named[steps[-1]]
         raise DataError(f"The checkpoint's classes ({', '.join(class_names[1:])}) are not the task's after "
                         f"{'step ' + str(step) if step is not None else 'any step'} (e.g. "
                         f"{', '.join(expected[1:])}). Check --task, --step and the checkpoint.")
-    return eval_label_map(task, fits[0], ignore_ids=source.ignore_ids)
+    t = fits[0]
+    lut = eval_label_map(task, t, ignore_ids=source.ignore_ids)
+    to_checkpoint = np.array([list(class_names).index(name) for name in named[t]], dtype=np.uint8)
+    seen = lut != IGNORE_INDEX
+    lut[seen] = to_checkpoint[lut[seen]]   # the task's model ids -> the checkpoint's (the identity in task order)
+    return lut, [source.classes[c] for c in task.step(t).new_classes]
 
 
 def dataset_eval_set(root: Path, class_names: Sequence[str], *, layout: Optional[str] = None,
@@ -151,13 +159,14 @@ def dataset_eval_set(root: Path, class_names: Sequence[str], *, layout: Optional
     '0,1,2,3,4,5,6,8,9|7,10') as the protocols map them (``task_label_map``), else by class name
     (``dataset_label_map``). In a dataset without background (CamVid) the background is left out of 'all'."""
     source = read_labelled(root, layout, test_split=split)
+    new_names = None
     if task is not None:
-        lut = task_label_map(source, task, step, class_names)
+        lut, new_names = task_label_map(source, task, step, class_names)
     else:
         lut = dataset_label_map(source.classes, class_names, background_ids=source.background_ids,
                                 ignore_ids=source.ignore_ids)
     found = checked_eval_set(source.test, len(class_names), f"{Path(root).name} ({source.test_split} split)", lut)
-    return replace(found, include_background=bool(source.background_ids))
+    return replace(found, include_background=bool(source.background_ids), new_names=new_names)
 
 
 # ---------------------------------------------------------------------------------------------- scoring
