@@ -43,11 +43,10 @@ def _eval_set(args: argparse.Namespace, ckpt):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     ckpt = open_checkpoint(args.checkpoint)
     eval_set = _eval_set(args, ckpt)
-    new_names = ckpt.last_added if eval_set.new_names is None else eval_set.new_names
-    scores = score(ckpt, eval_set, new_names=new_names, device=args.device, max_side=args.max_side)
+    scores = score(ckpt, eval_set, new_names=eval_set.new_names, device=args.device, max_side=args.max_side)
     print(f"checkpoint {args.checkpoint}: {ckpt.num_classes} classes; "
           f"last added: {', '.join(ckpt.last_added) if ckpt.last_added else 'none (a base model)'}"
-          + ("" if eval_set.new_names is None else f"; scored as new (the task's step): {', '.join(new_names)}"))
+          + ("" if eval_set.new_names is None else f"; scored as new (the task's step): {', '.join(scores.new_names)}"))
     print(f"evaluated on {len(eval_set.pairs)} images from {eval_set.source}, resized to the checkpoint's input "
           f"scale ({ckpt.input_side} px, longer side); scored at the masks' size\n")
     print(scores.table())

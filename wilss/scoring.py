@@ -21,7 +21,7 @@ from wilss.training_data import PixelDataset
 from wilss.inference import evaluate
 from wilss.metrics import per_class_table, percent, summarize
 from wilss.recipes import WORLD_CLASSES
-from wilss.tasks import eval_label_map, parse_task
+from wilss.tasks import parse_task
 
 
 # ----------------------------------------------------------------------------------------- labelled sets
@@ -144,12 +144,11 @@ def task_label_map(source, task_spec: str, step: Optional[int],
         raise DataError(f"The checkpoint's classes ({', '.join(class_names[1:])}) are not the task's after "
                         f"{'step ' + str(step) if step is not None else 'any step'} (e.g. "
                         f"{', '.join(expected[1:])}). Check --task, --step and the checkpoint.")
-    t = fits[0]
-    lut = eval_label_map(task, t, ignore_ids=source.ignore_ids)
-    to_checkpoint = np.array([list(class_names).index(name) for name in named[t]], dtype=np.uint8)
-    seen = lut != IGNORE_INDEX
-    lut[seen] = to_checkpoint[lut[seen]]   # the task's model ids -> the checkpoint's (the identity in task order)
-    return lut, [source.classes[c] for c in task.step(t).new_classes]
+    # The checkpoint has exactly the step's seen classes, so mapping by name is MiB's test convention
+    # (``tasks.eval_label_map``: future classes -> 0, void -> 255) in the checkpoint's own order.
+    lut = dataset_label_map(source.classes, class_names, background_ids=source.background_ids,
+                            ignore_ids=source.ignore_ids)
+    return lut, [source.classes[c] for c in task.step(fits[0]).new_classes]
 
 
 def dataset_eval_set(root: Path, class_names: Sequence[str], *, layout: Optional[str] = None,
