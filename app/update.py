@@ -11,9 +11,10 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
-from wilss.checkpoint import Checkpoint
+from wilss.checkpoint import Checkpoint, load_checkpoint
 from wilss.config import UPDATE_LIMITS, UpdateConfig
 from wilss.data import DataError
 from wilss.demo import watch_indices  # noqa: F401  (the app's and the demo benchmark's choice)
@@ -162,8 +163,13 @@ class UpdateJob:
         return self.plan.method == WILSON
 
     def __init__(self, plan: UpdatePlan, *, device: str | None = None, live: Sequence[int] = (),
-                 live_every_s: float = 2.0, names: Sequence[str] = ()) -> None:
-        self.plan, self.live, self.live_every_s = plan, list(live), live_every_s
+                 live_every_s: float = 2.0, names: Sequence[str] = (), base_file: Optional[Path] = None) -> None:
+        self._plan, self.live, self.live_every_s = plan, list(live), live_every_s
+        # the file the plan's base was read from: an idle session's finished job lets its base go (``release``)
+        # and reads it again from there when asked for (a re-run, Review's scores)
+        self.base_file, self._base_let_go = base_file, False
+        base = getattr(plan, "base", None)   # a base from tags alone has none
+        self._aux = base is not None and base.model.has_aux
         # how the page names training image i (its path relative to the data folder)
         self.names = list(names) or [p.name for p in plan.tagged.paths]
         self.device = resolve_device(device)
@@ -180,6 +186,15 @@ class UpdateJob:
         self._calls: "queue.Queue[tuple[Callable, Future]]" = queue.Queue()
         self._lock = threading.Lock()
         self.runner: Optional[UpdateRun] = None
+
+    @property
+    def plan(self) -> UpdatePlan:
+        """The plan; its base is read again from ``base_file`` if ``release`` let it go."""
+        if self._base_let_go:
+            base = load_checkpoint(self.base_file)
+            self._plan = replace(self._plan, request=replace(self._plan.request, base=base))
+            self._base_let_go = False
+        return self._plan
 
     @property
     def dataset(self):
@@ -253,7 +268,7 @@ class UpdateJob:
         """The losses the plot shows (``loss_names``; another method's are shown as they come)."""
         if not self.reviewable:
             return ["total"]
-        return loss_names(self.plan.cfg, aux=self.plan.base.model.has_aux)
+        return loss_names(self._plan.cfg, aux=self._aux)
 
     def _serve_calls(self) -> None:
         while True:
@@ -301,14 +316,18 @@ class UpdateJob:
     def release(self, *, review: bool = True) -> None:
         """Once its result is saved: keep only what the Review tab reads (the update's model, localizer and old
         model, the training targets; the decoded images are read again from their files), and with ``review``
-        False, or an update without Review pages, nothing of the training (``plan`` and the figures stay)."""
-        if self.update is None or self.running:
+        False, or an update without Review pages, nothing of the training (the figures stay, and ``plan``: with
+        ``review`` False, its base is let go too when it can be read again from ``base_file``)."""
+        if self.running:
             return
-        if review and self.reviewable:
+        if self.update is not None and review and self.reviewable:
             self.runner.dataset.forget()
             self._share_base()
-        else:
+        elif not review or self.update is not None:
             self.update = self.runner = None
+        if not review and self.base_file is not None and Path(self.base_file).is_file() and not self._base_let_go:
+            self._plan = replace(self._plan, request=replace(self._plan.request, base=None))
+            self._base_let_go = True
 
     def _share_base(self) -> None:
         """Review's frozen old model is a copy of the plan's base, kept for a re-run: on the CPU, with the base in

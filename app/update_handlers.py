@@ -112,7 +112,12 @@ class UpdateHandlers:
         if plan.method != WILSON:   # MiB on masks or the offline pipeline: no CAMs to watch or review
             start_text = f"Method {plan.method}: {plan.describe()}, on `{self.device}`."
             live = []
-        job = UpdateJob(plan, device=self.device, live=live, live_every_s=self.config.live_every_s, names=image_names)
+        try:   # the base's file: the finished job lets its base go while the session is idle, and reads it again
+            base_file = s.version(plan.request.base_name).path
+        except KeyError:
+            base_file = None
+        job = UpdateJob(plan, device=self.device, live=live, live_every_s=self.config.live_every_s, names=image_names,
+                        base_file=base_file)
         yield from self._stream(s, job, start_text, self._finish)
 
     def _stream(self, s: Session, job: UpdateJob, start_text: str, finish) -> Iterator[tuple]:

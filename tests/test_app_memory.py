@@ -66,15 +66,19 @@ def test_a_finished_update_keeps_what_review_reads_and_lets_the_rest_go(page, tm
     assert update.old_model is job.plan.base.model                          # one copy of the base, not two
     assert not update.old_model.training
 
-    held = [weakref.ref(m) for m in (update.model, update.localizer)]
+    held = [weakref.ref(m) for m in (update.model, update.localizer, job.plan.base.model)]
     del update, gallery
     s.unload()                                                              # an idle session (SessionStore)
     gc.collect()
     assert job.update is None and job.runner is None
-    assert all(ref() is None for ref in held)                               # its models are freed
+    assert all(ref() is None for ref in held)                               # its models and its base are freed
     _, info, *_ = u.review_page(None, 1, [])
     assert "re-run it" in info
     assert s.ckpt.class_names[-1] == "arrow"                                # the result itself is kept, on disk
+    assert job.base_file == s.version("v000").path                          # the base, read again when asked for
+    assert job.plan.base.class_names == s.version("v000").class_names
+    outs = list(u.rerun(None, [job.names[0]]))                              # a re-run still starts from it
+    assert s.current.name == "v002" and s.current.parent == "v000", outs[-1]
 
 
 def test_an_update_without_review_pages_keeps_no_training(page, tmp_path):
@@ -83,6 +87,6 @@ def test_an_update_without_review_pages_keeps_no_training(page, tmp_path):
     handlers, _ = page
     job = UpdateJob.__new__(UpdateJob)   # a finished job whose method shows no pseudo-labels
     job.state, job.update, job.runner = "done", object(), object()
-    job.plan = type("Plan", (), {"method": "mib"})()
+    job._plan, job.base_file, job._base_let_go = type("Plan", (), {"method": "mib"})(), None, False
     job.release()
     assert job.update is None and job.runner is None
