@@ -27,22 +27,23 @@ from typing import Optional
 
 from app.serving import release_memory
 from app.session_files import (PREFIX, clear_running, disposable, folder_name, mark_running, publish, read_manifest,
-                               write_manifest)
+                               shared_versions, write_manifest)
 from wilss.bases import pretrained_base
-from wilss.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from wilss.checkpoint import Checkpoint, CheckpointError, save_checkpoint
+from wilss.engine import resolve_device
 from wilss.tags import TaggedSet
 from wilss.inference import DEFAULT_MAX_SIDE
 
 log = logging.getLogger(__name__)
 
 
-def open_checkpoint(path: Path) -> Checkpoint:
-    """``load_checkpoint``, first refusing files that are not PyTorch zip archives (``torch.save`` writes every
-    wilss checkpoint as one): the engine would call such a file 'pickled objects', which misleads for a text or an
-    image file."""
+def open_checkpoint(path: Path, device: str = "cpu") -> Checkpoint:
+    """``load_checkpoint`` (through ``shared_versions``: one object per content), first refusing files that are not
+    PyTorch zip archives (``torch.save`` writes every wilss checkpoint as one): the engine would call such a file
+    'pickled objects', which misleads for a text or an image file."""
     if Path(path).is_file() and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is not a wilss checkpoint (not a PyTorch archive)")
-    return load_checkpoint(path)
+    return shared_versions.read(path, device)
 
 
 def base_file(spec: str, folder: Path) -> Path:
@@ -98,6 +99,7 @@ class Session:
 
     def __init__(self, config: AppConfig, folder: Path) -> None:
         self.config = config
+        self.device = str(resolve_device(config.device))   # where its models are read to (``shared_versions``)
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
@@ -173,7 +175,7 @@ class Session:
             if self.current is None:
                 raise CheckpointError("no model is loaded")
             if self._ckpt is None:
-                self._ckpt = load_checkpoint(self.current.path)
+                self._ckpt = shared_versions.read(self.current.path, self.device)
             return self._ckpt
 
     def unload(self) -> bool:
@@ -195,7 +197,7 @@ class Session:
     def add_file(self, path: Path, note: str, *, setup: bool = False) -> Version:
         """Check ``path`` is one of our checkpoints (``CheckpointError`` otherwise, nothing changes), copy it in as
         the next version and make it current."""
-        ckpt = open_checkpoint(path)   # refuses foreign or pickled files before anything is written
+        ckpt = open_checkpoint(path, self.device)   # refuses foreign or pickled files before anything is written
         with self.lock:
             name, dest = publish(self.folder, len(self.versions), lambda tmp: shutil.copyfile(path, tmp))
             return self._append(Version(name, dest, note, list(ckpt.class_names),
@@ -220,7 +222,7 @@ class Session:
         """Make an earlier (or any) version current; nothing is deleted."""
         with self.lock:
             version = self.version(name)
-            ckpt = load_checkpoint(version.path)
+            ckpt = shared_versions.read(version.path, self.device)
             self.current, self._ckpt, self.notice = version, ckpt, ""
             self._save_record()
             return version

@@ -13,9 +13,12 @@ import logging
 import os
 import secrets
 import tempfile
+import threading
+import weakref
 from pathlib import Path
 from typing import Callable, Optional
 
+from wilss.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from wilss.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -161,3 +164,35 @@ def clear_running(folder: Path) -> Optional[str]:
         return None
     (folder / RUNNING).unlink(missing_ok=True)
     return text
+
+
+class SharedVersions:
+    """Version files read as checkpoints, one object per content and device: every session opens on a copy of the
+    default model (and an updated one keeps its base), and without this each held its own copy in memory (12 MB with
+    the ImageNet network, for each of the loaded sessions). A checkpoint read here is shared and must never be changed
+    in place: updates, exports and evaluations copy the network (``copy.deepcopy``), predicts run it in eval mode on
+    the device it was read for (so no request moves it while another runs it). Held weakly: a model no session holds
+    any more is freed."""
+
+    def __init__(self) -> None:
+        self._held: weakref.WeakValueDictionary[tuple[str, str], Checkpoint] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def read(self, path: Path, device: str = "cpu") -> Checkpoint:
+        """The checkpoint in ``path`` (``load_checkpoint``; raises ``CheckpointError``) with its network on
+        ``device``: the one already held if a file of the same content was read before for that device."""
+        if not Path(path).is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        with open(path, "rb") as f:
+            key = (hashlib.file_digest(f, "sha256").hexdigest(), str(device))
+        with self._lock:
+            held = self._held.get(key)
+        if held is not None:
+            return held
+        ckpt = load_checkpoint(path)
+        ckpt.model.to(device)
+        with self._lock:   # two sessions may read the same content at once: the first one kept wins
+            return self._held.setdefault(key, ckpt)
+
+
+shared_versions = SharedVersions()

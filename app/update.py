@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
-from wilss.checkpoint import Checkpoint, load_checkpoint
+from app.session_files import shared_versions
+from wilss.checkpoint import Checkpoint
 from wilss.config import UPDATE_LIMITS, UpdateConfig
 from wilss.data import DataError
 from wilss.demo import watch_indices  # noqa: F401  (the app's and the demo benchmark's choice)
@@ -191,7 +192,7 @@ class UpdateJob:
     def plan(self) -> UpdatePlan:
         """The plan; its base is read again from ``base_file`` if ``release`` let it go."""
         if self._base_let_go:
-            base = load_checkpoint(self.base_file)
+            base = shared_versions.read(self.base_file, str(self.device))
             self._plan = replace(self._plan, request=replace(self._plan.request, base=base))
             self._base_let_go = False
         return self._plan

@@ -112,10 +112,8 @@ class UpdateHandlers:
         if plan.method != WILSON:   # MiB on masks or the offline pipeline: no CAMs to watch or review
             start_text = f"Method {plan.method}: {plan.describe()}, on `{self.device}`."
             live = []
-        try:   # the base's file: the finished job lets its base go while the session is idle, and reads it again
-            base_file = s.version(plan.request.base_name).path
-        except KeyError:
-            base_file = None
+        # the base's file: the finished job lets its base go while the session is idle, and reads it again
+        base_file = next((v.path for v in s.versions if v.name == plan.request.base_name), None)
         job = UpdateJob(plan, device=self.device, live=live, live_every_s=self.config.live_every_s, names=image_names,
                         base_file=base_file)
         yield from self._stream(s, job, start_text, self._finish)

@@ -90,3 +90,40 @@ def test_an_update_without_review_pages_keeps_no_training(page, tmp_path):
     job._plan, job.base_file, job._base_let_go = type("Plan", (), {"method": "mib"})(), None, False
     job.release()
     assert job.update is None and job.runner is None
+
+
+def test_sessions_on_the_same_model_share_one_copy_of_it(page, tmp_path):
+    """Every session opens on its own copy of the default model's file; in memory they are one network, and an
+    update of one session changes nothing of the others'."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from app.session_files import SharedVersions
+    from wilss.checkpoint import CheckpointError
+
+    handlers, u = page
+    first, second = (handlers.session(SimpleNamespace(session_hash=h)) for h in ("page-a", "page-b"))
+    assert first.current.path != second.current.path                        # two files ...
+    assert first.ckpt is second.ckpt                                         # ... one network in memory
+    before = {k: v.clone() for k, v in second.ckpt.model.state_dict().items()}
+
+    files, tags = tagged_upload(tmp_path / "up", ["arrow", "arrow;disc", "", "disc"] * 2)
+    assert handlers.bring_data(None, files, tags)[0].startswith("**Done:**")
+    list(u.add_classes(None, *add_args("arrow")))
+    local = handlers.session(None)
+    assert local.current.name == "v001" and local.ckpt is not second.ckpt
+    assert local.last_update.plan.base is second.ckpt                        # its base is the shared one too
+    after = second.ckpt.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)             # the update trained a copy
+    assert local.rollback("v000") and local.ckpt is second.ckpt
+
+    versions = SharedVersions()   # held weakly: a network no session holds is freed
+    ckpt = versions.read(first.current.path)
+    ref = weakref.ref(ckpt.model)
+    assert versions.read(second.current.path) is ckpt
+    del ckpt
+    gc.collect()
+    assert ref() is None
+    with pytest.raises(CheckpointError, match="does not exist"):
+        versions.read(tmp_path / "missing.pt")
