@@ -168,7 +168,7 @@ class UpdateJob:
         self._plan, self.live, self.live_every_s = plan, list(live), live_every_s
         # the file the plan's base was read from: an idle session's finished job lets its base go (``release``)
         # and reads it again from there when asked for (a re-run, Review's scores)
-        self.base_file, self._base_let_go = base_file, False
+        self.base_file = base_file
         base = getattr(plan, "base", None)   # a base from tags alone has none
         self._aux = base is not None and base.model.has_aux
         # how the page names training image i (its path relative to the data folder)
@@ -191,10 +191,9 @@ class UpdateJob:
     @property
     def plan(self) -> UpdatePlan:
         """The plan; its base is read again from ``base_file`` if ``release`` let it go."""
-        if self._base_let_go:
+        if self.base_file is not None and self._plan.request.base is None:
             base = shared_versions.read(self.base_file, str(self.device))
             self._plan = replace(self._plan, request=replace(self._plan.request, base=base))
-            self._base_let_go = False
         return self._plan
 
     @property
@@ -326,9 +325,8 @@ class UpdateJob:
             self._share_base()
         elif not review or self.update is not None:
             self.update = self.runner = None
-        if not review and self.base_file is not None and Path(self.base_file).is_file() and not self._base_let_go:
+        if not review and self.base_file is not None and Path(self.base_file).is_file():
             self._plan = replace(self._plan, request=replace(self._plan.request, base=None))
-            self._base_let_go = True
 
     def _share_base(self) -> None:
         """Review's frozen old model is a copy of the plan's base, kept for a re-run: on the CPU, with the base in

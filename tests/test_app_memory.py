@@ -87,7 +87,7 @@ def test_an_update_without_review_pages_keeps_no_training(page, tmp_path):
     handlers, _ = page
     job = UpdateJob.__new__(UpdateJob)   # a finished job whose method shows no pseudo-labels
     job.state, job.update, job.runner = "done", object(), object()
-    job._plan, job.base_file, job._base_let_go = type("Plan", (), {"method": "mib"})(), None, False
+    job._plan, job.base_file = type("Plan", (), {"method": "mib"})(), None
     job.release()
     assert job.update is None and job.runner is None
 
