@@ -1,5 +1,6 @@
 """HRHF replay (wilss.hrhf): each equation against a value computed by hand, the inversion on a tiny network, and
 the replay inside WILSON's step (a 'replay' phase first, then a 'replay' loss in the joint phase)."""
+import copy
 import math
 from dataclasses import replace
 
@@ -40,6 +41,41 @@ def test_bn_statistics_sum_the_prior_over_every_layer_of_a_tiny_net():
         assert stats.prior().item() == 0.0                          # read once, then cleared
     net(x)
     assert stats.terms == []                                         # hooks removed on exit
+
+
+def _bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1),
+                         nn.BatchNorm2d(2)).train()
+
+
+def test_split_batch_norm_keeps_the_real_images_statistics_apart_from_the_fakes():
+    real, fake = torch.randn(4, 3, 6, 6), 5.0 + 3.0 * torch.randn(2, 3, 6, 6)   # fakes of another distribution
+    net, alone, fakes_alone = _bn_net(), _bn_net(), _bn_net()
+    with H.split_batch_norm(net, 4):
+        out = net(torch.cat([real, fake]))
+    want_real, want_fake = alone(real), fakes_alone(fake)
+    assert torch.allclose(out[:4], want_real, atol=1e-5) and torch.allclose(out[4:], want_fake, atol=1e-5)
+    for layer, ref in zip(net.modules(), alone.modules()):
+        if isinstance(layer, nn.BatchNorm2d):   # the running statistics learnt from the real images alone
+            assert torch.allclose(layer.running_mean, ref.running_mean, atol=1e-6)
+            assert torch.allclose(layer.running_var, ref.running_var, atol=1e-6)
+            assert layer.num_batches_tracked.item() == 1 and "forward" not in vars(layer)   # class forward again
+    shared = _bn_net()
+    shared(torch.cat([real, fake]))   # one batch of both (HRHF's paper) moves them towards the fakes'
+    assert (shared[1].running_var - net[1].running_var).min() > 0.05   # the fakes widen the variance
+
+
+def test_split_batch_norm_takes_running_statistics_for_a_single_pooled_fake():
+    layer = nn.BatchNorm2d(3).train()
+    layer.running_mean.fill_(1.0), layer.running_var.fill_(4.0)
+    x = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 3.0, 4.0, 5.0]).view(3, 3, 1, 1)   # 2 real, 1 fake, pooled
+    with H.split_batch_norm(layer, 2):
+        out = layer(x)
+    mean, var = layer.running_mean, layer.running_var   # as the real images left them (momentum 0.1)
+    assert torch.allclose(mean, torch.tensor([1.2, 1.25, 1.3])) and torch.allclose(var, torch.tensor([4.4, 4.05, 3.8]))
+    assert torch.allclose(out[2].flatten(), (x[2].flatten() - mean) / (var + layer.eps) ** 0.5)
+    assert torch.allclose(out[:2, 0].flatten(), torch.tensor([-1.0, 1.0]), atol=1e-3)   # (1, 5): batch statistics
 
 
 def test_tv_and_l2_priors():
@@ -179,6 +215,26 @@ def test_replay_loss_equals_the_function_on_the_drawn_fakes(scenes):
     with torch.no_grad():
         want = 0.5 * H.replay_distillation(update.model.forward_features(fakes)[0], probs)   # at feature size
     assert len(fakes) == 1 and out["replay"].item() == pytest.approx(want.item(), rel=1e-4)
+
+
+def test_the_fake_images_leave_the_running_statistics_to_the_real_ones(scenes):
+    update = WeakUpdate(trained_tiny(), tag_dataset(scenes), num_new=1, cfg=replace(CFG, replay_images=2,
+                                                                                    replay_steps=1))
+    for _ in update._synthesise():
+        pass
+    data = tag_dataset(scenes)
+    images = torch.stack([data[i][0] for i in range(4)])
+    targets = torch.stack([torch.as_tensor(data[i][1]) for i in range(4)])
+    update.train_mode(True)
+    reference = copy.deepcopy(update.net)
+    with torch.no_grad():
+        reference(images, decode=True)   # the real images alone
+    out = update.losses(images, targets, "joint")
+    layers = [(m, r) for m, r in zip(update.net.modules(), reference.modules()) if isinstance(m, nn.BatchNorm2d)]
+    assert out["replay"] > 0 and len(layers) > 4
+    for layer, ref in layers:
+        assert torch.allclose(layer.running_mean, ref.running_mean, atol=1e-5)
+        assert torch.allclose(layer.running_var, ref.running_var, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------- the faces

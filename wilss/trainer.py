@@ -168,7 +168,8 @@ class WeakUpdate:
             fake = self.replay.draw(H.fakes_per_batch(len(images), len(self.replay)))
             fake = (resized(fake[0], images.shape[-2:]).contiguous(memory_format=self.precision.memory_format),
                     fake[1])
-        with self.precision.autocast():
+        split = H.split_batch_norm(self.net, len(images)) if fake is not None else contextlib.nullcontext()
+        with self.precision.autocast(), split:
             return self._compiled_losses(images, targets, phase, fake)
 
     def _losses(self, images: torch.Tensor, targets: torch.Tensor, phase: str,
@@ -178,7 +179,7 @@ class WeakUpdate:
         old_logits, old_features = self.precision.frozen(self._old_forward, images)
         if fake is None:
             features, z, seg_logits, aux_logits = self.net(images, decode=phase != "warmup")
-        else:   # one forward over real + fake (one batch-norm batch, as HRHF's half-real half-fake batches)
+        else:   # one forward over real + fake (``losses`` splits the batch-norm statistics: ``H.split_batch_norm``)
             features, z, seg_logits, aux_logits = self.net(torch.cat([images, fake[0]]), decode=True)
             n = len(images)
             replay = cfg.replay_weight * H.replay_distillation(seg_logits[n:], resized(fake[1], seg_logits.shape[-2:]))
