@@ -102,7 +102,7 @@ def split_batch_norm(model: nn.Module, num_real: int) -> Iterator[None]:
     images of its input with their own batch statistics, and learns its running statistics from them alone; the
     rest (the fake images) with their own batch statistics, the running ones left as they are. Shared statistics
     (one batch of both, as HRHF's paper has it) moved the real images' normalisation and the running statistics
-    towards the fakes': old mIoU after the last of the world's 5-1-1-1-1 steps 53.6 shared, 56.7 split
+    towards the fakes': old mIoU after the last of the world's 5-1-1-1-1 steps 53.6 shared, 56.9 split
     (``docs/results.md``). One forward, so DistributedDataParallel sees one pass."""
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
     for layer in layers:
