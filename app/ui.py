@@ -150,7 +150,10 @@ def wire_use(w: SimpleNamespace, h: Handlers) -> None:
 
 def launch(config: AppConfig, *, host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None,
            block: bool = True, quiet: bool = False):
-    """Launch the app; only ``config.workdir`` is served (plus gradio's own cache, which lives inside it)."""
+    """Launch the app; only ``config.workdir`` is served (plus gradio's own cache, which lives inside it). Gradio
+    keeps its own state for each session (a copy of every component's config: about 0.3 MB for this page), by
+    default for 10,000 sessions; it keeps it for as many as the app holds (``SessionStore.capacity``), which is safe
+    because the app keeps nothing in gradio's server-side state (the page's token is in the browser)."""
     workdir = Path(config.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     if os.environ.get("GRADIO_TEMP_DIR") != str(workdir / "cache"):
@@ -161,6 +164,7 @@ def launch(config: AppConfig, *, host: str = "127.0.0.1", port: int = 7860, auth
     demo.launch(server_name=host, server_port=port, auth=auth, max_file_size=f"{config.max_upload_mb}mb",
                 allowed_paths=[str(workdir)], ssr_mode=False, share=False, prevent_thread_lock=not block,
                 quiet=quiet, show_error=True, css=CSS, theme=gr.themes.Default(), footer_links=["api"],
+                state_session_capacity=handlers.store.capacity,
                 mcp_server=False, i18n=I18N, app_kwargs={"middleware": [Middleware(QuietDisconnects)]},
                 blocked_paths=[str(workdir / SECRET)])   # the key that names session folders
     return demo, handlers

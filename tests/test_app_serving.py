@@ -122,3 +122,26 @@ def test_release_when_quiet_trims_once_after_a_burst_and_regularly_under_a_stead
         time.sleep(0.01)
     assert 3 <= len(calls) - 1 <= 6
     steady._timer.cancel()
+
+
+def test_gradio_keeps_state_for_no_more_sessions_than_the_app(tmp_path, monkeypatch):
+    """Gradio copies every component's config into each session's state and by default keeps 10,000 sessions (about
+    0.3 MB each for this page: 3 GB); the app caps it at its own session capacity."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "work" / "cache"))
+    import gradio as gr
+    from gradio.state_holder import StateHolder
+
+    from app import ui
+
+    launched = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.update(kwargs))
+    config = AppConfig(workdir=tmp_path / "work", checkpoint=tiny_checkpoint(tmp_path / "base.pt"))
+    demo, handlers = ui.launch(config, block=False, quiet=True)
+    capacity = handlers.store.capacity
+    assert launched["state_session_capacity"] == capacity < 10_000
+    demo.state_session_capacity = capacity   # what gradio's launch does with it, then its state holder reads it
+    holder = StateHolder()
+    holder.set_blocks(demo)
+    for i in range(capacity + 10):
+        holder[f"client-{i}"]
+    assert len(holder.session_data) == capacity and "client-0" not in holder.session_data
