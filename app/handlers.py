@@ -21,7 +21,7 @@ from app import render
 from app.evaluation import bring_eval_set
 from app.intake import apply_table, bring_tagged, table_rows, tag_summary
 from app.session import AppConfig, DeviceQueue, Session, SessionStore, base_file
-from app.serving import release_memory, release_when_quiet
+from app.serving import compute, release_memory, release_when_quiet
 from app.session_files import new_token, token_session
 from app.views import (HISTORY_HEADERS, added_in, architecture_markdown, before_after_rows, data_summary,
                        history_rows, spare_colours, thumbnails)
@@ -308,7 +308,10 @@ class Handlers:
 
     # ------------------------------------------------------------------------------------------ predict
     def predict(self, request: gr.Request, file, opacity):
-        """(overlay, legend, score maps, status) for one image."""
+        """(overlay, legend, score maps, status) for one image, computed on the app's compute thread."""
+        return compute.call(self._predict, request, file, opacity)
+
+    def _predict(self, request: gr.Request, file, opacity):
         files = _files(file)
         if not files:
             return None, gr.skip(), None, error("Drop an image first.")
@@ -351,6 +354,10 @@ class Handlers:
 
     # ----------------------------------------------------------------------------------------- evaluate
     def evaluate(self, request: gr.Request, image_files, mask_files, before_label, after_label):
+        """(before/after table, status), scored on the app's compute thread."""
+        return compute.call(self._evaluate, request, image_files, mask_files, before_label, after_label)
+
+    def _evaluate(self, request: gr.Request, image_files, mask_files, before_label, after_label):
         s = self.session(request)
         dest = s.new_folder("eval")
         try:

@@ -14,11 +14,14 @@ import functools
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Optional, TypeVar
 
 from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+_END = object()
 
 M_ARENA_MAX = -8     # glibc's mallopt parameter number (malloc.h)
 ARENAS = 2           # enough for a server whose heavy work is one update at a time
@@ -115,3 +118,36 @@ class ReleaseWhenQuiet:
 
 
 release_when_quiet = ReleaseWhenQuiet()   # the app's one
+
+
+class ComputeThread:
+    """One long-lived thread on which the app runs its heavy work (each iteration of an update, a predict, a scoring,
+    Review's renders), one piece at a time, first come first served: a predict waits for at most one training
+    iteration. Gradio runs handlers, and each step of a streaming one, in whichever of its worker threads is free;
+    torch work spread over many threads at once left the heap fragmented (a probe of 4 threads training at once: RSS
+    +27 MB after 8 rounds, flat on one thread), and on a device the work is serial anyway (two updates would each run
+    at half speed). A call made on the thread itself runs at once (no deadlock when heavy work calls heavy work)."""
+
+    def __init__(self, name: str = "wilss-compute") -> None:
+        self._ident: Optional[int] = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=self._mark)
+
+    def _mark(self) -> None:
+        self._ident = threading.get_ident()
+
+    def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """``fn(*args, **kwargs)`` on the thread; its result, or its exception raised here."""
+        if threading.get_ident() == self._ident:
+            return fn(*args, **kwargs)
+        return self._executor.submit(fn, *args, **kwargs).result()
+
+    def iterate(self, items: Iterator[T]) -> Iterator[T]:
+        """The items of ``items`` (a generator), each one computed on the thread; the caller handles them between."""
+        while True:
+            item = self.call(next, items, _END)
+            if item is _END:
+                return
+            yield item
+
+
+compute = ComputeThread()   # the app's one

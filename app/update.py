@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
+from app.serving import compute
 from app.session_files import shared_versions
 from wilss.checkpoint import Checkpoint
 from wilss.config import UPDATE_LIMITS, UpdateConfig
@@ -297,8 +298,11 @@ class UpdateJob:
             raise RuntimeError("its training state was let go (to save memory) while this tab was idle; re-run it to "
                                "review its pseudo-labels" if self.state == "done" and self.saved_as else
                                "this update has not started, or was stopped")
-        with self._lock:
-            return fn(self.update)
+        def locked():
+            with self._lock:
+                return fn(self.update)
+
+        return compute.call(locked)   # heavy work runs on the app's compute thread (app.serving)
 
     def render(self, indices: Sequence[int]) -> list[Snapshot]:
         """CAMs, pseudo-labels and predictions of the given training images, from the update's current state."""

@@ -14,7 +14,7 @@ from gradio.utils import get_upload_folder
 
 from app import render
 from app.frames import FrameStore
-from app.serving import release_memory
+from app.serving import compute, release_memory
 from app.views import before_after_rows
 from app.handlers import CLASS_ROWS, Handlers, _files, error, ok
 from app.intake import bring_step_masks, table_rows
@@ -144,7 +144,7 @@ class UpdateHandlers:
                        start_text, gr.skip(), gr.skip())
             ticks = job.run()
             plotted = 0.0
-            for tick in ticks:
+            for tick in compute.iterate(ticks):   # each iteration on the app's compute thread (app.serving)
                 p = tick.progress
                 bar = (render.progress_html(p.iteration, p.total_iterations, phase=p.phase, epoch=p.epoch,
                                             epochs=plan.cfg.epochs, eta_s=p.eta_s, losses=p.losses)
@@ -158,7 +158,7 @@ class UpdateHandlers:
             yield finish(s, job)
         finally:
             if ticks is not None:
-                ticks.close()
+                compute.call(ticks.close)
             if job.state == "waiting":
                 job.abandon()
             self.queue.leave(ticket)

@@ -2,6 +2,7 @@
 sessions do not each keep a model in memory, and freed memory can be handed back."""
 import asyncio
 import logging
+import threading
 import time
 
 import pytest
@@ -145,3 +146,39 @@ def test_gradio_keeps_state_for_no_more_sessions_than_the_app(tmp_path, monkeypa
     for i in range(capacity + 10):
         holder[f"client-{i}"]
     assert len(holder.session_data) == capacity and "client-0" not in holder.session_data
+
+
+def test_heavy_work_runs_on_one_thread_one_piece_at_a_time():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.serving import ComputeThread
+
+    compute = ComputeThread()
+    running, most, threads = [0], [0], set()
+    lock = threading.Lock()
+
+    def work(i):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        threads.add(threading.get_ident())
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        return i * i
+
+    with ThreadPoolExecutor(8) as callers:   # as gradio's worker threads would
+        results = list(callers.map(lambda i: compute.call(work, i), range(24)))
+    assert results == [i * i for i in range(24)]
+    assert len(threads) == 1 and threading.get_ident() not in threads and most[0] == 1
+
+    assert compute.call(lambda: compute.call(lambda: 7)) == 7   # a call from the thread itself runs at once
+    with pytest.raises(ZeroDivisionError):                       # its exceptions reach the caller
+        compute.call(lambda: 1 / 0)
+
+    def ticks():
+        for i in range(3):
+            yield threading.get_ident(), i
+
+    seen = list(compute.iterate(ticks()))
+    assert [i for _, i in seen] == [0, 1, 2] and {t for t, _ in seen} == threads
