@@ -4,7 +4,8 @@ update or a large request goes back to the system. No gradio here (the middlewar
 Why: under load (``python -m research.stress``) a client whose upload outlived its own timeout left a 70-line starlette
 ``ClientDisconnect`` traceback in the server's log, and the app's resident memory doubled: training and predicting
 run in whichever of gradio's worker threads is free, glibc gives busy threads arenas of their own (up to 8 per
-core), and memory freed in one arena is neither reused by the others nor returned to the system.
+core), and memory freed in one arena is neither reused by the others nor returned to the system. So the arenas are
+capped, free memory is returned after large work, and the heavy work runs on one compute thread (``compute``).
 """
 from __future__ import annotations
 
